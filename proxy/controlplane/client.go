@@ -1,0 +1,93 @@
+// Package controlplane connects the proxy to the operator's config server: it says Hello,
+// applies every Snapshot it receives, and acknowledges each one. When the control plane is
+// away the proxy keeps the configuration it has and reconnects with backoff.
+package controlplane
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"github.com/go-logr/logr"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/braidmesh/braid/proxy/api"
+)
+
+// ApplyFunc applies a snapshot, or says why it cannot (the proxy then keeps its last good
+// configuration and NACKs the version).
+type ApplyFunc func(*api.Snapshot) error
+
+// Client keeps a config stream open to the control plane.
+type Client struct {
+	Address string
+	Hello   *api.Hello
+	Apply   ApplyFunc
+	Log     logr.Logger
+	// MinBackoff and MaxBackoff bound the wait between reconnection attempts.
+	MinBackoff, MaxBackoff time.Duration
+}
+
+// Run streams configuration until ctx ends.
+func (c *Client) Run(ctx context.Context) error {
+	conn, err := grpc.NewClient(c.Address,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
+	)
+	if err != nil {
+		return fmt.Errorf("connecting to the control plane at %s: %w", c.Address, err)
+	}
+	defer func() { _ = conn.Close() }()
+	client := api.NewConfigServiceClient(conn)
+	backoff := c.MinBackoff
+	for {
+		received, err := c.stream(ctx, client)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if received {
+			backoff = c.MinBackoff
+		}
+		wait := backoff/2 + rand.N(backoff/2+1) // jitter, so proxies do not reconnect in lockstep
+		c.Log.Info("Control plane stream ended; keeping the current configuration", "error", err.Error(), "retryIn", wait.String())
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+		backoff = min(2*backoff, c.MaxBackoff)
+	}
+}
+
+// stream runs one stream; received says whether any snapshot arrived on it.
+func (c *Client) stream(ctx context.Context, client api.ConfigServiceClient) (received bool, err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	s, err := client.Stream(ctx)
+	if err != nil {
+		return false, fmt.Errorf("opening the config stream: %w", err)
+	}
+	if err := s.Send(&api.StreamRequest{Kind: &api.StreamRequest_Hello{Hello: c.Hello}}); err != nil {
+		return false, fmt.Errorf("sending hello: %w", err)
+	}
+	for {
+		snap, err := s.Recv()
+		if err != nil {
+			return received, fmt.Errorf("receiving configuration: %w", err)
+		}
+		received = true
+		ack := &api.Ack{Version: snap.GetVersion()}
+		if err := c.Apply(snap); err != nil {
+			ack.Error = err.Error()
+			c.Log.Info("Rejected configuration; keeping the last good one", "version", snap.GetVersion(), "error", err.Error())
+		} else {
+			c.Log.V(1).Info("Applied configuration", "version", snap.GetVersion(), "services", len(snap.GetServices()))
+		}
+		if err := s.Send(&api.StreamRequest{Kind: &api.StreamRequest_Ack{Ack: ack}}); err != nil {
+			return received, fmt.Errorf("acknowledging version %d: %w", snap.GetVersion(), err)
+		}
+	}
+}

@@ -1,0 +1,110 @@
+// Package proxy runs braid-proxy: the outbound listener, the admin server and the
+// control-plane stream. It imports no Kubernetes client: its whole contract with the
+// control plane is proxy/api.
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-logr/logr"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/braidmesh/braid/proxy/admin"
+	"github.com/braidmesh/braid/proxy/api"
+	"github.com/braidmesh/braid/proxy/controlplane"
+	"github.com/braidmesh/braid/proxy/outbound"
+	"github.com/braidmesh/braid/proxy/router"
+)
+
+// Options configure a proxy.
+type Options struct {
+	// ControlPlane is the operator's config server address (host:port).
+	ControlPlane string
+	// OutboundAddr is where the explicit outbound listener listens.
+	OutboundAddr string
+	// AdminAddr is where /ready, /live and /config are served.
+	AdminAddr string
+	// ProxyID, Namespace and ServiceAccount identify the proxy to the control plane.
+	ProxyID, Namespace, ServiceAccount string
+	// ClusterDomain completes service names (<svc>.<ns>.svc.<domain>).
+	ClusterDomain string
+	// DrainTimeout bounds how long shutdown waits for requests in flight.
+	DrainTimeout time.Duration
+}
+
+// state is the configuration the proxy runs now.
+type state struct {
+	table atomic.Pointer[router.Table]
+	snap  atomic.Pointer[api.Snapshot]
+	opts  *Options
+}
+
+// apply builds a table from snap and swaps it in atomically; a snapshot that does not
+// build leaves the current table in place.
+func (s *state) apply(snap *api.Snapshot) error {
+	t, err := router.Build(snap, s.opts.Namespace, s.opts.ClusterDomain)
+	if err != nil {
+		return fmt.Errorf("version %d: %w", snap.GetVersion(), err)
+	}
+	s.table.Store(t) // the table first: once /config shows a version, requests use it
+	s.snap.Store(snap)
+	return nil
+}
+
+// Run runs the proxy until ctx ends, then stops accepting and drains requests in flight.
+func Run(ctx context.Context, log logr.Logger, opts Options) error {
+	if opts.Namespace == "" {
+		return errors.New("the proxy's namespace is required (--namespace or POD_NAMESPACE)")
+	}
+	st := &state{opts: &opts}
+	outLis, err := net.Listen("tcp", opts.OutboundAddr)
+	if err != nil {
+		return fmt.Errorf("outbound listener: %w", err)
+	}
+	adminLis, err := net.Listen("tcp", opts.AdminAddr)
+	if err != nil {
+		_ = outLis.Close()
+		return fmt.Errorf("admin listener: %w", err)
+	}
+	outSrv := &http.Server{
+		Handler:           outbound.New(log.WithName("outbound"), &st.table),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       5 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+	}
+	adminSrv := &http.Server{Handler: admin.Handler(st.snap.Load), ReadHeaderTimeout: 5 * time.Second}
+	cp := &controlplane.Client{
+		Address:    opts.ControlPlane,
+		Hello:      &api.Hello{ProxyId: opts.ProxyID, Namespace: opts.Namespace, ServiceAccount: opts.ServiceAccount},
+		Apply:      st.apply,
+		Log:        log.WithName("control-plane"),
+		MinBackoff: 100 * time.Millisecond, MaxBackoff: 5 * time.Second,
+	}
+	log.Info("Proxy starting", "outbound", outLis.Addr().String(), "admin", adminLis.Addr().String(), "controlPlane", opts.ControlPlane)
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return serve(outSrv, outLis) })
+	g.Go(func() error { return serve(adminSrv, adminLis) })
+	g.Go(func() error { return cp.Run(gctx) })
+	g.Go(func() error {
+		<-gctx.Done()
+		drain, cancel := context.WithTimeout(context.WithoutCancel(gctx), opts.DrainTimeout)
+		defer cancel()
+		log.Info("Proxy stopping: draining requests in flight", "timeout", opts.DrainTimeout.String())
+		return errors.Join(outSrv.Shutdown(drain), adminSrv.Shutdown(drain))
+	})
+	return g.Wait()
+}
+
+func serve(srv *http.Server, lis net.Listener) error {
+	if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serving on %s: %w", lis.Addr(), err)
+	}
+	return nil
+}

@@ -1,0 +1,180 @@
+// Package router turns a config snapshot into the proxy's routing table: which Service a
+// request's authority names, which backend gets it by weight, and which endpoint serves it.
+package router
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	"github.com/braidmesh/braid/proxy/api"
+)
+
+// Table is an immutable routing table built from one snapshot.
+type Table struct {
+	version   uint64
+	namespace string
+	domain    string
+	services  map[serviceKey]*service
+}
+
+type serviceKey struct{ namespace, name string }
+
+type service struct {
+	namespace, name string
+	ports           map[uint32]*Port
+}
+
+// Port is one routable Service port.
+type Port struct {
+	Service  string // namespace/name
+	Number   uint32
+	Split    string
+	backends []*Backend
+	total    uint64
+}
+
+// Backend is a weighted backend of a Port.
+type Backend struct {
+	Service     string
+	Weight      uint32
+	Unavailable string
+	endpoints   []netip.AddrPort
+}
+
+// Build validates a snapshot and builds its table. namespace is the proxy's own namespace,
+// which a bare service name resolves in; domain is the cluster domain (cluster.local).
+func Build(snap *api.Snapshot, namespace, domain string) (*Table, error) {
+	t := &Table{version: snap.GetVersion(), namespace: namespace, domain: domain, services: map[serviceKey]*service{}}
+	for _, s := range snap.GetServices() {
+		key := serviceKey{s.GetNamespace(), s.GetName()}
+		if key.namespace == "" || key.name == "" {
+			return nil, errors.New("a service has no namespace or name")
+		}
+		if _, dup := t.services[key]; dup {
+			return nil, fmt.Errorf("service %s/%s appears twice", key.namespace, key.name)
+		}
+		svc := &service{namespace: key.namespace, name: key.name, ports: map[uint32]*Port{}}
+		for _, p := range s.GetPorts() {
+			port, err := buildPort(svc, p)
+			if err != nil {
+				return nil, fmt.Errorf("service %s/%s: %w", key.namespace, key.name, err)
+			}
+			svc.ports[port.Number] = port
+		}
+		t.services[key] = svc
+	}
+	return t, nil
+}
+
+func buildPort(svc *service, p *api.ServicePort) (*Port, error) {
+	if p.GetPort() < 1 || p.GetPort() > 65535 {
+		return nil, fmt.Errorf("port %d is out of range", p.GetPort())
+	}
+	if _, dup := svc.ports[p.GetPort()]; dup {
+		return nil, fmt.Errorf("port %d appears twice", p.GetPort())
+	}
+	out := &Port{Service: svc.namespace + "/" + svc.name, Number: p.GetPort(), Split: p.GetSplit()}
+	for _, b := range p.GetBackends() {
+		be := &Backend{Service: b.GetService(), Weight: b.GetWeight(), Unavailable: b.GetUnavailable()}
+		for _, e := range b.GetEndpoints() {
+			ip, err := netip.ParseAddr(e.GetIp())
+			if err != nil || e.GetPort() < 1 || e.GetPort() > 65535 {
+				return nil, fmt.Errorf("port %d: backend %s: invalid endpoint %s:%d", p.GetPort(), b.GetService(), e.GetIp(), e.GetPort())
+			}
+			be.endpoints = append(be.endpoints, netip.AddrPortFrom(ip, uint16(e.GetPort())))
+		}
+		out.total += uint64(be.Weight)
+		out.backends = append(out.backends, be)
+	}
+	return out, nil
+}
+
+// Version is the snapshot version the table was built from.
+func (t *Table) Version() uint64 { return t.version }
+
+// ErrNoRoute is returned (wrapped) when an authority names no Service port of the mesh.
+var ErrNoRoute = errors.New("no route")
+
+// Resolve finds the Service port an HTTP authority (Host header) names: <svc>, <svc>.<ns>,
+// <svc>.<ns>.svc or <svc>.<ns>.svc.<domain>, with an optional port (80 when absent).
+func (t *Table) Resolve(authority string) (*Port, error) {
+	host, port, err := splitAuthority(authority)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrNoRoute, err)
+	}
+	key, ok := t.serviceKey(host)
+	if !ok {
+		return nil, fmt.Errorf("%w: host %q is not a mesh service name", ErrNoRoute, host)
+	}
+	svc, ok := t.services[key]
+	if !ok {
+		return nil, fmt.Errorf("%w: no mesh service %s/%s (host %q)", ErrNoRoute, key.namespace, key.name, host)
+	}
+	p, ok := svc.ports[port]
+	if !ok {
+		return nil, fmt.Errorf("%w: service %s/%s has no port %d (host %q)", ErrNoRoute, key.namespace, key.name, port, authority)
+	}
+	return p, nil
+}
+
+func splitAuthority(authority string) (string, uint32, error) {
+	if authority == "" {
+		return "", 0, errors.New("the request has no Host")
+	}
+	host, portStr, err := net.SplitHostPort(authority)
+	if err != nil {
+		// No port: the whole authority is the host, and HTTP's default port applies.
+		if strings.ContainsAny(authority, ":[]") {
+			return "", 0, fmt.Errorf("malformed host %q", authority)
+		}
+		return strings.ToLower(strings.TrimSuffix(authority, ".")), 80, nil
+	}
+	port, err := strconv.ParseUint(portStr, 10, 16)
+	if err != nil || port == 0 {
+		return "", 0, fmt.Errorf("malformed port in host %q", authority)
+	}
+	return strings.ToLower(strings.TrimSuffix(host, ".")), uint32(port), nil
+}
+
+func (t *Table) serviceKey(host string) (serviceKey, bool) {
+	labels := strings.Split(host, ".")
+	switch {
+	case len(labels) == 1:
+		return serviceKey{t.namespace, labels[0]}, true
+	case len(labels) == 2:
+		return serviceKey{labels[1], labels[0]}, true
+	case len(labels) == 3 && labels[2] == "svc":
+		return serviceKey{labels[1], labels[0]}, true
+	case len(labels) > 3 && labels[2] == "svc" && strings.Join(labels[3:], ".") == t.domain:
+		return serviceKey{labels[1], labels[0]}, true
+	}
+	return serviceKey{}, false
+}
+
+// Pick chooses a backend by weight. It returns nil when no backend has a weight.
+func (p *Port) Pick(rng *rand.Rand) *Backend {
+	if p.total == 0 {
+		return nil
+	}
+	n := rng.Uint64N(p.total)
+	for _, b := range p.backends {
+		if n < uint64(b.Weight) {
+			return b
+		}
+		n -= uint64(b.Weight)
+	}
+	return nil // unreachable: total is the sum of the weights
+}
+
+// Endpoint chooses one of the backend's endpoints, or reports that it has none.
+func (b *Backend) Endpoint(rng *rand.Rand) (netip.AddrPort, bool) {
+	if len(b.endpoints) == 0 {
+		return netip.AddrPort{}, false
+	}
+	return b.endpoints[rng.IntN(len(b.endpoints))], true
+}
