@@ -1,0 +1,55 @@
+// Package controllers holds Braid's reconcilers. They read the cluster through
+// controller-runtime's cache, compile with internal/mesh, feed the config server and write
+// status; they never talk to proxies.
+package controllers
+
+import (
+	"context"
+	"fmt"
+
+	discoveryv1 "k8s.io/api/discovery/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+
+	"github.com/braidmesh/braid/internal/smi"
+)
+
+// Field indexes on the cache, used to map a changed object to the roots it affects.
+const (
+	// indexSplitRoot indexes TrafficSplits by the name of their root Service.
+	indexSplitRoot = "braid.dev/split-root"
+	// indexSplitBackend indexes TrafficSplits by the names of their backend Services.
+	indexSplitBackend = "braid.dev/split-backend"
+	// indexSliceService indexes EndpointSlices by the name of the Service they belong to.
+	indexSliceService = "braid.dev/slice-service"
+)
+
+// SetupIndexes registers the field indexes the reconcilers use. Call it once per manager,
+// before the reconcilers are set up.
+func SetupIndexes(ctx context.Context, mgr manager.Manager) error {
+	idx := mgr.GetFieldIndexer()
+	if err := idx.IndexField(ctx, &smi.TrafficSplit{}, indexSplitRoot, func(o client.Object) []string {
+		return []string{o.(*smi.TrafficSplit).Spec.Service}
+	}); err != nil {
+		return fmt.Errorf("indexing TrafficSplits by root: %w", err)
+	}
+	if err := idx.IndexField(ctx, &smi.TrafficSplit{}, indexSplitBackend, func(o client.Object) []string {
+		ts := o.(*smi.TrafficSplit)
+		names := make([]string, 0, len(ts.Spec.Backends))
+		for _, b := range ts.Spec.Backends {
+			names = append(names, b.Service)
+		}
+		return names
+	}); err != nil {
+		return fmt.Errorf("indexing TrafficSplits by backend: %w", err)
+	}
+	if err := idx.IndexField(ctx, &discoveryv1.EndpointSlice{}, indexSliceService, func(o client.Object) []string {
+		if name := o.GetLabels()[discoveryv1.LabelServiceName]; name != "" {
+			return []string{name}
+		}
+		return nil
+	}); err != nil {
+		return fmt.Errorf("indexing EndpointSlices by service: %w", err)
+	}
+	return nil
+}

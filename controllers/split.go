@@ -1,0 +1,26 @@
+package controllers
+
+import (
+	"github.com/braidmesh/braid/internal/mesh"
+	"github.com/braidmesh/braid/internal/smi"
+)
+
+// toMeshSplit normalises a TrafficSplit for the compiler. A backend without a weight
+// (allowed by v1alpha1) has weight 0.
+func toMeshSplit(ts *smi.TrafficSplit) mesh.Split {
+	s := mesh.Split{
+		Namespace: ts.Namespace,
+		Name:      ts.Name,
+		Created:   ts.CreationTimestamp.Time,
+		Root:      ts.Spec.Service,
+		Backends:  make([]mesh.SplitBackend, 0, len(ts.Spec.Backends)),
+	}
+	for _, b := range ts.Spec.Backends {
+		var milli int64
+		if b.Weight != nil {
+			milli = b.Weight.MilliValue()
+		}
+		s.Backends = append(s.Backends, mesh.SplitBackend{Service: b.Service, MilliWeight: milli})
+	}
+	return s
+}

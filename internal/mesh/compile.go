@@ -1,0 +1,201 @@
+package mesh
+
+import (
+	"cmp"
+	"fmt"
+	"net/netip"
+	"slices"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+
+	"github.com/braidmesh/braid/proxy/api"
+)
+
+// Endpoints is a Service with its EndpointSlices.
+type Endpoints struct {
+	Service *corev1.Service
+	Slices  []*discoveryv1.EndpointSlice
+}
+
+// ServiceInput is everything one Service's proxy configuration depends on.
+type ServiceInput struct {
+	Endpoints
+	// Splits are the accepted TrafficSplits whose root is this Service.
+	Splits []Split
+	// Backends holds, by name, every Service the splits name as a backend; a name that is
+	// absent or maps to a nil Service is a backend Service that does not exist (yet).
+	Backends map[string]Endpoints
+}
+
+// maxWireWeight bounds the weights sent to proxies; relative shares are kept.
+const maxWireWeight = 1_000_000
+
+// CompileService compiles one Service into the configuration proxies use to reach it:
+// for each TCP port, the backends that share its traffic and their ready endpoints.
+// It returns nil for a Service proxies cannot route to (ExternalName).
+func CompileService(in ServiceInput) *api.Service {
+	svc := in.Service
+	if svc == nil || svc.Spec.Type == corev1.ServiceTypeExternalName {
+		return nil
+	}
+	split, hasSplit := winner(in.Splits)
+	out := &api.Service{Namespace: svc.Namespace, Name: svc.Name}
+	for _, p := range svc.Spec.Ports {
+		if p.Protocol != "" && p.Protocol != corev1.ProtocolTCP {
+			continue
+		}
+		port := &api.ServicePort{Name: p.Name, Port: uint32(p.Port)}
+		if hasSplit {
+			port.Split = split.Key()
+			port.Backends = splitBackends(split, p.Port, in.Backends)
+		} else {
+			port.Backends = []*api.Backend{{Service: svc.Name, Weight: 1, Endpoints: endpointsFor(in.Endpoints, p.Port)}}
+		}
+		out.Ports = append(out.Ports, port)
+	}
+	return out
+}
+
+// splitBackends resolves a split's backends for one root port. A backend Service without
+// that port is left out of the port (SMI: backends must expose the root's port); a
+// backend Service that does not exist keeps its share, which then fails with a 503 that
+// names it rather than silently moving to the other backends.
+func splitBackends(s Split, port int32, services map[string]Endpoints) []*api.Backend {
+	weights := make([]int64, 0, len(s.Backends))
+	backends := make([]*api.Backend, 0, len(s.Backends))
+	for _, b := range s.Backends {
+		ep, ok := services[b.Service]
+		out := &api.Backend{Service: b.Service}
+		switch {
+		case !ok || ep.Service == nil:
+			out.Unavailable = fmt.Sprintf("backend service %s/%s does not exist", s.Namespace, b.Service)
+		case !hasPort(ep.Service, port):
+			continue
+		default:
+			out.Endpoints = endpointsFor(ep, port)
+		}
+		weights = append(weights, b.MilliWeight)
+		backends = append(backends, out)
+	}
+	for i, w := range scaleWeights(weights) {
+		backends[i].Weight = w
+	}
+	return backends
+}
+
+func hasPort(svc *corev1.Service, port int32) bool {
+	_, ok := servicePort(svc, port)
+	return ok
+}
+
+func servicePort(svc *corev1.Service, port int32) (corev1.ServicePort, bool) {
+	for _, p := range svc.Spec.Ports {
+		if p.Port == port && (p.Protocol == "" || p.Protocol == corev1.ProtocolTCP) {
+			return p, true
+		}
+	}
+	return corev1.ServicePort{}, false
+}
+
+// endpointsFor lists the ready endpoints of a Service port, with the target port each
+// EndpointSlice resolved for the port's name, sorted and without duplicates.
+func endpointsFor(ep Endpoints, port int32) []*api.Endpoint {
+	sp, ok := servicePort(ep.Service, port)
+	if !ok {
+		return nil
+	}
+	var out []*api.Endpoint
+	seen := map[netip.AddrPort]bool{}
+	for _, slice := range ep.Slices {
+		if slice.AddressType != discoveryv1.AddressTypeIPv4 && slice.AddressType != discoveryv1.AddressTypeIPv6 {
+			continue
+		}
+		target, ok := slicePort(slice, sp.Name)
+		if !ok {
+			continue
+		}
+		for _, e := range slice.Endpoints {
+			if !ready(e) {
+				continue
+			}
+			for _, a := range e.Addresses {
+				ip, err := netip.ParseAddr(a)
+				if err != nil {
+					continue
+				}
+				ap := netip.AddrPortFrom(ip.Unmap(), uint16(target))
+				if seen[ap] {
+					continue
+				}
+				seen[ap] = true
+				out = append(out, &api.Endpoint{Ip: ap.Addr().String(), Port: uint32(target)})
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b *api.Endpoint) int {
+		return cmp.Or(cmp.Compare(a.Ip, b.Ip), cmp.Compare(a.Port, b.Port))
+	})
+	return out
+}
+
+func slicePort(slice *discoveryv1.EndpointSlice, name string) (int32, bool) {
+	for _, p := range slice.Ports {
+		pname := ""
+		if p.Name != nil {
+			pname = *p.Name
+		}
+		if pname != name || p.Port == nil || (p.Protocol != nil && *p.Protocol != corev1.ProtocolTCP) {
+			continue
+		}
+		if *p.Port < 1 || *p.Port > 65535 {
+			return 0, false
+		}
+		return *p.Port, true
+	}
+	return 0, false
+}
+
+// ready reports whether an endpoint may take new requests: Kubernetes reads a missing
+// ready condition as ready, and a terminating endpoint is never ready.
+func ready(e discoveryv1.Endpoint) bool {
+	if e.Conditions.Terminating != nil && *e.Conditions.Terminating {
+		return false
+	}
+	return e.Conditions.Ready == nil || *e.Conditions.Ready
+}
+
+// scaleWeights reduces milli-weights to the smallest integers with the same ratios, and
+// scales them into maxWireWeight when they are still larger. Negative weights count as 0.
+func scaleWeights(milli []int64) []uint32 {
+	var g, top int64
+	for _, w := range milli {
+		if w > 0 {
+			g = gcd(g, w)
+			top = max(top, w)
+		}
+	}
+	out := make([]uint32, len(milli))
+	if g == 0 {
+		return out
+	}
+	for i, w := range milli {
+		if w <= 0 {
+			continue
+		}
+		w /= g
+		if top/g > maxWireWeight {
+			// Keep every positive weight positive: a backend with a share gets traffic.
+			w = max(1, int64(float64(w)*maxWireWeight/float64(top/g)))
+		}
+		out[i] = uint32(w)
+	}
+	return out
+}
+
+func gcd(a, b int64) int64 {
+	for b != 0 {
+		a, b = b, a%b
+	}
+	return a
+}

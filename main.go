@@ -1,0 +1,98 @@
+// Command braid-operator is Braid's control plane: it watches SMI resources, Services and
+// EndpointSlices, compiles them into proxy configuration and streams it to proxies.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"time"
+
+	"github.com/go-logr/logr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/braidmesh/braid/controllers"
+	"github.com/braidmesh/braid/internal/configserver"
+)
+
+func main() {
+	var (
+		metricsAddr, probeAddr, configAddr string
+		leaderElect                        bool
+	)
+	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "address of the metrics endpoint; 0 disables it")
+	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address of /healthz and /readyz")
+	flag.StringVar(&configAddr, "config-server-address", ":15010", "address proxies stream their configuration from")
+	flag.BoolVar(&leaderElect, "leader-elect", false, "run one active operator among replicas (lease braid-operator)")
+	zapOpts := zap.Options{}
+	zapOpts.BindFlags(flag.CommandLine)
+	flag.Parse()
+	log := zap.New(zap.UseFlagOptions(&zapOpts))
+	ctrl.SetLogger(log)
+
+	if err := run(ctrl.SetupSignalHandler(), log, options{
+		metricsAddr: metricsAddr, probeAddr: probeAddr, configAddr: configAddr, leaderElect: leaderElect,
+	}); err != nil {
+		log.Error(err, "Operator failed")
+		os.Exit(1)
+	}
+}
+
+type options struct {
+	metricsAddr, probeAddr, configAddr string
+	leaderElect                        bool
+}
+
+func run(ctx context.Context, log logr.Logger, o options) error {
+	scheme, err := controllers.NewScheme()
+	if err != nil {
+		return err
+	}
+	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), ctrl.Options{
+		Scheme:                        scheme,
+		Metrics:                       metricsserver.Options{BindAddress: o.metricsAddr},
+		HealthProbeBindAddress:        o.probeAddr,
+		LeaderElection:                o.leaderElect,
+		LeaderElectionID:              "braid-operator",
+		LeaderElectionReleaseOnCancel: true,
+	})
+	if err != nil {
+		return fmt.Errorf("creating the manager: %w", err)
+	}
+	srv := configserver.New(log.WithName("configserver"), time.Now)
+	if err := controllers.Setup(ctx, mgr, srv); err != nil {
+		return err
+	}
+	if err := mgr.Add(configServerRunnable(srv, o.configAddr)); err != nil {
+		return fmt.Errorf("adding the config server: %w", err)
+	}
+	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
+		return fmt.Errorf("adding the health check: %w", err)
+	}
+	if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
+		return fmt.Errorf("adding the readiness check: %w", err)
+	}
+	log.Info("Starting the operator")
+	if err := mgr.Start(ctx); err != nil {
+		return fmt.Errorf("running the manager: %w", err)
+	}
+	return nil
+}
+
+// configServerRunnable serves proxy configuration once this replica leads: only the
+// leader's reconcilers fill the server, so a follower would hand proxies an empty mesh.
+func configServerRunnable(srv *configserver.Server, addr string) manager.Runnable {
+	return manager.RunnableFunc(func(ctx context.Context) error {
+		lis, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("config server listener: %w", err)
+		}
+		return srv.Serve(ctx, lis)
+	})
+}
