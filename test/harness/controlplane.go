@@ -1,0 +1,115 @@
+// Package harness runs Braid's parts for real, for the end-to-end tests and the local
+// demo: an envtest API server and etcd with Braid's CRDs, the operator's manager and
+// config server in-process, backend HTTP servers on loopback addresses, and braid-proxy
+// as a separate process.
+package harness
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"path/filepath"
+	"runtime"
+	"time"
+
+	"github.com/go-logr/logr"
+	"k8s.io/client-go/rest"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/braidmesh/braid/controllers"
+	"github.com/braidmesh/braid/internal/configserver"
+)
+
+// RepoRoot is the repository's top folder, found from this source file.
+func RepoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..")
+}
+
+// ControlPlane is a running API server with Braid's CRDs and the operator in-process.
+type ControlPlane struct {
+	Env        *envtest.Environment
+	RestConfig *rest.Config
+	// Client reads straight from the API server (no cache), as a user's kubectl would.
+	Client client.Client
+	// ConfigServer is the operator's config server; ConfigAddr is where it listens.
+	ConfigServer *configserver.Server
+	ConfigAddr   string
+
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// StartControlPlane starts etcd and kube-apiserver (from KUBEBUILDER_ASSETS), installs
+// Braid's CRDs and runs the operator's reconcilers and config server until Stop.
+func StartControlPlane(ctx context.Context, log logr.Logger) (cp *ControlPlane, err error) {
+	ctrl.SetLogger(log)
+	root := RepoRoot()
+	env := &envtest.Environment{
+		CRDDirectoryPaths: []string{
+			filepath.Join(root, "config", "crd", "bases"),
+			filepath.Join(root, "config", "crd", "smi"),
+		},
+		ErrorIfCRDPathMissing: true,
+	}
+	if InIsolatedNetwork() {
+		// The isolated network has no default route for the API server to pick its
+		// advertised address from.
+		env.ControlPlane.GetAPIServer().Configure().Set("advertise-address", MeshAddr(1))
+	}
+	cfg, err := env.Start()
+	if err != nil {
+		return nil, fmt.Errorf("starting the API server (is KUBEBUILDER_ASSETS set? 'make envtest-assets' prints it): %w", err)
+	}
+	cp = &ControlPlane{Env: env, RestConfig: cfg, done: make(chan error, 1)}
+	defer func() {
+		if err != nil {
+			_ = env.Stop()
+		}
+	}()
+	scheme, err := controllers.NewScheme()
+	if err != nil {
+		return nil, err
+	}
+	if cp.Client, err = client.New(cfg, client.Options{Scheme: scheme}); err != nil {
+		return nil, fmt.Errorf("creating a client: %w", err)
+	}
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme:                 scheme,
+		Metrics:                metricsserver.Options{BindAddress: "0"},
+		HealthProbeBindAddress: "0",
+	})
+	if err != nil {
+		return nil, fmt.Errorf("creating the manager: %w", err)
+	}
+	cp.ConfigServer = configserver.New(log.WithName("configserver"), time.Now)
+	mctx, cancel := context.WithCancel(ctx)
+	cp.cancel = cancel
+	if err := controllers.Setup(mctx, mgr, cp.ConfigServer); err != nil {
+		cancel()
+		return nil, err
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("config server listener: %w", err)
+	}
+	cp.ConfigAddr = lis.Addr().String()
+	go func() {
+		errs := make(chan error, 1)
+		go func() { errs <- cp.ConfigServer.Serve(mctx, lis) }()
+		cp.done <- errors.Join(mgr.Start(mctx), <-errs)
+	}()
+	return cp, nil
+}
+
+// Stop stops the operator, then the API server and etcd.
+func (cp *ControlPlane) Stop() error {
+	cp.cancel()
+	err := <-cp.done
+	return errors.Join(err, cp.Env.Stop())
+}
