@@ -109,6 +109,13 @@ func (s *Server) Version() uint64 {
 	return s.version
 }
 
+// Snapshot returns the configuration of the current version. Callers must not modify it.
+func (s *Server) Snapshot() *api.Snapshot {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.currentSnapshot()
+}
+
 // currentSnapshot returns the snapshot of the current version. Callers hold s.mu. Service
 // messages are never modified after SetService, so snapshots share them.
 func (s *Server) currentSnapshot() *api.Snapshot {
