@@ -1,7 +1,6 @@
 package mesh
 
 import (
-	"cmp"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -105,7 +104,7 @@ func endpointsFor(ep Endpoints, port int32) []*api.Endpoint {
 	if !ok {
 		return nil
 	}
-	var out []*api.Endpoint
+	var addrs []netip.AddrPort
 	seen := map[netip.AddrPort]bool{}
 	for _, slice := range ep.Slices {
 		if slice.AddressType != discoveryv1.AddressTypeIPv4 && slice.AddressType != discoveryv1.AddressTypeIPv6 {
@@ -129,13 +128,15 @@ func endpointsFor(ep Endpoints, port int32) []*api.Endpoint {
 					continue
 				}
 				seen[ap] = true
-				out = append(out, &api.Endpoint{Ip: ap.Addr().String(), Port: uint32(target)})
+				addrs = append(addrs, ap)
 			}
 		}
 	}
-	slices.SortFunc(out, func(a, b *api.Endpoint) int {
-		return cmp.Or(cmp.Compare(a.Ip, b.Ip), cmp.Compare(a.Port, b.Port))
-	})
+	slices.SortFunc(addrs, func(a, b netip.AddrPort) int { return a.Compare(b) })
+	out := make([]*api.Endpoint, 0, len(addrs))
+	for _, ap := range addrs {
+		out = append(out, &api.Endpoint{Ip: ap.Addr().String(), Port: uint32(ap.Port())})
+	}
 	return out
 }
 

@@ -56,17 +56,17 @@ func CheckSplit(s Split, rootExists bool) Verdict {
 		return reject(ReasonNoBackends, "spec.backends is empty; list at least one backend service with a weight above 0")
 	}
 	var negative []string
-	var total int64
+	positive := false // not a sum: huge weights could overflow it
 	for i, b := range s.Backends {
 		if b.MilliWeight < 0 {
 			negative = append(negative, fmt.Sprintf("spec.backends[%d] (%s)", i, b.Service))
 		}
-		total += max(b.MilliWeight, 0)
+		positive = positive || b.MilliWeight > 0
 	}
 	switch {
 	case len(negative) > 0:
 		return reject(ReasonInvalidWeight, "weights must be 0 or more: %s", strings.Join(negative, ", "))
-	case total == 0:
+	case !positive:
 		return reject(ReasonAllWeightsZero,
 			"every backend has weight 0, so no backend could receive traffic; proxies keep the last accepted weights until one backend has a weight above 0")
 	}
