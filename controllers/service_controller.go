@@ -20,22 +20,24 @@ import (
 	"github.com/braidmesh/braid/proxy/api"
 )
 
-// ConfigSink receives the compiled configuration of each Service (nil: the Service is gone).
+// ConfigSink receives the compiled configuration of each Service (nil: the Service is
+// gone) and says from which config version proxies run it.
 type ConfigSink interface {
-	SetService(namespace, name string, svc *api.Service)
+	SetService(namespace, name string, svc *api.Service) uint64
 }
 
 // ServiceReconciler compiles one Service at a time, with its EndpointSlices, the
 // TrafficSplits rooted at it and their backends, and hands the result to the config
 // server. A change to one Service, slice or split recompiles only the roots it affects.
 type ServiceReconciler struct {
-	Client client.Client
-	Sink   ConfigSink
+	Client   client.Client
+	Sink     ConfigSink
+	Programs *Programs
 
 	mu sync.Mutex
-	// lastGood holds, per root Service, the last accepted form of each split rooted there,
-	// so a split that stops being valid keeps its last good weights.
-	lastGood map[types.NamespacedName]map[string]mesh.Split
+	// lastGood holds, per root Service, the last accepted form of the split that governs
+	// it, so a split that stops being valid keeps its last good weights.
+	lastGood map[types.NamespacedName]mesh.Split
 }
 
 // +kubebuilder:rbac:groups="",resources=services,verbs=get;list;watch
@@ -58,11 +60,11 @@ func (r *ServiceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	if in.Endpoints, err = r.endpoints(ctx, &svc); err != nil {
 		return ctrl.Result{}, err
 	}
-	if in.Splits, err = r.splits(ctx, req.NamespacedName); err != nil {
+	if in.Split, err = r.split(ctx, req.NamespacedName); err != nil {
 		return ctrl.Result{}, err
 	}
-	for _, s := range in.Splits {
-		for _, b := range s.Backends {
+	if in.Split != nil {
+		for _, b := range in.Split.Backends {
 			if _, done := in.Backends[b.Service]; done {
 				continue
 			}
@@ -71,8 +73,11 @@ func (r *ServiceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 			}
 		}
 	}
-	r.Sink.SetService(svc.Namespace, svc.Name, mesh.CompileService(in))
-	log.FromContext(ctx).V(1).Info("Compiled service", "splits", len(in.Splits))
+	version := r.Sink.SetService(svc.Namespace, svc.Name, mesh.CompileService(in))
+	if in.Split != nil {
+		r.Programs.Record(types.NamespacedName{Namespace: in.Split.Namespace, Name: in.Split.Name}, in.Split.Generation, version)
+	}
+	log.FromContext(ctx).V(1).Info("Compiled service", "version", version, "split", in.Split != nil)
 	return ctrl.Result{}, nil
 }
 
@@ -99,35 +104,37 @@ func (r *ServiceReconciler) backend(ctx context.Context, namespace, name string)
 	return r.endpoints(ctx, &svc)
 }
 
-// splits returns the splits rooted at the Service that may be programmed: each accepted
-// split as it is now, and each rejected one as it was when last accepted.
-func (r *ServiceReconciler) splits(ctx context.Context, root types.NamespacedName) ([]mesh.Split, error) {
+// split returns the split that governs the root, in the form to program: the winner of
+// the splits rooted there as it is now if it is valid, or as it was when last accepted.
+// A split that was never valid is not programmed.
+func (r *ServiceReconciler) split(ctx context.Context, root types.NamespacedName) (*mesh.Split, error) {
 	var list smi.TrafficSplitList
 	if err := r.Client.List(ctx, &list, client.InNamespace(root.Namespace), client.MatchingFields{indexSplitRoot: root.Name}); err != nil {
 		return nil, fmt.Errorf("listing traffic splits rooted at %s: %w", root, err)
 	}
+	all := make([]mesh.Split, 0, len(list.Items))
+	for i := range list.Items {
+		all = append(all, toMeshSplit(&list.Items[i]))
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	prev := r.lastGood[root]
-	next := make(map[string]mesh.Split, len(list.Items))
-	out := make([]mesh.Split, 0, len(list.Items))
-	for i := range list.Items {
-		s := toMeshSplit(&list.Items[i])
-		if !mesh.CheckSplit(s, true).Accepted {
-			old, ok := prev[s.Name]
-			if !ok {
-				continue
-			}
-			s = old
+	w, ok := mesh.Winner(all)
+	switch {
+	case !ok:
+		delete(r.lastGood, root)
+		return nil, nil
+	case mesh.CheckSplit(w, true).Accepted:
+		if r.lastGood == nil {
+			r.lastGood = map[types.NamespacedName]mesh.Split{}
 		}
-		next[s.Name] = s
-		out = append(out, s)
+		r.lastGood[root] = w
+		return &w, nil
 	}
-	if r.lastGood == nil {
-		r.lastGood = map[types.NamespacedName]map[string]mesh.Split{}
+	if old, ok := r.lastGood[root]; ok && old.Name == w.Name {
+		return &old, nil
 	}
-	r.lastGood[root] = next
-	return out, nil
+	delete(r.lastGood, root)
+	return nil, nil
 }
 
 func (r *ServiceReconciler) forget(root types.NamespacedName) {

@@ -26,16 +26,29 @@ func NewScheme() (*runtime.Scheme, error) {
 // +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch;create;update;patch;delete,namespace=braid-system
 // +kubebuilder:rbac:groups="",resources=events,verbs=create;patch
 
-// Setup registers every reconciler and index with the manager; compiled configuration
-// goes to sink.
-func Setup(ctx context.Context, mgr manager.Manager, sink ConfigSink) error {
+// ConfigServer is what the reconcilers need of the config server: somewhere to put
+// compiled configuration, and news of what proxies acknowledged.
+type ConfigServer interface {
+	ConfigSink
+	AckCounter
+	OnAcks(func())
+}
+
+// Setup registers every reconciler and index with the manager, feeding srv.
+func Setup(ctx context.Context, mgr manager.Manager, srv ConfigServer) error {
 	if err := SetupIndexes(ctx, mgr); err != nil {
 		return err
 	}
-	if err := (&ServiceReconciler{Client: mgr.GetClient(), Sink: sink}).SetupWithManager(mgr); err != nil {
+	programs := NewPrograms()
+	srv.OnAcks(programs.AcksChanged)
+	if err := mgr.Add(manager.RunnableFunc(programs.Start)); err != nil {
+		return fmt.Errorf("adding the program tracker: %w", err)
+	}
+	if err := (&ServiceReconciler{Client: mgr.GetClient(), Sink: srv, Programs: programs}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the service reconciler: %w", err)
 	}
-	if err := (&TrafficSplitReconciler{Client: mgr.GetClient()}).SetupWithManager(mgr); err != nil {
+	split := &TrafficSplitReconciler{Client: mgr.GetClient(), Acks: srv, Programs: programs, Events: mgr.GetEventRecorder("braid")}
+	if err := split.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the traffic split reconciler: %w", err)
 	}
 	return nil

@@ -9,11 +9,12 @@ import (
 // (allowed by v1alpha1) has weight 0.
 func toMeshSplit(ts *smi.TrafficSplit) mesh.Split {
 	s := mesh.Split{
-		Namespace: ts.Namespace,
-		Name:      ts.Name,
-		Created:   ts.CreationTimestamp.Time,
-		Root:      ts.Spec.Service,
-		Backends:  make([]mesh.SplitBackend, 0, len(ts.Spec.Backends)),
+		Namespace:  ts.Namespace,
+		Name:       ts.Name,
+		Generation: ts.Generation,
+		Created:    ts.CreationTimestamp.Time,
+		Root:       ts.Spec.Service,
+		Backends:   make([]mesh.SplitBackend, 0, len(ts.Spec.Backends)),
 	}
 	for _, b := range ts.Spec.Backends {
 		var milli int64

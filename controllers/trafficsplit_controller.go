@@ -3,12 +3,14 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"reflect"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -17,90 +19,235 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	"github.com/braidmesh/braid/internal/mesh"
 	"github.com/braidmesh/braid/internal/smi"
 )
 
-// ConditionAccepted is the condition that says whether Braid can program an object.
-const ConditionAccepted = "Accepted"
+// Condition types Braid writes on SMI objects.
+const (
+	ConditionAccepted     = "Accepted"
+	ConditionResolvedRefs = "ResolvedRefs"
+	ConditionProgrammed   = "Programmed"
+)
+
+// Reasons of conditions written here (the others come from internal/mesh).
+const (
+	ReasonSuperseded  = "Superseded"
+	ReasonNotAccepted = "NotAccepted"
+	ReasonPending     = "Pending"
+	ReasonProgrammed  = "Programmed"
+)
+
+// AckCounter says how many connected proxies run a config version.
+type AckCounter interface {
+	Acked(version uint64) (acked, connected int)
+}
 
 // TrafficSplitReconciler tells users, through status conditions, whether each
-// TrafficSplit can be programmed and why not. It never changes a split's spec.
+// TrafficSplit is accepted, whether its backends resolve, and whether every connected
+// proxy runs it. It never changes a split's spec.
 type TrafficSplitReconciler struct {
-	Client client.Client
+	Client   client.Client
+	Acks     AckCounter
+	Programs *Programs
+	Events   events.EventRecorder
 }
 
 // +kubebuilder:rbac:groups=split.smi-spec.io,resources=trafficsplits,verbs=get;list;watch
 // +kubebuilder:rbac:groups=split.smi-spec.io,resources=trafficsplits/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
-// Reconcile checks the split req names and records the verdict in its Accepted condition.
+// Reconcile computes the split's conditions and writes those that changed.
 func (r *TrafficSplitReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	var ts smi.TrafficSplit
 	if err := r.Client.Get(ctx, req.NamespacedName, &ts); err != nil {
-		return ctrl.Result{}, client.IgnoreNotFound(err)
+		if apierrors.IsNotFound(err) {
+			r.Programs.Forget(req.NamespacedName)
+			return ctrl.Result{}, nil
+		}
+		return ctrl.Result{}, err
 	}
-	rootExists, err := r.serviceExists(ctx, types.NamespacedName{Namespace: ts.Namespace, Name: ts.Spec.Service})
+	split := toMeshSplit(&ts)
+	root, err := r.service(ctx, ts.Namespace, split.Root)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	v := mesh.CheckSplit(toMeshSplit(&ts), rootExists)
-	cond := metav1.Condition{
-		Type:               ConditionAccepted,
-		Status:             metav1.ConditionTrue,
-		ObservedGeneration: ts.Generation,
-		Reason:             v.Reason,
-		Message:            v.Message,
+	accepted, err := r.accepted(ctx, split, root != nil)
+	if err != nil {
+		return ctrl.Result{}, err
 	}
-	if !v.Accepted {
-		cond.Status = metav1.ConditionFalse
+	refs, err := r.resolvedRefs(ctx, split, root)
+	if err != nil {
+		return ctrl.Result{}, err
 	}
 	before := ts.DeepCopy()
-	if !meta.SetStatusCondition(&ts.Status.Conditions, cond) {
+	conds := []metav1.Condition{
+		condition(ConditionAccepted, accepted.Accepted, accepted.Reason, accepted.Message),
+		condition(ConditionResolvedRefs, refs.Resolved, refs.Reason, refs.Message),
+		r.programmed(req.NamespacedName, &ts, accepted),
+	}
+	for _, c := range conds {
+		c.ObservedGeneration = ts.Generation
+		meta.SetStatusCondition(&ts.Status.Conditions, c)
+	}
+	if reflect.DeepEqual(before.Status, ts.Status) {
 		return ctrl.Result{}, nil
 	}
 	if err := r.Client.Status().Patch(ctx, &ts, client.MergeFrom(before)); err != nil {
 		return ctrl.Result{}, fmt.Errorf("writing the status of traffic split %s: %w", req.NamespacedName, err)
 	}
-	log.FromContext(ctx).V(1).Info("Updated traffic split status", "accepted", v.Accepted, "reason", v.Reason)
+	r.eventOnNewPortGap(before, &ts, refs)
+	log.FromContext(ctx).V(1).Info("Updated traffic split status", "accepted", accepted.Reason, "resolvedRefs", refs.Reason)
 	return ctrl.Result{}, nil
 }
 
-func (r *TrafficSplitReconciler) serviceExists(ctx context.Context, key types.NamespacedName) (bool, error) {
-	var svc corev1.Service
-	err := r.Client.Get(ctx, key, &svc)
-	switch {
-	case apierrors.IsNotFound(err):
-		return false, nil
-	case err != nil:
-		return false, fmt.Errorf("reading root service %s: %w", key, err)
+func condition(typ string, ok bool, reason, message string) metav1.Condition {
+	c := metav1.Condition{Type: typ, Status: metav1.ConditionTrue, Reason: reason, Message: message}
+	if !ok {
+		c.Status = metav1.ConditionFalse
 	}
-	return true, nil
+	return c
 }
 
-// SetupWithManager registers the reconciler: a split is checked again when its spec
-// changes or its root Service appears or disappears.
+// accepted adds to mesh.CheckSplit the one rule that needs the other splits: only the
+// oldest split of a root governs it.
+func (r *TrafficSplitReconciler) accepted(ctx context.Context, split mesh.Split, rootExists bool) (mesh.Verdict, error) {
+	v := mesh.CheckSplit(split, rootExists)
+	if !v.Accepted {
+		return v, nil
+	}
+	var list smi.TrafficSplitList
+	if err := r.Client.List(ctx, &list, client.InNamespace(split.Namespace), client.MatchingFields{indexSplitRoot: split.Root}); err != nil {
+		return v, fmt.Errorf("listing traffic splits rooted at %s/%s: %w", split.Namespace, split.Root, err)
+	}
+	all := make([]mesh.Split, 0, len(list.Items))
+	for i := range list.Items {
+		all = append(all, toMeshSplit(&list.Items[i]))
+	}
+	if w, ok := mesh.Winner(all); ok && w.Name != split.Name {
+		return mesh.Verdict{Reason: ReasonSuperseded, Message: fmt.Sprintf(
+			"traffic split %s, created earlier, already governs root service %s; one split applies per root service, so this one is ignored until %s is deleted",
+			w.Name, split.Root, w.Name)}, nil
+	}
+	return v, nil
+}
+
+func (r *TrafficSplitReconciler) resolvedRefs(ctx context.Context, split mesh.Split, root *corev1.Service) (mesh.RefsVerdict, error) {
+	services := map[string]*corev1.Service{}
+	for _, b := range split.Backends {
+		svc, err := r.service(ctx, split.Namespace, b.Service)
+		if err != nil {
+			return mesh.RefsVerdict{}, err
+		}
+		services[b.Service] = svc
+	}
+	return mesh.CheckBackends(split, root, services), nil
+}
+
+// programmed says whether every connected proxy runs this generation. Once True for a
+// generation it stays True: proxies that connect later are brought up to date by the
+// config server, and the condition describes the split, not each proxy.
+func (r *TrafficSplitReconciler) programmed(key types.NamespacedName, ts *smi.TrafficSplit, accepted mesh.Verdict) metav1.Condition {
+	if !accepted.Accepted {
+		msg := "the split is not accepted (see Accepted), so proxies do not run this generation"
+		if c, ok := r.Programs.Get(key); ok {
+			msg += fmt.Sprintf("; they keep running generation %d, the last accepted one", c.Generation)
+		}
+		return condition(ConditionProgrammed, false, ReasonNotAccepted, msg)
+	}
+	if cur := meta.FindStatusCondition(ts.Status.Conditions, ConditionProgrammed); cur != nil &&
+		cur.Status == metav1.ConditionTrue && cur.ObservedGeneration == ts.Generation {
+		return *cur
+	}
+	c, ok := r.Programs.Get(key)
+	if !ok || c.Generation != ts.Generation {
+		return condition(ConditionProgrammed, false, ReasonPending, fmt.Sprintf("generation %d is not compiled yet", ts.Generation))
+	}
+	r.Programs.AwaitAcks(key) // before counting, so no acknowledgement is missed
+	acked, connected := r.Acks.Acked(c.Version)
+	if acked < connected {
+		return condition(ConditionProgrammed, false, ReasonPending,
+			fmt.Sprintf("%d of %d connected proxies run config version %d, which carries generation %d", acked, connected, c.Version, ts.Generation))
+	}
+	return condition(ConditionProgrammed, true, ReasonProgrammed,
+		fmt.Sprintf("all %d connected proxies run config version %d, which carries generation %d", connected, c.Version, ts.Generation))
+}
+
+// eventOnNewPortGap records a Warning Event when backends newly lack a root port, so
+// `kubectl describe trafficsplit` shows it once rather than on every reconcile.
+func (r *TrafficSplitReconciler) eventOnNewPortGap(before, after *smi.TrafficSplit, refs mesh.RefsVerdict) {
+	if len(refs.LacksPort) == 0 {
+		return
+	}
+	old := meta.FindStatusCondition(before.Status.Conditions, ConditionResolvedRefs)
+	if old != nil && old.Message == refs.Message {
+		return
+	}
+	r.Events.Eventf(after, nil, corev1.EventTypeWarning, mesh.ReasonBackendLacksPort, "Resolve",
+		"backends without a port of root service %s get no traffic on that port: %v", after.Spec.Service, refs.LacksPort)
+}
+
+func (r *TrafficSplitReconciler) service(ctx context.Context, namespace, name string) (*corev1.Service, error) {
+	var svc corev1.Service
+	err := r.Client.Get(ctx, types.NamespacedName{Namespace: namespace, Name: name}, &svc)
+	switch {
+	case apierrors.IsNotFound(err):
+		return nil, nil
+	case err != nil:
+		return nil, fmt.Errorf("reading service %s/%s: %w", namespace, name, err)
+	}
+	return &svc, nil
+}
+
+// SetupWithManager registers the reconciler: a split is looked at again when its spec
+// changes, another split on its root comes or goes, a Service it names appears, goes or
+// changes ports, it is compiled, or proxies acknowledge a version it waits for.
 func (r *TrafficSplitReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("trafficsplit").
 		For(&smi.TrafficSplit{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
-		Watches(&corev1.Service{}, handler.EnqueueRequestsFromMapFunc(r.splitsRootedAt),
-			builder.WithPredicates(predicate.Funcs{
-				// Only a Service's existence matters to a split's verdict.
-				UpdateFunc: func(event.UpdateEvent) bool { return false },
-			})).
+		Watches(&smi.TrafficSplit{}, handler.EnqueueRequestsFromMapFunc(r.siblings),
+			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		Watches(&corev1.Service{}, handler.EnqueueRequestsFromMapFunc(r.splitsNaming),
+			builder.WithPredicates(predicate.Funcs{UpdateFunc: portsChanged})).
+		WatchesRawSource(source.Channel(r.Programs.Events(), &handler.TypedEnqueueRequestForObject[*smi.TrafficSplit]{})).
 		Complete(r)
 }
 
-func (r *TrafficSplitReconciler) splitsRootedAt(ctx context.Context, o client.Object) []reconcile.Request {
+func portsChanged(e event.UpdateEvent) bool {
+	o, ok1 := e.ObjectOld.(*corev1.Service)
+	n, ok2 := e.ObjectNew.(*corev1.Service)
+	return ok1 && ok2 && !reflect.DeepEqual(o.Spec.Ports, n.Spec.Ports)
+}
+
+// siblings maps a split to the other splits on its root: which one governs may change.
+func (r *TrafficSplitReconciler) siblings(ctx context.Context, o client.Object) []reconcile.Request {
+	ts, ok := o.(*smi.TrafficSplit)
+	if !ok {
+		return nil
+	}
+	return r.list(ctx, ts.Namespace, indexSplitRoot, ts.Spec.Service, ts.Name)
+}
+
+// splitsNaming maps a Service to the splits that name it as root or backend.
+func (r *TrafficSplitReconciler) splitsNaming(ctx context.Context, o client.Object) []reconcile.Request {
+	return append(r.list(ctx, o.GetNamespace(), indexSplitRoot, o.GetName(), ""),
+		r.list(ctx, o.GetNamespace(), indexSplitBackend, o.GetName(), "")...)
+}
+
+func (r *TrafficSplitReconciler) list(ctx context.Context, namespace, index, value, except string) []reconcile.Request {
 	var list smi.TrafficSplitList
-	if err := r.Client.List(ctx, &list, client.InNamespace(o.GetNamespace()), client.MatchingFields{indexSplitRoot: o.GetName()}); err != nil {
-		log.FromContext(ctx).Error(err, "Listing traffic splits by root failed", "service", client.ObjectKeyFromObject(o))
+	if err := r.Client.List(ctx, &list, client.InNamespace(namespace), client.MatchingFields{index: value}); err != nil {
+		log.FromContext(ctx).Error(err, "Listing traffic splits failed", "index", index, "value", value)
 		return nil
 	}
 	reqs := make([]reconcile.Request, 0, len(list.Items))
 	for i := range list.Items {
-		reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&list.Items[i])})
+		if list.Items[i].Name != except {
+			reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&list.Items[i])})
+		}
 	}
 	return reqs
 }

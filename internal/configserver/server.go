@@ -3,9 +3,11 @@
 package configserver
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"slices"
 	"strings"
@@ -31,11 +33,15 @@ type Server struct {
 	log logr.Logger
 	now func() time.Time
 
-	mu       sync.Mutex
-	version  uint64
-	services map[string]*api.Service
-	snapshot *api.Snapshot // built lazily for the current version
-	proxies  map[*proxyConn]struct{}
+	mu        sync.Mutex
+	version   uint64
+	services  map[string]*api.Service
+	changedAt map[string]uint64 // the version at which each service last changed
+	snapshot  *api.Snapshot     // built lazily for the current version
+	proxies   map[*proxyConn]struct{}
+
+	// onAcks is called, outside the lock, whenever what proxies have acknowledged changes.
+	onAcks func()
 }
 
 // proxyConn is one connected proxy's stream.
@@ -45,9 +51,9 @@ type proxyConn struct {
 	wake      chan struct{}
 
 	// guarded by Server.mu
-	sentAny     bool
-	sent, acked uint64
-	nack        string
+	sentAny, ackedAny bool
+	sent, acked       uint64
+	nack              string
 }
 
 // ProxyStatus describes one connected proxy.
@@ -68,31 +74,47 @@ type ProxyStatus struct {
 // New returns an empty Server. now is the clock it stamps connections with.
 func New(log logr.Logger, now func() time.Time) *Server {
 	return &Server{
-		log:      log,
-		now:      now,
-		services: map[string]*api.Service{},
-		proxies:  map[*proxyConn]struct{}{},
+		log:       log,
+		now:       now,
+		services:  map[string]*api.Service{},
+		changedAt: map[string]uint64{},
+		proxies:   map[*proxyConn]struct{}{},
+	}
+}
+
+// OnAcks registers f to be called whenever a proxy acknowledges a version, connects or
+// disconnects. Call it before Serve.
+func (s *Server) OnAcks(f func()) { s.onAcks = f }
+
+func (s *Server) acksChanged() {
+	if s.onAcks != nil {
+		s.onAcks()
 	}
 }
 
 // SetService sets the compiled configuration of the Service namespace/name; nil removes
 // it. A value equal to the current one changes nothing, so proxies see no new version.
-func (s *Server) SetService(namespace, name string, svc *api.Service) {
+// It returns the version from which proxies run this configuration of the Service.
+func (s *Server) SetService(namespace, name string, svc *api.Service) uint64 {
 	key := namespace + "/" + name
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	old, had := s.services[key]
 	switch {
 	case svc == nil && !had:
-		return
+		return s.version
 	case svc == nil:
 		delete(s.services, key)
+		delete(s.changedAt, key)
 	case had && proto.Equal(old, svc):
-		return
+		return s.changedAt[key]
 	default:
 		s.services[key] = svc
 	}
 	s.version++
+	if svc != nil {
+		s.changedAt[key] = s.version
+	}
 	s.snapshot = nil
 	for p := range s.proxies {
 		select {
@@ -100,6 +122,19 @@ func (s *Server) SetService(namespace, name string, svc *api.Service) {
 		default: // already woken; it will read the newest version
 		}
 	}
+	return s.version
+}
+
+// Acked counts the connected proxies, and those of them that run version or later.
+func (s *Server) Acked(version uint64) (acked, connected int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for p := range s.proxies {
+		if p.ackedAny && p.acked >= version {
+			acked++
+		}
+	}
+	return acked, len(s.proxies)
 }
 
 // Version is the current configuration version.
@@ -122,15 +157,13 @@ func (s *Server) currentSnapshot() *api.Snapshot {
 	if s.snapshot != nil {
 		return s.snapshot
 	}
-	keys := make([]string, 0, len(s.services))
-	for k := range s.services {
-		keys = append(keys, k)
+	snap := &api.Snapshot{Version: s.version, Services: make([]*api.Service, 0, len(s.services))}
+	for _, svc := range s.services {
+		snap.Services = append(snap.Services, svc)
 	}
-	slices.Sort(keys)
-	snap := &api.Snapshot{Version: s.version, Services: make([]*api.Service, 0, len(keys))}
-	for _, k := range keys {
-		snap.Services = append(snap.Services, s.services[k])
-	}
+	slices.SortFunc(snap.Services, func(a, b *api.Service) int {
+		return cmp.Or(strings.Compare(a.GetNamespace(), b.GetNamespace()), strings.Compare(a.GetName(), b.GetName()))
+	})
 	s.snapshot = snap
 	return snap
 }
@@ -144,7 +177,7 @@ func (s *Server) Proxies() []ProxyStatus {
 		out = append(out, ProxyStatus{
 			ID: p.hello.GetProxyId(), Namespace: p.hello.GetNamespace(), ServiceAccount: p.hello.GetServiceAccount(),
 			Connected: p.connected, Sent: p.sent, Acked: p.acked, Nack: p.nack,
-			Synced: p.acked == s.version && p.nack == "",
+			Synced: p.ackedAny && p.acked == s.version && p.nack == "",
 		})
 	}
 	slices.SortFunc(out, func(a, b ProxyStatus) int { return strings.Compare(a.ID, b.ID) })
@@ -166,6 +199,7 @@ func (s *Server) Stream(stream api.ConfigService_StreamServer) error {
 	log := s.log.WithValues("proxy", hello.GetProxyId(), "namespace", hello.GetNamespace())
 	s.register(p)
 	defer s.unregister(p)
+	defer s.acksChanged()
 	log.V(1).Info("Proxy connected")
 
 	ctx, cancel := context.WithCancel(stream.Context())
@@ -182,8 +216,8 @@ func (s *Server) Stream(stream api.ConfigService_StreamServer) error {
 		case <-ctx.Done():
 			select {
 			case err := <-acks:
-				if errors.Is(err, context.Canceled) || status.Code(err) == codes.Canceled {
-					return nil
+				if errors.Is(err, io.EOF) || errors.Is(err, context.Canceled) || status.Code(err) == codes.Canceled {
+					return nil // the proxy closed its side or went away
 				}
 				return err
 			default:
@@ -234,11 +268,12 @@ func (s *Server) receiveAcks(stream api.ConfigService_StreamServer, p *proxyConn
 		}
 		s.mu.Lock()
 		if ack.GetError() == "" {
-			p.acked, p.nack = max(p.acked, ack.GetVersion()), ""
+			p.ackedAny, p.acked, p.nack = true, max(p.acked, ack.GetVersion()), ""
 		} else {
 			p.nack = ack.GetError()
 		}
 		s.mu.Unlock()
+		s.acksChanged()
 		if ack.GetError() != "" {
 			log.Info("Proxy rejected configuration", "version", ack.GetVersion(), "error", ack.GetError())
 		}

@@ -20,10 +20,12 @@ type Endpoints struct {
 // ServiceInput is everything one Service's proxy configuration depends on.
 type ServiceInput struct {
 	Endpoints
-	// Splits are the accepted TrafficSplits whose root is this Service.
-	Splits []Split
-	// Backends holds, by name, every Service the splits name as a backend; a name that is
-	// absent or maps to a nil Service is a backend Service that does not exist (yet).
+	// Split is the TrafficSplit that governs this Service (see Winner), in its last
+	// accepted form; nil when none applies.
+	Split *Split
+	// Backends holds, by name, every Service the split names as a backend (the root
+	// itself included when it is one); a name that is absent or maps to a nil Service is a
+	// backend Service that does not exist (yet).
 	Backends map[string]Endpoints
 }
 
@@ -38,16 +40,15 @@ func CompileService(in ServiceInput) *api.Service {
 	if svc == nil || svc.Spec.Type == corev1.ServiceTypeExternalName {
 		return nil
 	}
-	split, hasSplit := winner(in.Splits)
 	out := &api.Service{Namespace: svc.Namespace, Name: svc.Name}
 	for _, p := range svc.Spec.Ports {
 		if p.Protocol != "" && p.Protocol != corev1.ProtocolTCP {
 			continue
 		}
 		port := &api.ServicePort{Name: p.Name, Port: uint32(p.Port)}
-		if hasSplit {
-			port.Split = split.Key()
-			port.Backends = splitBackends(split, p.Port, in.Backends)
+		if in.Split != nil {
+			port.Split = in.Split.Key()
+			port.Backends = splitBackends(*in.Split, p.Port, in.Backends)
 		} else {
 			port.Backends = []*api.Backend{{Service: svc.Name, Weight: 1, Endpoints: endpointsFor(in.Endpoints, p.Port)}}
 		}

@@ -323,17 +323,23 @@ func (f *fixture) input(t *testing.T) ServiceInput {
 	if in.Service == nil {
 		t.Fatalf("the Service to compile, %s/%s, is not in the input", f.namespace, f.root)
 	}
+	var rooted []Split
 	for _, s := range f.splits {
-		if s.Namespace != f.namespace || s.Root != f.root {
-			continue
+		if s.Namespace == f.namespace && s.Root == f.root {
+			rooted = append(rooted, s)
 		}
-		if v := CheckSplit(s, true); !v.Accepted {
-			t.Fatalf("split %s is not accepted (%s: %s); the compiler only sees accepted splits", s.Key(), v.Reason, v.Message)
-		}
-		in.Splits = append(in.Splits, s)
-		for _, b := range s.Backends {
-			in.Backends[b.Service] = f.endpoints(b.Service)
-		}
+	}
+	// As the reconciler does: the governing split of the root, if accepted.
+	s, ok := Winner(rooted)
+	if !ok {
+		return in
+	}
+	if v := CheckSplit(s, true); !v.Accepted {
+		t.Fatalf("split %s is not accepted (%s: %s); the compiler only sees accepted splits", s.Key(), v.Reason, v.Message)
+	}
+	in.Split = &s
+	for _, b := range s.Backends {
+		in.Backends[b.Service] = f.endpoints(b.Service)
 	}
 	return in
 }

@@ -10,7 +10,9 @@ import (
 type Split struct {
 	Namespace string
 	Name      string
-	Created   time.Time
+	// Generation is the metadata.generation the split was read at.
+	Generation int64
+	Created    time.Time
 	// Root is the apex Service clients call, in the split's namespace.
 	Root     string
 	Backends []SplitBackend
@@ -78,9 +80,10 @@ func reject(reason, format string, args ...any) Verdict {
 	return Verdict{Reason: reason, Message: fmt.Sprintf(format, args...)}
 }
 
-// winner picks the split that governs a root when several name it: the oldest, then the
-// first by name, so every operator replica picks the same one.
-func winner(splits []Split) (Split, bool) {
+// Winner picks the split that governs a root when several name it: the oldest, then the
+// first by name, so every operator replica picks the same one. The others are ignored,
+// whether the winner is valid or not, so status and proxies agree on which one applies.
+func Winner(splits []Split) (Split, bool) {
 	if len(splits) == 0 {
 		return Split{}, false
 	}

@@ -86,9 +86,9 @@ func TestWinner(t *testing.T) {
 			// Every order of the input must give the same winner: operator replicas list
 			// splits in whatever order their caches hold them.
 			for _, order := range permutations(tc.splits) {
-				got, ok := winner(order)
+				got, ok := Winner(order)
 				if ok != (tc.want != "") || got.Name != tc.want {
-					t.Errorf("winner(%v) = %q, %t; want %q", names(order), got.Name, ok, tc.want)
+					t.Errorf("Winner(%v) = %q, %t; want %q", names(order), got.Name, ok, tc.want)
 				}
 			}
 		})

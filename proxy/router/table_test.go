@@ -1,0 +1,381 @@
+package router_test
+
+import (
+	"errors"
+	"math/rand/v2"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/braidmesh/braid/proxy/api"
+	"github.com/braidmesh/braid/proxy/router"
+)
+
+func svc(namespace, name string, ports ...*api.ServicePort) *api.Service {
+	return &api.Service{Namespace: namespace, Name: name, Ports: ports}
+}
+
+func port(number uint32, backends ...*api.Backend) *api.ServicePort {
+	return &api.ServicePort{Name: "p", Port: number, Backends: backends}
+}
+
+func backend(service string, weight uint32, endpoints ...*api.Endpoint) *api.Backend {
+	return &api.Backend{Service: service, Weight: weight, Endpoints: endpoints}
+}
+
+func ep(ip string, port uint32) *api.Endpoint { return &api.Endpoint{Ip: ip, Port: port} }
+
+// testSnapshot has shop/web (ports 80 and 8080) and other/api (ports 80 and 9090); the
+// proxy's own namespace is shop.
+func testSnapshot() *api.Snapshot {
+	return &api.Snapshot{Version: 7, Services: []*api.Service{
+		svc("shop", "web",
+			port(80, backend("web", 1, ep("10.0.0.1", 8080))),
+			port(8080, backend("web", 1, ep("10.0.0.1", 8081)))),
+		svc("other", "api",
+			port(80, backend("api", 1, ep("10.0.1.1", 80))),
+			port(9090, backend("api", 1, ep("fd00::1", 9090)))),
+	}}
+}
+
+func mustBuild(t testing.TB, snap *api.Snapshot) *router.Table {
+	t.Helper()
+	table, err := router.Build(snap, "shop", "cluster.local")
+	if err != nil {
+		t.Fatalf("Build: %v", err)
+	}
+	return table
+}
+
+func TestBuildVersion(t *testing.T) {
+	if v := mustBuild(t, testSnapshot()).Version(); v != 7 {
+		t.Errorf("Version() = %d, want 7", v)
+	}
+	if v := mustBuild(t, &api.Snapshot{}).Version(); v != 0 {
+		t.Errorf("Version() of an empty snapshot = %d, want 0", v)
+	}
+}
+
+func TestResolve(t *testing.T) {
+	table := mustBuild(t, testSnapshot())
+	for _, tc := range []struct {
+		authority string
+		service   string
+		port      uint32
+	}{
+		{"web", "shop/web", 80},
+		{"web:8080", "shop/web", 8080},
+		{"web.shop", "shop/web", 80},
+		{"web.shop:8080", "shop/web", 8080},
+		{"web.shop.svc", "shop/web", 80},
+		{"web.shop.svc.cluster.local", "shop/web", 80},
+		{"api.other", "other/api", 80},
+		{"api.other:80", "other/api", 80},
+		{"api.other:9090", "other/api", 9090},
+		{"api.other.svc:9090", "other/api", 9090},
+		{"api.other.svc.cluster.local", "other/api", 80},
+		{"api.other.svc.cluster.local:9090", "other/api", 9090},
+		{"api.other.svc.cluster.local.", "other/api", 80},
+		{"api.other.svc.cluster.local.:9090", "other/api", 9090},
+		{"WEB", "shop/web", 80},
+		{"Api.Other.SVC.Cluster.Local:9090", "other/api", 9090},
+		{"API.OTHER", "other/api", 80},
+	} {
+		t.Run(tc.authority, func(t *testing.T) {
+			p, err := table.Resolve(tc.authority)
+			if err != nil {
+				t.Fatalf("Resolve(%q): %v", tc.authority, err)
+			}
+			if p.Service != tc.service || p.Number != tc.port {
+				t.Errorf("Resolve(%q) = %s port %d, want %s port %d", tc.authority, p.Service, p.Number, tc.service, tc.port)
+			}
+		})
+	}
+}
+
+func TestResolveRejects(t *testing.T) {
+	table := mustBuild(t, testSnapshot())
+	for _, tc := range []struct {
+		authority string
+		mention   string // the error must mention this
+	}{
+		{"", ""},
+		{"api", "shop/api"}, // a bare name is in the proxy's own namespace
+		{"api.shop", "shop/api"},
+		{"nope.other.svc.cluster.local", "other/nope"},
+		{"api.other.svc.other.domain", "api.other.svc.other.domain"},
+		{"api.other.svc.cluster", "api.other.svc.cluster"},
+		{"api.other.svc.cluster.local.evil", "api.other.svc.cluster.local.evil"},
+		{"api.other.cluster.local", "api.other.cluster.local"},
+		{"api.other.notsvc", "api.other.notsvc"},
+		{"10.0.1.1", "10.0.1.1"},
+		{"10.0.1.1:80", "10.0.1.1"},
+		{"[::1]", "[::1]"},
+		{"[::1]:80", "::1"},
+		{"[fd00::1]:9090", "fd00::1"},
+		{"::1", "::1"},
+		{"fd00::1:80", "fd00::1:80"},
+		{"web:", "web:"},
+		{"web:0", "web:0"},
+		{"web:-1", "web:-1"},
+		{"web:+80", "web:+80"},
+		{"web:65536", "web:65536"},
+		{"web:http", "web:http"},
+		{"web:80:80", "web:80:80"},
+		{"[web]", "[web]"},
+		{"web]:80", "web]:80"},
+		{"web.shop:81", "81"},
+		{"web:9090", "9090"},
+		{"api.other:8080", "8080"},
+		{"api.other.svc.cluster.local:443", "443"},
+	} {
+		t.Run(tc.authority, func(t *testing.T) {
+			p, err := table.Resolve(tc.authority)
+			if err == nil {
+				t.Fatalf("Resolve(%q) = %s port %d, want an error", tc.authority, p.Service, p.Number)
+			}
+			if !errors.Is(err, router.ErrNoRoute) {
+				t.Errorf("Resolve(%q) error %v does not wrap ErrNoRoute", tc.authority, err)
+			}
+			if p != nil {
+				t.Errorf("Resolve(%q) returned a port with its error", tc.authority)
+			}
+			if !strings.Contains(err.Error(), tc.mention) {
+				t.Errorf("Resolve(%q) error %q does not mention %q", tc.authority, err, tc.mention)
+			}
+		})
+	}
+}
+
+func TestResolveOtherDomain(t *testing.T) {
+	table, err := router.Build(testSnapshot(), "shop", "corp.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, err := table.Resolve("api.other.svc.corp.example:9090"); err != nil || p.Service != "other/api" {
+		t.Errorf("Resolve in domain corp.example = %v, %v; want other/api", p, err)
+	}
+	if _, err := table.Resolve("api.other.svc.cluster.local"); !errors.Is(err, router.ErrNoRoute) {
+		t.Errorf("Resolve of cluster.local in domain corp.example: %v, want ErrNoRoute", err)
+	}
+}
+
+func TestBuildRejects(t *testing.T) {
+	good := backend("web", 1, ep("10.0.0.1", 8080))
+	for _, tc := range []struct {
+		name    string
+		snap    *api.Snapshot
+		mention string
+	}{
+		{"duplicate service", &api.Snapshot{Services: []*api.Service{
+			svc("shop", "web", port(80, good)), svc("shop", "web", port(81, good)),
+		}}, "shop/web appears twice"},
+		{"no namespace", &api.Snapshot{Services: []*api.Service{svc("", "web", port(80, good))}}, "no namespace"},
+		{"no name", &api.Snapshot{Services: []*api.Service{svc("shop", "", port(80, good))}}, "no namespace or name"},
+		{"duplicate port", &api.Snapshot{Services: []*api.Service{
+			svc("shop", "web", port(80, good), port(80, good)),
+		}}, "port 80 appears twice"},
+		{"port 0", &api.Snapshot{Services: []*api.Service{svc("shop", "web", port(0, good))}}, "port 0 is out of range"},
+		{"port 65536", &api.Snapshot{Services: []*api.Service{svc("shop", "web", port(65536, good))}}, "port 65536 is out of range"},
+		{"port 1<<32-1", &api.Snapshot{Services: []*api.Service{svc("shop", "web", port(1<<32-1, good))}}, "out of range"},
+		{"endpoint IP not an IP", &api.Snapshot{Services: []*api.Service{
+			svc("shop", "web", port(80, backend("web", 1, ep("web-0", 8080)))),
+		}}, "invalid endpoint web-0:8080"},
+		{"endpoint IP empty", &api.Snapshot{Services: []*api.Service{
+			svc("shop", "web", port(80, backend("web", 1, ep("", 8080)))),
+		}}, "invalid endpoint"},
+		{"endpoint IP out of range", &api.Snapshot{Services: []*api.Service{
+			svc("shop", "web", port(80, backend("web", 1, ep("10.0.0.256", 8080)))),
+		}}, "invalid endpoint 10.0.0.256"},
+		{"endpoint IP with port", &api.Snapshot{Services: []*api.Service{
+			svc("shop", "web", port(80, backend("web", 1, ep("10.0.0.1:80", 8080)))),
+		}}, "invalid endpoint"},
+		{"endpoint IP bracketed", &api.Snapshot{Services: []*api.Service{
+			svc("shop", "web", port(80, backend("web", 1, ep("[fd00::1]", 8080)))),
+		}}, "invalid endpoint"},
+		{"endpoint port 0", &api.Snapshot{Services: []*api.Service{
+			svc("shop", "web", port(80, backend("web", 1, ep("10.0.0.1", 0)))),
+		}}, "invalid endpoint 10.0.0.1:0"},
+		{"endpoint port 65536", &api.Snapshot{Services: []*api.Service{
+			svc("shop", "web", port(80, backend("web", 1, ep("10.0.0.1", 65536)))),
+		}}, "invalid endpoint 10.0.0.1:65536"},
+		{"bad endpoint in a later backend", &api.Snapshot{Services: []*api.Service{
+			svc("shop", "web", port(80, good, backend("web-v2", 1, ep("nope", 8080)))),
+		}}, "backend web-v2"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			table, err := router.Build(tc.snap, "shop", "cluster.local")
+			if err == nil {
+				t.Fatalf("Build succeeded (%v), want an error", table)
+			}
+			if !strings.Contains(err.Error(), tc.mention) {
+				t.Errorf("Build error %q does not mention %q", err, tc.mention)
+			}
+		})
+	}
+}
+
+func TestBuildAcceptsEdgeValues(t *testing.T) {
+	table := mustBuild(t, &api.Snapshot{Services: []*api.Service{
+		svc("shop", "web",
+			port(1, backend("web", 1, ep("10.0.0.1", 1))),
+			port(65535, backend("web", 1, ep("fd00::2", 65535)))),
+		svc("shop", "empty"), // a service without ports routes nothing
+	}})
+	for _, a := range []string{"web:1", "web:65535"} {
+		if _, err := table.Resolve(a); err != nil {
+			t.Errorf("Resolve(%q): %v", a, err)
+		}
+	}
+	if _, err := table.Resolve("empty"); !errors.Is(err, router.ErrNoRoute) {
+		t.Errorf("Resolve of a service without ports: %v, want ErrNoRoute", err)
+	}
+}
+
+func resolve(t *testing.T, table *router.Table, authority string) *router.Port {
+	t.Helper()
+	p, err := table.Resolve(authority)
+	if err != nil {
+		t.Fatalf("Resolve(%q): %v", authority, err)
+	}
+	return p
+}
+
+func TestPickNeverChoosesZeroWeight(t *testing.T) {
+	for _, order := range []string{"zero first", "zero last"} {
+		t.Run(order, func(t *testing.T) {
+			zero := backend("web-v1", 0, ep("10.0.0.1", 8080))
+			heavy := backend("web-v2", 5, ep("10.0.0.2", 8080))
+			backends := []*api.Backend{zero, heavy}
+			if order == "zero last" {
+				backends = []*api.Backend{heavy, zero}
+			}
+			p := resolve(t, mustBuild(t, &api.Snapshot{Services: []*api.Service{svc("shop", "web", port(80, backends...))}}), "web")
+			rng := rand.New(rand.NewPCG(1, 2))
+			for i := range 10000 {
+				if b := p.Pick(rng); b == nil || b.Service != "web-v2" {
+					t.Fatalf("draw %d picked %+v, want web-v2", i, b)
+				}
+			}
+		})
+	}
+}
+
+func TestPickByWeight(t *testing.T) {
+	p := resolve(t, mustBuild(t, &api.Snapshot{Services: []*api.Service{svc("shop", "web", port(80,
+		backend("web-v1", 3, ep("10.0.0.1", 8080)),
+		backend("web-v2", 1, ep("10.0.0.2", 8080)),
+	))}}), "web")
+	rng := rand.New(rand.NewPCG(42, 1024))
+	const draws = 40000
+	counts := map[string]int{}
+	for range draws {
+		b := p.Pick(rng)
+		if b == nil {
+			t.Fatal("Pick returned nil for a port with weights")
+		}
+		counts[b.Service]++
+	}
+	if counts["web-v1"]+counts["web-v2"] != draws {
+		t.Fatalf("picked unknown backends: %v", counts)
+	}
+	share := float64(counts["web-v1"]) / draws
+	if share < 0.73 || share > 0.77 {
+		t.Errorf("web-v1 (weight 3 of 4) got %.4f of %d draws, want 0.75±0.02", share, draws)
+	}
+}
+
+func TestPickWithoutWeight(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for name, backends := range map[string][]*api.Backend{
+		"no backends":       nil,
+		"all weights 0":     {backend("web-v1", 0, ep("10.0.0.1", 8080)), backend("web-v2", 0, ep("10.0.0.2", 8080))},
+		"one with weight 0": {backend("web", 0, ep("10.0.0.1", 8080))},
+	} {
+		t.Run(name, func(t *testing.T) {
+			p := resolve(t, mustBuild(t, &api.Snapshot{Services: []*api.Service{svc("shop", "web", port(80, backends...))}}), "web")
+			for range 100 {
+				if b := p.Pick(rng); b != nil {
+					t.Fatalf("Pick = %+v, want nil", b)
+				}
+			}
+		})
+	}
+}
+
+func TestBackendCarriesConfig(t *testing.T) {
+	p := resolve(t, mustBuild(t, &api.Snapshot{Services: []*api.Service{{
+		Namespace: "shop", Name: "web",
+		Ports: []*api.ServicePort{{Port: 80, Split: "shop/canary", Backends: []*api.Backend{
+			{Service: "web-v2", Weight: 9, Unavailable: "service shop/web-v2 does not exist"},
+		}}},
+	}}}), "web.shop.svc")
+	if p.Split != "shop/canary" || p.Service != "shop/web" || p.Number != 80 {
+		t.Errorf("port = %+v, want split shop/canary of shop/web port 80", p)
+	}
+	b := p.Pick(rand.New(rand.NewPCG(1, 2)))
+	if b == nil || b.Service != "web-v2" || b.Weight != 9 || b.Unavailable != "service shop/web-v2 does not exist" {
+		t.Fatalf("Pick = %+v, want web-v2 with weight 9 and its unavailable reason", b)
+	}
+	if e, ok := b.Endpoint(rand.New(rand.NewPCG(1, 2))); ok {
+		t.Errorf("Endpoint of a backend without endpoints = %v, true; want false", e)
+	}
+}
+
+func TestEndpoint(t *testing.T) {
+	p := resolve(t, mustBuild(t, &api.Snapshot{Services: []*api.Service{svc("shop", "web", port(80,
+		backend("web", 1, ep("10.0.0.1", 8080), ep("10.0.0.2", 8081), ep("fd00::3", 8082)),
+	))}}), "web")
+	want := map[netip.AddrPort]bool{
+		netip.MustParseAddrPort("10.0.0.1:8080"):  true,
+		netip.MustParseAddrPort("10.0.0.2:8081"):  true,
+		netip.MustParseAddrPort("[fd00::3]:8082"): true,
+	}
+	rng := rand.New(rand.NewPCG(3, 4))
+	b := p.Pick(rng)
+	seen := map[netip.AddrPort]int{}
+	for range 3000 {
+		e, ok := b.Endpoint(rng)
+		if !ok || !want[e] {
+			t.Fatalf("Endpoint = %v, %v; want one of %v", e, ok, want)
+		}
+		seen[e]++
+	}
+	if len(seen) != len(want) {
+		t.Errorf("3000 draws reached only %v", seen)
+	}
+}
+
+func FuzzResolve(f *testing.F) {
+	for _, seed := range []string{
+		"web", "web:8080", "web.shop", "web.shop.svc", "web.shop.svc.cluster.local",
+		"api.other.svc.cluster.local.:9090", "API.OTHER", "api.other.svc.other.domain",
+		"[::1]:80", "::1", "web:", "web:0", "web:65536", "", ".", "..", ":", "[", "]:80",
+		"web.shop.svc.cluster.local..", "a.b.svc.", "%zz", "web\x00",
+	} {
+		f.Add(seed)
+	}
+	table := mustBuild(f, testSnapshot())
+	ports := map[string]map[uint32]bool{
+		"shop/web":  {80: true, 8080: true},
+		"other/api": {80: true, 9090: true},
+	}
+	f.Fuzz(func(t *testing.T, authority string) {
+		p, err := table.Resolve(authority)
+		if err != nil {
+			if !errors.Is(err, router.ErrNoRoute) {
+				t.Fatalf("Resolve(%q) error %v does not wrap ErrNoRoute", authority, err)
+			}
+			if p != nil {
+				t.Fatalf("Resolve(%q) returned a port with error %v", authority, err)
+			}
+			return
+		}
+		if p == nil {
+			t.Fatalf("Resolve(%q) returned neither a port nor an error", authority)
+		}
+		if !ports[p.Service][p.Number] {
+			t.Fatalf("Resolve(%q) = %s port %d, which is not in the table", authority, p.Service, p.Number)
+		}
+	})
+}
