@@ -73,14 +73,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusNotFound, err.Error())
 		return
 	}
-	rng := h.rngs.Get().(*rand.Rand)
-	backend := port.Pick(rng)
+	backend := port.Pick()
 	var ep netip.AddrPort
 	ok := false
 	if backend != nil {
+		rng := h.rngs.Get().(*rand.Rand)
 		ep, ok = backend.Endpoint(rng)
+		h.rngs.Put(rng)
 	}
-	h.rngs.Put(rng)
 	switch {
 	case backend == nil:
 		fail(w, http.StatusServiceUnavailable, fmt.Sprintf("service %s port %d has no backend with a weight above 0", port.Service, port.Number))

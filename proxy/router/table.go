@@ -5,11 +5,13 @@ package router
 import (
 	"errors"
 	"fmt"
+	"math/bits"
 	"math/rand/v2"
 	"net"
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync/atomic"
 
 	"github.com/braidmesh/braid/proxy/api"
 )
@@ -36,6 +38,8 @@ type Port struct {
 	Split    string
 	backends []*Backend
 	total    uint64
+	// picks counts the backend choices made on this port: see Pick.
+	picks atomic.Uint64
 }
 
 // Backend is a weighted backend of a Port.
@@ -79,6 +83,7 @@ func buildPort(svc *service, p *api.ServicePort) (*Port, error) {
 		return nil, fmt.Errorf("port %d appears twice", p.GetPort())
 	}
 	out := &Port{Service: svc.namespace + "/" + svc.name, Number: p.GetPort(), Split: p.GetSplit()}
+	out.picks.Store(rand.Uint64()) // proxies do not start in step
 	for _, b := range p.GetBackends() {
 		be := &Backend{Service: b.GetService(), Weight: b.GetWeight(), Unavailable: b.GetUnavailable()}
 		for _, e := range b.GetEndpoints() {
@@ -156,12 +161,21 @@ func (t *Table) serviceKey(host string) (serviceKey, bool) {
 	return serviceKey{}, false
 }
 
+// goldenStep is 2^64 divided by the golden ratio: stepping by it visits [0, 2^64) as
+// evenly as any sequence can (a Weyl sequence of lowest discrepancy).
+const goldenStep = 0x9E3779B97F4A7C15
+
 // Pick chooses a backend by weight. It returns nil when no backend has a weight.
-func (p *Port) Pick(rng *rand.Rand) *Backend {
+//
+// Successive picks on a port follow a golden-ratio sequence rather than random draws, so
+// every run of requests, however short, is split within a few requests of the weights
+// (random draws would stray by ±1.5 points over 1000 requests at 60/40), with one atomic
+// add per request and no lock.
+func (p *Port) Pick() *Backend {
 	if p.total == 0 {
 		return nil
 	}
-	n := rng.Uint64N(p.total)
+	n, _ := bits.Mul64(p.picks.Add(1)*goldenStep, p.total) // ⌊x·total⌋ for x in [0, 1)
 	for _, b := range p.backends {
 		if n < uint64(b.Weight) {
 			return b
