@@ -8,8 +8,11 @@ import (
 	"fmt"
 
 	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	"github.com/braidmesh/braid/internal/smi"
 )
@@ -20,6 +23,8 @@ const (
 	indexSplitRoot = "braid.dev/split-root"
 	// indexSplitBackend indexes TrafficSplits by the names of their backend Services.
 	indexSplitBackend = "braid.dev/split-backend"
+	// indexSplitMatch indexes TrafficSplits by the names of the HTTPRouteGroups they match on.
+	indexSplitMatch = "braid.dev/split-match"
 	// indexSliceService indexes EndpointSlices by the name of the Service they belong to.
 	indexSliceService = "braid.dev/slice-service"
 )
@@ -43,6 +48,11 @@ func SetupIndexes(ctx context.Context, mgr manager.Manager) error {
 	}); err != nil {
 		return fmt.Errorf("indexing TrafficSplits by backend: %w", err)
 	}
+	if err := idx.IndexField(ctx, &smi.TrafficSplit{}, indexSplitMatch, func(o client.Object) []string {
+		return routeGroupNames(o.(*smi.TrafficSplit))
+	}); err != nil {
+		return fmt.Errorf("indexing TrafficSplits by route group: %w", err)
+	}
 	if err := idx.IndexField(ctx, &discoveryv1.EndpointSlice{}, indexSliceService, func(o client.Object) []string {
 		if name := o.GetLabels()[discoveryv1.LabelServiceName]; name != "" {
 			return []string{name}
@@ -52,4 +62,24 @@ func SetupIndexes(ctx context.Context, mgr manager.Manager) error {
 		return fmt.Errorf("indexing EndpointSlices by service: %w", err)
 	}
 	return nil
+}
+
+// splitsBy lists the splits in namespace whose index holds value. A failure is logged
+// and maps to nothing: map functions cannot return errors, and the next event catches up.
+func splitsBy(ctx context.Context, c client.Client, namespace, index, value string) []smi.TrafficSplit {
+	var list smi.TrafficSplitList
+	if err := c.List(ctx, &list, client.InNamespace(namespace), client.MatchingFields{index: value}); err != nil {
+		log.FromContext(ctx).Error(err, "Listing traffic splits failed", "index", index, "value", value, "namespace", namespace)
+		return nil
+	}
+	return list.Items
+}
+
+// rootsOf maps splits to reconcile requests for their root Services.
+func rootsOf(splits []smi.TrafficSplit) []reconcile.Request {
+	reqs := make([]reconcile.Request, 0, len(splits))
+	for i := range splits {
+		reqs = append(reqs, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: splits[i].Namespace, Name: splits[i].Spec.Service}})
+	}
+	return reqs
 }

@@ -55,7 +55,7 @@ func (r *ServiceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 		}
 		return ctrl.Result{}, fmt.Errorf("reading service %s: %w", req.NamespacedName, err)
 	}
-	in := mesh.ServiceInput{Backends: map[string]mesh.Endpoints{}}
+	in := mesh.ServiceInput{Backends: map[string]mesh.Endpoints{}, RouteGroups: map[string]*mesh.RouteGroup{}}
 	var err error
 	if in.Endpoints, err = r.endpoints(ctx, &svc); err != nil {
 		return ctrl.Result{}, err
@@ -71,6 +71,9 @@ func (r *ServiceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 			if in.Backends[b.Service], err = r.backend(ctx, req.Namespace, b.Service); err != nil {
 				return ctrl.Result{}, err
 			}
+		}
+		if err := r.routeGroups(ctx, req.Namespace, in.Split.Matches, in.RouteGroups); err != nil {
+			return ctrl.Result{}, err
 		}
 	}
 	version := r.Sink.SetService(svc.Namespace, svc.Name, mesh.CompileService(in))
@@ -91,6 +94,23 @@ func (r *ServiceReconciler) endpoints(ctx context.Context, svc *corev1.Service) 
 		ep.Slices = append(ep.Slices, &list.Items[i])
 	}
 	return ep, nil
+}
+
+// +kubebuilder:rbac:groups=specs.smi-spec.io,resources=httproutegroups,verbs=get;list;watch
+
+func (r *ServiceReconciler) routeGroups(ctx context.Context, namespace string, names []string, into map[string]*mesh.RouteGroup) error {
+	for _, name := range names {
+		var g smi.HTTPRouteGroup
+		err := r.Client.Get(ctx, types.NamespacedName{Namespace: namespace, Name: name}, &g)
+		switch {
+		case apierrors.IsNotFound(err):
+			continue
+		case err != nil:
+			return fmt.Errorf("reading HTTPRouteGroup %s/%s: %w", namespace, name, err)
+		}
+		into[name] = toRouteGroup(&g)
+	}
+	return nil
 }
 
 func (r *ServiceReconciler) backend(ctx context.Context, namespace, name string) (mesh.Endpoints, error) {
@@ -144,7 +164,8 @@ func (r *ServiceReconciler) forget(root types.NamespacedName) {
 }
 
 // SetupWithManager registers the reconciler: a Service is recompiled when it, one of its
-// EndpointSlices, a split rooted at it, or a backend of such a split changes.
+// EndpointSlices, a split rooted at it, a backend of such a split, or an HTTPRouteGroup
+// the split matches on changes.
 func (r *ServiceReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("service").
@@ -152,6 +173,7 @@ func (r *ServiceReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&corev1.Service{}, handler.EnqueueRequestsFromMapFunc(r.rootsOfBackend)).
 		Watches(&discoveryv1.EndpointSlice{}, handler.EnqueueRequestsFromMapFunc(r.forSlice)).
 		Watches(&smi.TrafficSplit{}, handler.EnqueueRequestsFromMapFunc(rootOfSplit)).
+		Watches(&smi.HTTPRouteGroup{}, handler.EnqueueRequestsFromMapFunc(r.rootsMatchingOn)).
 		Complete(r)
 }
 
@@ -167,16 +189,12 @@ func (r *ServiceReconciler) forSlice(ctx context.Context, o client.Object) []rec
 
 // rootsOfBackend maps a Service to the roots of the splits that name it as a backend.
 func (r *ServiceReconciler) rootsOfBackend(ctx context.Context, o client.Object) []reconcile.Request {
-	var list smi.TrafficSplitList
-	if err := r.Client.List(ctx, &list, client.InNamespace(o.GetNamespace()), client.MatchingFields{indexSplitBackend: o.GetName()}); err != nil {
-		log.FromContext(ctx).Error(err, "Listing traffic splits by backend failed", "service", client.ObjectKeyFromObject(o))
-		return nil
-	}
-	reqs := make([]reconcile.Request, 0, len(list.Items))
-	for i := range list.Items {
-		reqs = append(reqs, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: o.GetNamespace(), Name: list.Items[i].Spec.Service}})
-	}
-	return reqs
+	return rootsOf(splitsBy(ctx, r.Client, o.GetNamespace(), indexSplitBackend, o.GetName()))
+}
+
+// rootsMatchingOn maps an HTTPRouteGroup to the roots of the splits that match on it.
+func (r *ServiceReconciler) rootsMatchingOn(ctx context.Context, o client.Object) []reconcile.Request {
+	return rootsOf(splitsBy(ctx, r.Client, o.GetNamespace(), indexSplitMatch, o.GetName()))
 }
 
 func rootOfSplit(_ context.Context, o client.Object) []reconcile.Request {

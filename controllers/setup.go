@@ -51,5 +51,8 @@ func Setup(ctx context.Context, mgr manager.Manager, srv ConfigServer) error {
 	if err := split.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the traffic split reconciler: %w", err)
 	}
+	if err := (&HTTPRouteGroupReconciler{Client: mgr.GetClient()}).SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("setting up the HTTPRouteGroup reconciler: %w", err)
+	}
 	return nil
 }

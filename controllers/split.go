@@ -23,5 +23,26 @@ func toMeshSplit(ts *smi.TrafficSplit) mesh.Split {
 		}
 		s.Backends = append(s.Backends, mesh.SplitBackend{Service: b.Service, MilliWeight: milli})
 	}
+	s.Matches = routeGroupNames(ts)
 	return s
+}
+
+// routeGroupNames lists the HTTPRouteGroups a split matches on (the CRD admits no other kind).
+func routeGroupNames(ts *smi.TrafficSplit) []string {
+	var names []string
+	for _, m := range ts.Spec.Matches {
+		if m.Kind == "HTTPRouteGroup" {
+			names = append(names, m.Name)
+		}
+	}
+	return names
+}
+
+// toRouteGroup converts an HTTPRouteGroup for the compiler.
+func toRouteGroup(g *smi.HTTPRouteGroup) *mesh.RouteGroup {
+	out := &mesh.RouteGroup{Namespace: g.Namespace, Name: g.Name}
+	for _, m := range g.Spec.Matches {
+		out.Matches = append(out.Matches, mesh.RouteMatch{Name: m.Name, PathRegex: m.PathRegex, Methods: m.Methods, Headers: m.Headers})
+	}
+	return out
 }

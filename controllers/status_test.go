@@ -190,3 +190,46 @@ func setWeights(ctx context.Context, t *testing.T, split *unstructured.Unstructu
 		t.Fatal(err)
 	}
 }
+
+func TestHTTPRouteGroupWithABadRegexIsNotAccepted(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	ns := namespace(ctx, t)
+	group := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "specs.smi-spec.io/v1alpha4", "kind": "HTTPRouteGroup",
+		"metadata": map[string]any{"namespace": ns, "name": "api"},
+		"spec": map[string]any{"matches": []any{
+			map[string]any{"name": "ok", "pathRegex": "/api"},
+			map[string]any{"name": "broken", "pathRegex": "/api/(v1", "headers": []any{map[string]any{"x-team": "a.*"}}},
+		}},
+	}}
+	mustCreate(ctx, t, group)
+	for {
+		var g smi.HTTPRouteGroup
+		if err := cp.Client.Get(ctx, client.ObjectKeyFromObject(group), &g); err == nil {
+			if c := findCondition(g.Status.Conditions, controllers.ConditionAccepted); c != nil && c.Status == metav1.ConditionFalse {
+				if c.Reason != mesh.ReasonInvalidMatch || !strings.Contains(c.Message, "spec.matches[1].pathRegex") {
+					t.Fatalf("want InvalidMatch naming spec.matches[1].pathRegex, got %s: %q", c.Reason, c.Message)
+				}
+				if g.Spec.Matches[1].Headers["x-team"] != "a.*" {
+					t.Fatalf("the SDK's list form of headers must decode, got %v", g.Spec.Matches[1].Headers)
+				}
+				return
+			}
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal("the HTTPRouteGroup never got Accepted=False")
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+func findCondition(conds []metav1.Condition, typ string) *metav1.Condition {
+	for i := range conds {
+		if conds[i].Type == typ {
+			return &conds[i]
+		}
+	}
+	return nil
+}

@@ -143,7 +143,18 @@ func (r *TrafficSplitReconciler) resolvedRefs(ctx context.Context, split mesh.Sp
 		}
 		services[b.Service] = svc
 	}
-	return mesh.CheckBackends(split, root, services), nil
+	groups := map[string]bool{}
+	for _, name := range split.Matches {
+		var g smi.HTTPRouteGroup
+		err := r.Client.Get(ctx, types.NamespacedName{Namespace: split.Namespace, Name: name}, &g)
+		switch {
+		case err == nil:
+			groups[name] = true
+		case !apierrors.IsNotFound(err):
+			return mesh.RefsVerdict{}, fmt.Errorf("reading HTTPRouteGroup %s/%s: %w", split.Namespace, name, err)
+		}
+	}
+	return mesh.CheckRefs(split, root, services, groups), nil
 }
 
 // programmed says whether every connected proxy runs this generation. Once True for a
@@ -203,7 +214,8 @@ func (r *TrafficSplitReconciler) service(ctx context.Context, namespace, name st
 
 // SetupWithManager registers the reconciler: a split is looked at again when its spec
 // changes, another split on its root comes or goes, a Service it names appears, goes or
-// changes ports, it is compiled, or proxies acknowledge a version it waits for.
+// changes ports, an HTTPRouteGroup it names appears or goes, it is compiled, or proxies
+// acknowledge a version it waits for.
 func (r *TrafficSplitReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("trafficsplit").
@@ -212,6 +224,8 @@ func (r *TrafficSplitReconciler) SetupWithManager(mgr ctrl.Manager) error {
 			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Watches(&corev1.Service{}, handler.EnqueueRequestsFromMapFunc(r.splitsNaming),
 			builder.WithPredicates(predicate.Funcs{UpdateFunc: portsChanged})).
+		Watches(&smi.HTTPRouteGroup{}, handler.EnqueueRequestsFromMapFunc(r.splitsMatchingOn),
+			builder.WithPredicates(predicate.Funcs{UpdateFunc: func(event.UpdateEvent) bool { return false }})).
 		WatchesRawSource(source.Channel(r.Programs.Events(), &handler.TypedEnqueueRequestForObject[*smi.TrafficSplit]{})).
 		Complete(r)
 }
@@ -231,6 +245,12 @@ func (r *TrafficSplitReconciler) siblings(ctx context.Context, o client.Object) 
 	return r.list(ctx, ts.Namespace, indexSplitRoot, ts.Spec.Service, ts.Name)
 }
 
+// splitsMatchingOn maps an HTTPRouteGroup to the splits that name it: its existence
+// decides their ResolvedRefs.
+func (r *TrafficSplitReconciler) splitsMatchingOn(ctx context.Context, o client.Object) []reconcile.Request {
+	return r.list(ctx, o.GetNamespace(), indexSplitMatch, o.GetName(), "")
+}
+
 // splitsNaming maps a Service to the splits that name it as root or backend.
 func (r *TrafficSplitReconciler) splitsNaming(ctx context.Context, o client.Object) []reconcile.Request {
 	return append(r.list(ctx, o.GetNamespace(), indexSplitRoot, o.GetName(), ""),
@@ -238,15 +258,11 @@ func (r *TrafficSplitReconciler) splitsNaming(ctx context.Context, o client.Obje
 }
 
 func (r *TrafficSplitReconciler) list(ctx context.Context, namespace, index, value, except string) []reconcile.Request {
-	var list smi.TrafficSplitList
-	if err := r.Client.List(ctx, &list, client.InNamespace(namespace), client.MatchingFields{index: value}); err != nil {
-		log.FromContext(ctx).Error(err, "Listing traffic splits failed", "index", index, "value", value)
-		return nil
-	}
-	reqs := make([]reconcile.Request, 0, len(list.Items))
-	for i := range list.Items {
-		if list.Items[i].Name != except {
-			reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&list.Items[i])})
+	splits := splitsBy(ctx, r.Client, namespace, index, value)
+	reqs := make([]reconcile.Request, 0, len(splits))
+	for i := range splits {
+		if splits[i].Name != except {
+			reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&splits[i])})
 		}
 	}
 	return reqs

@@ -156,7 +156,7 @@ func TestAllZeroSplitIsRejectedAndNeverProgrammed(t *testing.T) {
 	}
 	// Never accepted, so the root compiles as if it had no split.
 	snap := waitSnapshot(ctx, t, func(s *api.Snapshot) bool { return harness.FindPort(s, ns, "web", 80) != nil })
-	if p := harness.FindPort(snap, ns, "web", 80); p.GetSplit() != "" || len(p.GetBackends()) != 1 || p.GetBackends()[0].GetService() != "web" {
+	if p := harness.FindPort(snap, ns, "web", 80); p.GetSplit() != "" || len(harness.Backends(p)) != 1 || harness.Backends(p)[0].GetService() != "web" {
 		t.Fatalf("a split that was never accepted must not be programmed: %v", p)
 	}
 }

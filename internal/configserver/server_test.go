@@ -203,7 +203,7 @@ func waitStatus(t *testing.T, srv *configserver.Server, id, what string, cond fu
 }
 
 func service(namespace, name string, port uint32, backends ...*api.Backend) *api.Service {
-	return &api.Service{Namespace: namespace, Name: name, Ports: []*api.ServicePort{{Name: "http", Port: port, Backends: backends}}}
+	return &api.Service{Namespace: namespace, Name: name, Ports: []*api.ServicePort{{Name: "http", Port: port, Routes: []*api.Route{{Backends: backends}}}}}
 }
 
 // backend is a backend with weight 1 and an endpoint on port 8080 at each of ips.

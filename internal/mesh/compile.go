@@ -27,6 +27,9 @@ type ServiceInput struct {
 	// itself included when it is one); a name that is absent or maps to a nil Service is a
 	// backend Service that does not exist (yet).
 	Backends map[string]Endpoints
+	// RouteGroups holds, by name, the HTTPRouteGroups the split names; an absent name is a
+	// group that does not exist.
+	RouteGroups map[string]*RouteGroup
 }
 
 // maxWireWeight bounds the weights sent to proxies; relative shares are kept.
@@ -45,16 +48,33 @@ func CompileService(in ServiceInput) *api.Service {
 		if p.Protocol != "" && p.Protocol != corev1.ProtocolTCP {
 			continue
 		}
-		port := &api.ServicePort{Name: p.Name, Port: uint32(p.Port)}
-		if in.Split != nil {
-			port.Split = in.Split.Key()
-			port.Backends = splitBackends(*in.Split, p.Port, in.Backends)
-		} else {
-			port.Backends = []*api.Backend{{Service: svc.Name, Weight: 1, Endpoints: endpointsFor(in.Endpoints, p.Port)}}
-		}
-		out.Ports = append(out.Ports, port)
+		out.Ports = append(out.Ports, compilePort(in, p))
 	}
 	return out
+}
+
+// compilePort routes one port: to the Service itself without a split; to the split's
+// backends with one; and with a split that has matches, the matching requests to the
+// split's backends and the others to the Service itself.
+func compilePort(in ServiceInput, p corev1.ServicePort) *api.ServicePort {
+	port := &api.ServicePort{Name: p.Name, Port: uint32(p.Port)}
+	self := &api.Route{Backends: []*api.Backend{{Service: in.Service.Name, Weight: 1, Endpoints: endpointsFor(in.Endpoints, p.Port)}}}
+	if in.Split == nil {
+		port.Routes = []*api.Route{self}
+		return port
+	}
+	port.Split = in.Split.Key()
+	split := &api.Route{Backends: splitBackends(*in.Split, p.Port, in.Backends)}
+	if len(in.Split.Matches) == 0 {
+		port.Routes = []*api.Route{split}
+		return port
+	}
+	// A split whose groups match nothing (missing, or none valid) splits nothing.
+	if split.Matches = splitMatches(*in.Split, in.RouteGroups); len(split.Matches) > 0 {
+		port.Routes = append(port.Routes, split)
+	}
+	port.Routes = append(port.Routes, self)
+	return port
 }
 
 // splitBackends resolves a split's backends for one root port. A backend Service without

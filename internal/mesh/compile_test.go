@@ -61,6 +61,9 @@ func TestCompileService(t *testing.T) {
 		{name: "huge-weights", check: wantWeights(map[string]uint32{"reviews-v1": maxWireWeight, "reviews-v2": 1, "reviews-v3": 0})},
 		{name: "flagger-apex", check: wantSplit("shop/podinfo")},
 		{name: "argo-apex-is-backend", check: wantSplit("shop/reviews")},
+		{name: "split-ab-matches", check: wantSplit("shop/reviews")},
+		{name: "split-ab-missing-group", check: wantSplit("shop/reviews")},
+		{name: "split-ab-invalid-match", check: wantSplit("shop/reviews")},
 	}
 	listed := map[string]bool{}
 	for _, tc := range cases {
@@ -113,7 +116,7 @@ func wantWeights(want map[string]uint32) func(*testing.T, *api.Service) {
 	return func(t *testing.T, out *api.Service) {
 		t.Helper()
 		for _, p := range out.GetPorts() {
-			for _, b := range p.Backends {
+			for _, b := range allBackends(p) {
 				if w, ok := want[b.Service]; !ok || b.Weight != w {
 					t.Errorf("port %d: backend %s weight = %d, want %d (listed: %t)", p.Port, b.Service, b.Weight, w, ok)
 				}
@@ -130,13 +133,13 @@ func checkWireWeights(t *testing.T, out *api.Service) {
 	t.Helper()
 	for _, p := range out.GetPorts() {
 		var total uint64
-		for _, b := range p.Backends {
+		for _, b := range allBackends(p) {
 			if b.Weight > maxWireWeight {
 				t.Errorf("port %d: backend %s weight %d exceeds %d", p.Port, b.Service, b.Weight, maxWireWeight)
 			}
 			total += uint64(b.Weight)
 		}
-		if len(p.Backends) > 0 && total == 0 {
+		if len(allBackends(p)) > 0 && total == 0 {
 			t.Errorf("port %d: every backend has weight 0", p.Port)
 		}
 	}
@@ -192,6 +195,7 @@ type fixture struct {
 	services        map[string]*corev1.Service // by namespace/name
 	slices          []*discoveryv1.EndpointSlice
 	splits          []Split
+	groups          map[string]*RouteGroup // by name
 }
 
 // splitDoc is the short form of a TrafficSplit in input files.
@@ -201,6 +205,7 @@ type splitDoc struct {
 	Namespace string    `json:"namespace"`
 	Created   time.Time `json:"created"`
 	Root      string    `json:"root"`
+	Matches   []string  `json:"matches,omitempty"`
 	Backends  []struct {
 		Service     string             `json:"service"`
 		MilliWeight *int64             `json:"milliWeight,omitempty"`
@@ -209,7 +214,7 @@ type splitDoc struct {
 }
 
 func (d splitDoc) split() (Split, error) {
-	s := Split{Namespace: d.Namespace, Name: d.Name, Created: d.Created, Root: d.Root}
+	s := Split{Namespace: d.Namespace, Name: d.Name, Created: d.Created, Root: d.Root, Matches: d.Matches}
 	for i, b := range d.Backends {
 		var milli int64
 		switch {
@@ -233,7 +238,7 @@ func loadFixture(t *testing.T, path string) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fixture{services: map[string]*corev1.Service{}}
+	f := &fixture{services: map[string]*corev1.Service{}, groups: map[string]*RouteGroup{}}
 	for i, doc := range documentSeparator.Split(string(raw), -1) {
 		if err := f.add([]byte(doc)); err != nil {
 			t.Fatalf("%s: document %d: %v", path, i, err)
@@ -273,20 +278,39 @@ func (f *fixture) add(doc []byte) error {
 		}
 		f.slices = append(f.slices, slice)
 	case head.Kind == "TrafficSplit":
-		var d splitDoc
-		if err := yaml.UnmarshalStrict(doc, &d); err != nil {
-			return err
-		}
-		s, err := d.split()
-		if err != nil {
-			return err
-		}
-		f.splits = append(f.splits, s)
+		return f.addSplit(doc)
+	case head.Kind == "HTTPRouteGroup":
+		return f.addGroup(doc)
 	case head.Kind == "" && isBlank(doc):
 		// Comments only, such as the description at the top of a file.
 	default:
 		return fmt.Errorf("unknown document kind %q", head.Kind)
 	}
+	return nil
+}
+
+func (f *fixture) addSplit(doc []byte) error {
+	var d splitDoc
+	if err := yaml.UnmarshalStrict(doc, &d); err != nil {
+		return err
+	}
+	s, err := d.split()
+	if err != nil {
+		return err
+	}
+	f.splits = append(f.splits, s)
+	return nil
+}
+
+func (f *fixture) addGroup(doc []byte) error {
+	var g struct {
+		Kind string `json:"kind"`
+		RouteGroup
+	}
+	if err := yaml.UnmarshalStrict(doc, &g); err != nil {
+		return err
+	}
+	f.groups[g.Name] = &g.RouteGroup
 	return nil
 }
 
@@ -341,5 +365,20 @@ func (f *fixture) input(t *testing.T) ServiceInput {
 	for _, b := range s.Backends {
 		in.Backends[b.Service] = f.endpoints(b.Service)
 	}
+	in.RouteGroups = map[string]*RouteGroup{}
+	for _, name := range s.Matches {
+		if g, ok := f.groups[name]; ok {
+			in.RouteGroups[name] = g
+		}
+	}
 	return in
+}
+
+// allBackends lists the backends of every route of a port.
+func allBackends(p *api.ServicePort) []*api.Backend {
+	var out []*api.Backend
+	for _, r := range p.GetRoutes() {
+		out = append(out, r.GetBackends()...)
+	}
+	return out
 }

@@ -10,9 +10,10 @@ import (
 
 // Reasons of a TrafficSplit's ResolvedRefs condition.
 const (
-	ReasonResolvedRefs     = "ResolvedRefs"
-	ReasonBackendNotFound  = "BackendNotFound"
-	ReasonBackendLacksPort = "BackendLacksPort"
+	ReasonResolvedRefs       = "ResolvedRefs"
+	ReasonBackendNotFound    = "BackendNotFound"
+	ReasonBackendLacksPort   = "BackendLacksPort"
+	ReasonRouteGroupNotFound = "RouteGroupNotFound"
 )
 
 // RefsVerdict says whether a split's backends resolve. LacksPort names each backend that
@@ -24,12 +25,13 @@ type RefsVerdict struct {
 	LacksPort []string
 }
 
-// CheckBackends resolves a split's backend Services against its root. services maps each
-// backend name to its Service, or to nil when it does not exist. A missing backend with
+// CheckRefs resolves a split's backend Services against its root, and the HTTPRouteGroups
+// it matches on. services maps each backend name to its Service, or to nil when it does
+// not exist; groups says which named groups exist. A missing backend with
 // weight 0 is fine (the documented rollout creates the split before the canary Service);
 // a missing backend with a weight gets a 503 for its share, and a backend without one of
 // the root's ports is left out of that port (SMI).
-func CheckBackends(s Split, root *corev1.Service, services map[string]*corev1.Service) RefsVerdict {
+func CheckRefs(s Split, root *corev1.Service, services map[string]*corev1.Service, groups map[string]bool) RefsVerdict {
 	var missing, waiting, lacks []string
 	for _, b := range s.Backends {
 		svc := services[b.Service]
@@ -47,8 +49,21 @@ func CheckBackends(s Split, root *corev1.Service, services map[string]*corev1.Se
 	}
 	v := RefsVerdict{Resolved: true, Reason: ReasonResolvedRefs, LacksPort: lacks}
 	var notes []string
+	var noGroup []string
+	for _, g := range s.Matches {
+		if !groups[g] {
+			noGroup = append(noGroup, g)
+		}
+	}
+	if len(noGroup) > 0 {
+		v.Resolved, v.Reason = false, ReasonRouteGroupNotFound
+		notes = append(notes, fmt.Sprintf("HTTPRouteGroups not found: %s; until they exist their matches select nothing, so those requests go to root service %s unsplit",
+			strings.Join(noGroup, ", "), s.Root))
+	}
 	if len(missing) > 0 {
-		v.Resolved, v.Reason = false, ReasonBackendNotFound
+		if v.Resolved {
+			v.Resolved, v.Reason = false, ReasonBackendNotFound
+		}
 		notes = append(notes, fmt.Sprintf("backend services not found: %s; requests drawn for them get 503 until they exist", strings.Join(missing, ", ")))
 	}
 	if len(lacks) > 0 {

@@ -16,6 +16,9 @@ type Split struct {
 	// Root is the apex Service clients call, in the split's namespace.
 	Root     string
 	Backends []SplitBackend
+	// Matches name HTTPRouteGroups (v1alpha3+): when set, only requests they match are
+	// split, and the others go to the root Service itself.
+	Matches []string
 }
 
 // SplitBackend is a backend Service and its relative weight.

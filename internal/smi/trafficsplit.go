@@ -2,6 +2,7 @@ package smi
 
 import (
 	splitv1alpha1 "github.com/servicemeshinterface/smi-sdk-go/pkg/apis/split/v1alpha1"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -20,6 +21,8 @@ var (
 func addKnownTypes(s *runtime.Scheme) error {
 	s.AddKnownTypes(SplitGroupVersion, &TrafficSplit{}, &TrafficSplitList{})
 	metav1.AddToGroupVersion(s, SplitGroupVersion)
+	s.AddKnownTypes(SpecsGroupVersion, &HTTPRouteGroup{}, &HTTPRouteGroupList{})
+	metav1.AddToGroupVersion(s, SpecsGroupVersion)
 	return nil
 }
 
@@ -38,8 +41,18 @@ type TrafficSplit struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`
 
-	Spec   splitv1alpha1.TrafficSplitSpec `json:"spec,omitempty"`
-	Status Status                         `json:"status,omitempty"`
+	Spec   TrafficSplitSpec `json:"spec,omitempty"`
+	Status Status           `json:"status,omitempty"`
+}
+
+// TrafficSplitSpec is the SDK's v1alpha1 spec plus the matches of v1alpha3 and later,
+// which every version of Braid's TrafficSplit CRD carries.
+type TrafficSplitSpec struct {
+	splitv1alpha1.TrafficSplitSpec `json:",inline"`
+
+	// Matches name HTTPRouteGroups in the split's namespace: only requests they match are
+	// split; the others go to the root Service itself.
+	Matches []corev1.TypedLocalObjectReference `json:"matches,omitempty"`
 }
 
 // TrafficSplitList is a list of TrafficSplit.

@@ -348,10 +348,10 @@ type ServicePort struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	Port  uint32                 `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`
-	// backends share the port's traffic by weight (weight / sum of weights). A port without
-	// a TrafficSplit has one backend: the Service itself.
-	Backends []*Backend `protobuf:"bytes,3,rep,name=backends,proto3" json:"backends,omitempty"`
-	// split names the TrafficSplit (namespace/name) that produced the backends, if any.
+	// routes are tried in order; the first whose matches admit a request carries it. A port
+	// without a TrafficSplit has one route, without matches, to the Service itself.
+	Routes []*Route `protobuf:"bytes,3,rep,name=routes,proto3" json:"routes,omitempty"`
+	// split names the TrafficSplit (namespace/name) that produced the routes, if any.
 	Split         string `protobuf:"bytes,4,opt,name=split,proto3" json:"split,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -401,9 +401,9 @@ func (x *ServicePort) GetPort() uint32 {
 	return 0
 }
 
-func (x *ServicePort) GetBackends() []*Backend {
+func (x *ServicePort) GetRoutes() []*Route {
 	if x != nil {
-		return x.Backends
+		return x.Routes
 	}
 	return nil
 }
@@ -411,6 +411,186 @@ func (x *ServicePort) GetBackends() []*Backend {
 func (x *ServicePort) GetSplit() string {
 	if x != nil {
 		return x.Split
+	}
+	return ""
+}
+
+// Route sends the requests it matches to its backends, shared by weight (weight / sum).
+type Route struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// matches are alternatives (OR); a route without matches takes every request.
+	Matches       []*HTTPMatch `protobuf:"bytes,1,rep,name=matches,proto3" json:"matches,omitempty"`
+	Backends      []*Backend   `protobuf:"bytes,2,rep,name=backends,proto3" json:"backends,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Route) Reset() {
+	*x = Route{}
+	mi := &file_config_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Route) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Route) ProtoMessage() {}
+
+func (x *Route) ProtoReflect() protoreflect.Message {
+	mi := &file_config_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Route.ProtoReflect.Descriptor instead.
+func (*Route) Descriptor() ([]byte, []int) {
+	return file_config_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *Route) GetMatches() []*HTTPMatch {
+	if x != nil {
+		return x.Matches
+	}
+	return nil
+}
+
+func (x *Route) GetBackends() []*Backend {
+	if x != nil {
+		return x.Backends
+	}
+	return nil
+}
+
+// HTTPMatch admits a request when every field it sets matches (AND).
+type HTTPMatch struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name is the HTTPRouteGroup match this came from (group/match), for humans.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// path_regex is an RE2 expression anchored at the start of the path (SMI).
+	PathRegex string `protobuf:"bytes,2,opt,name=path_regex,json=pathRegex,proto3" json:"path_regex,omitempty"`
+	// methods lists the methods admitted; empty admits any.
+	Methods []string `protobuf:"bytes,3,rep,name=methods,proto3" json:"methods,omitempty"`
+	// headers must all be present and match.
+	Headers       []*HeaderMatch `protobuf:"bytes,4,rep,name=headers,proto3" json:"headers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HTTPMatch) Reset() {
+	*x = HTTPMatch{}
+	mi := &file_config_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HTTPMatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HTTPMatch) ProtoMessage() {}
+
+func (x *HTTPMatch) ProtoReflect() protoreflect.Message {
+	mi := &file_config_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HTTPMatch.ProtoReflect.Descriptor instead.
+func (*HTTPMatch) Descriptor() ([]byte, []int) {
+	return file_config_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *HTTPMatch) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *HTTPMatch) GetPathRegex() string {
+	if x != nil {
+		return x.PathRegex
+	}
+	return ""
+}
+
+func (x *HTTPMatch) GetMethods() []string {
+	if x != nil {
+		return x.Methods
+	}
+	return nil
+}
+
+func (x *HTTPMatch) GetHeaders() []*HeaderMatch {
+	if x != nil {
+		return x.Headers
+	}
+	return nil
+}
+
+// HeaderMatch requires a header whose value matches an RE2 expression in full.
+type HeaderMatch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	ValueRegex    string                 `protobuf:"bytes,2,opt,name=value_regex,json=valueRegex,proto3" json:"value_regex,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HeaderMatch) Reset() {
+	*x = HeaderMatch{}
+	mi := &file_config_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeaderMatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeaderMatch) ProtoMessage() {}
+
+func (x *HeaderMatch) ProtoReflect() protoreflect.Message {
+	mi := &file_config_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeaderMatch.ProtoReflect.Descriptor instead.
+func (*HeaderMatch) Descriptor() ([]byte, []int) {
+	return file_config_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *HeaderMatch) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *HeaderMatch) GetValueRegex() string {
+	if x != nil {
+		return x.ValueRegex
 	}
 	return ""
 }
@@ -430,7 +610,7 @@ type Backend struct {
 
 func (x *Backend) Reset() {
 	*x = Backend{}
-	mi := &file_config_proto_msgTypes[6]
+	mi := &file_config_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -442,7 +622,7 @@ func (x *Backend) String() string {
 func (*Backend) ProtoMessage() {}
 
 func (x *Backend) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[6]
+	mi := &file_config_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -455,7 +635,7 @@ func (x *Backend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Backend.ProtoReflect.Descriptor instead.
 func (*Backend) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{6}
+	return file_config_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Backend) GetService() string {
@@ -497,7 +677,7 @@ type Endpoint struct {
 
 func (x *Endpoint) Reset() {
 	*x = Endpoint{}
-	mi := &file_config_proto_msgTypes[7]
+	mi := &file_config_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -509,7 +689,7 @@ func (x *Endpoint) String() string {
 func (*Endpoint) ProtoMessage() {}
 
 func (x *Endpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[7]
+	mi := &file_config_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -522,7 +702,7 @@ func (x *Endpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Endpoint.ProtoReflect.Descriptor instead.
 func (*Endpoint) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{7}
+	return file_config_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Endpoint) GetIp() string {
@@ -561,12 +741,25 @@ const file_config_proto_rawDesc = "" +
 	"\aService\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x121\n" +
-	"\x05ports\x18\x03 \x03(\v2\x1b.braid.proxy.v1.ServicePortR\x05ports\"\x80\x01\n" +
+	"\x05ports\x18\x03 \x03(\v2\x1b.braid.proxy.v1.ServicePortR\x05ports\"z\n" +
 	"\vServicePort\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
-	"\x04port\x18\x02 \x01(\rR\x04port\x123\n" +
-	"\bbackends\x18\x03 \x03(\v2\x17.braid.proxy.v1.BackendR\bbackends\x12\x14\n" +
-	"\x05split\x18\x04 \x01(\tR\x05split\"\x95\x01\n" +
+	"\x04port\x18\x02 \x01(\rR\x04port\x12-\n" +
+	"\x06routes\x18\x03 \x03(\v2\x15.braid.proxy.v1.RouteR\x06routes\x12\x14\n" +
+	"\x05split\x18\x04 \x01(\tR\x05split\"q\n" +
+	"\x05Route\x123\n" +
+	"\amatches\x18\x01 \x03(\v2\x19.braid.proxy.v1.HTTPMatchR\amatches\x123\n" +
+	"\bbackends\x18\x02 \x03(\v2\x17.braid.proxy.v1.BackendR\bbackends\"\x8f\x01\n" +
+	"\tHTTPMatch\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
+	"\n" +
+	"path_regex\x18\x02 \x01(\tR\tpathRegex\x12\x18\n" +
+	"\amethods\x18\x03 \x03(\tR\amethods\x125\n" +
+	"\aheaders\x18\x04 \x03(\v2\x1b.braid.proxy.v1.HeaderMatchR\aheaders\"B\n" +
+	"\vHeaderMatch\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1f\n" +
+	"\vvalue_regex\x18\x02 \x01(\tR\n" +
+	"valueRegex\"\x95\x01\n" +
 	"\aBackend\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x16\n" +
 	"\x06weight\x18\x02 \x01(\rR\x06weight\x126\n" +
@@ -590,7 +783,7 @@ func file_config_proto_rawDescGZIP() []byte {
 	return file_config_proto_rawDescData
 }
 
-var file_config_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_config_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_config_proto_goTypes = []any{
 	(*StreamRequest)(nil), // 0: braid.proxy.v1.StreamRequest
 	(*Hello)(nil),         // 1: braid.proxy.v1.Hello
@@ -598,23 +791,29 @@ var file_config_proto_goTypes = []any{
 	(*Snapshot)(nil),      // 3: braid.proxy.v1.Snapshot
 	(*Service)(nil),       // 4: braid.proxy.v1.Service
 	(*ServicePort)(nil),   // 5: braid.proxy.v1.ServicePort
-	(*Backend)(nil),       // 6: braid.proxy.v1.Backend
-	(*Endpoint)(nil),      // 7: braid.proxy.v1.Endpoint
+	(*Route)(nil),         // 6: braid.proxy.v1.Route
+	(*HTTPMatch)(nil),     // 7: braid.proxy.v1.HTTPMatch
+	(*HeaderMatch)(nil),   // 8: braid.proxy.v1.HeaderMatch
+	(*Backend)(nil),       // 9: braid.proxy.v1.Backend
+	(*Endpoint)(nil),      // 10: braid.proxy.v1.Endpoint
 }
 var file_config_proto_depIdxs = []int32{
-	1, // 0: braid.proxy.v1.StreamRequest.hello:type_name -> braid.proxy.v1.Hello
-	2, // 1: braid.proxy.v1.StreamRequest.ack:type_name -> braid.proxy.v1.Ack
-	4, // 2: braid.proxy.v1.Snapshot.services:type_name -> braid.proxy.v1.Service
-	5, // 3: braid.proxy.v1.Service.ports:type_name -> braid.proxy.v1.ServicePort
-	6, // 4: braid.proxy.v1.ServicePort.backends:type_name -> braid.proxy.v1.Backend
-	7, // 5: braid.proxy.v1.Backend.endpoints:type_name -> braid.proxy.v1.Endpoint
-	0, // 6: braid.proxy.v1.ConfigService.Stream:input_type -> braid.proxy.v1.StreamRequest
-	3, // 7: braid.proxy.v1.ConfigService.Stream:output_type -> braid.proxy.v1.Snapshot
-	7, // [7:8] is the sub-list for method output_type
-	6, // [6:7] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	1,  // 0: braid.proxy.v1.StreamRequest.hello:type_name -> braid.proxy.v1.Hello
+	2,  // 1: braid.proxy.v1.StreamRequest.ack:type_name -> braid.proxy.v1.Ack
+	4,  // 2: braid.proxy.v1.Snapshot.services:type_name -> braid.proxy.v1.Service
+	5,  // 3: braid.proxy.v1.Service.ports:type_name -> braid.proxy.v1.ServicePort
+	6,  // 4: braid.proxy.v1.ServicePort.routes:type_name -> braid.proxy.v1.Route
+	7,  // 5: braid.proxy.v1.Route.matches:type_name -> braid.proxy.v1.HTTPMatch
+	9,  // 6: braid.proxy.v1.Route.backends:type_name -> braid.proxy.v1.Backend
+	8,  // 7: braid.proxy.v1.HTTPMatch.headers:type_name -> braid.proxy.v1.HeaderMatch
+	10, // 8: braid.proxy.v1.Backend.endpoints:type_name -> braid.proxy.v1.Endpoint
+	0,  // 9: braid.proxy.v1.ConfigService.Stream:input_type -> braid.proxy.v1.StreamRequest
+	3,  // 10: braid.proxy.v1.ConfigService.Stream:output_type -> braid.proxy.v1.Snapshot
+	10, // [10:11] is the sub-list for method output_type
+	9,  // [9:10] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_config_proto_init() }
@@ -632,7 +831,7 @@ func file_config_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_config_proto_rawDesc), len(file_config_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

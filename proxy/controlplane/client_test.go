@@ -124,7 +124,7 @@ func waitStatus(t *testing.T, srv *configserver.Server, what string, cond func(c
 
 func service(name string, ip string) *api.Service {
 	return &api.Service{Namespace: "shop", Name: name, Ports: []*api.ServicePort{{
-		Port: 80, Backends: []*api.Backend{{Service: name, Weight: 1, Endpoints: []*api.Endpoint{{Ip: ip, Port: 8080}}}},
+		Port: 80, Routes: []*api.Route{{Backends: []*api.Backend{{Service: name, Weight: 1, Endpoints: []*api.Endpoint{{Ip: ip, Port: 8080}}}}}},
 	}}}
 }
 

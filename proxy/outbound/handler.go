@@ -73,7 +73,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusNotFound, err.Error())
 		return
 	}
-	backend := port.Pick()
+	route := port.Route(r.Method, r.URL.Path, r.Header)
+	if route == nil {
+		fail(w, http.StatusNotFound, fmt.Sprintf("no route of service %s port %d matches %s %s", port.Service, port.Number, r.Method, r.URL.Path))
+		return
+	}
+	backend := route.Pick()
 	var ep netip.AddrPort
 	ok := false
 	if backend != nil {

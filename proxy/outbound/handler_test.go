@@ -59,7 +59,7 @@ func endpoint(a netip.AddrPort) *api.Endpoint {
 
 // webService is shop/web on port 80 with the given backends.
 func webService(backends ...*api.Backend) *api.Service {
-	return &api.Service{Namespace: "shop", Name: "web", Ports: []*api.ServicePort{{Name: "http", Port: 80, Backends: backends}}}
+	return &api.Service{Namespace: "shop", Name: "web", Ports: []*api.ServicePort{{Name: "http", Port: 80, Routes: []*api.Route{{Backends: backends}}}}}
 }
 
 // newHandler returns a Handler whose table is built from the services (no table at all

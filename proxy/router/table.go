@@ -8,7 +8,10 @@ import (
 	"math/bits"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"net/netip"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -33,16 +36,35 @@ type service struct {
 
 // Port is one routable Service port.
 type Port struct {
-	Service  string // namespace/name
-	Number   uint32
-	Split    string
+	Service string // namespace/name
+	Number  uint32
+	Split   string
+	routes  []*Route
+}
+
+// Route carries the requests its matches admit (all of them when it has none) to its
+// backends, by weight.
+type Route struct {
+	matches  []match
 	backends []*Backend
 	total    uint64
-	// picks counts the backend choices made on this port: see Pick.
+	// picks counts the backend choices made on this route: see Pick.
 	picks atomic.Uint64
 }
 
-// Backend is a weighted backend of a Port.
+type match struct {
+	name    string
+	path    *regexp.Regexp // nil: any path
+	methods []string       // empty: any method
+	headers []headerMatch
+}
+
+type headerMatch struct {
+	name  string
+	value *regexp.Regexp
+}
+
+// Backend is a weighted backend of a Route.
 type Backend struct {
 	Service     string
 	Weight      uint32
@@ -83,18 +105,56 @@ func buildPort(svc *service, p *api.ServicePort) (*Port, error) {
 		return nil, fmt.Errorf("port %d appears twice", p.GetPort())
 	}
 	out := &Port{Service: svc.namespace + "/" + svc.name, Number: p.GetPort(), Split: p.GetSplit()}
+	for i, r := range p.GetRoutes() {
+		route, err := buildRoute(r)
+		if err != nil {
+			return nil, fmt.Errorf("port %d route %d: %w", p.GetPort(), i, err)
+		}
+		out.routes = append(out.routes, route)
+	}
+	return out, nil
+}
+
+func buildRoute(r *api.Route) (*Route, error) {
+	out := &Route{}
 	out.picks.Store(rand.Uint64()) // proxies do not start in step
-	for _, b := range p.GetBackends() {
+	for _, m := range r.GetMatches() {
+		built, err := buildMatch(m)
+		if err != nil {
+			return nil, err
+		}
+		out.matches = append(out.matches, built)
+	}
+	for _, b := range r.GetBackends() {
 		be := &Backend{Service: b.GetService(), Weight: b.GetWeight(), Unavailable: b.GetUnavailable()}
 		for _, e := range b.GetEndpoints() {
 			ip, err := netip.ParseAddr(e.GetIp())
 			if err != nil || e.GetPort() < 1 || e.GetPort() > 65535 {
-				return nil, fmt.Errorf("port %d: backend %s: invalid endpoint %s:%d", p.GetPort(), b.GetService(), e.GetIp(), e.GetPort())
+				return nil, fmt.Errorf("backend %s: invalid endpoint %s:%d", b.GetService(), e.GetIp(), e.GetPort())
 			}
 			be.endpoints = append(be.endpoints, netip.AddrPortFrom(ip, uint16(e.GetPort())))
 		}
 		out.total += uint64(be.Weight)
 		out.backends = append(out.backends, be)
+	}
+	return out, nil
+}
+
+func buildMatch(m *api.HTTPMatch) (match, error) {
+	out := match{name: m.GetName(), methods: m.GetMethods()}
+	if m.GetPathRegex() != "" {
+		re, err := api.PathRegexp(m.GetPathRegex())
+		if err != nil {
+			return match{}, fmt.Errorf("match %s: %w", m.GetName(), err)
+		}
+		out.path = re
+	}
+	for _, h := range m.GetHeaders() {
+		re, err := api.HeaderRegexp(h.GetValueRegex())
+		if err != nil {
+			return match{}, fmt.Errorf("match %s: header %s: %w", m.GetName(), h.GetName(), err)
+		}
+		out.headers = append(out.headers, headerMatch{name: h.GetName(), value: re})
 	}
 	return out, nil
 }
@@ -161,22 +221,59 @@ func (t *Table) serviceKey(host string) (serviceKey, bool) {
 	return serviceKey{}, false
 }
 
+// Route returns the first route of the port that admits a request, or nil when none does.
+func (p *Port) Route(method, path string, header http.Header) *Route {
+	for _, r := range p.routes {
+		if r.admits(method, path, header) {
+			return r
+		}
+	}
+	return nil
+}
+
+func (r *Route) admits(method, path string, header http.Header) bool {
+	if len(r.matches) == 0 {
+		return true
+	}
+	for i := range r.matches {
+		if r.matches[i].admits(method, path, header) {
+			return true
+		}
+	}
+	return false
+}
+
+func (m *match) admits(method, path string, header http.Header) bool {
+	if len(m.methods) > 0 && !slices.Contains(m.methods, method) {
+		return false
+	}
+	if m.path != nil && !m.path.MatchString(path) {
+		return false
+	}
+	for _, h := range m.headers {
+		if !slices.ContainsFunc(header.Values(h.name), h.value.MatchString) {
+			return false
+		}
+	}
+	return true
+}
+
 // goldenStep is 2^64 divided by the golden ratio: stepping by it visits [0, 2^64) as
 // evenly as any sequence can (a Weyl sequence of lowest discrepancy).
 const goldenStep = 0x9E3779B97F4A7C15
 
 // Pick chooses a backend by weight. It returns nil when no backend has a weight.
 //
-// Successive picks on a port follow a golden-ratio sequence rather than random draws, so
+// Successive picks on a route follow a golden-ratio sequence rather than random draws, so
 // every run of requests, however short, is split within a few requests of the weights
 // (random draws would stray by ±1.5 points over 1000 requests at 60/40), with one atomic
 // add per request and no lock.
-func (p *Port) Pick() *Backend {
-	if p.total == 0 {
+func (r *Route) Pick() *Backend {
+	if r.total == 0 {
 		return nil
 	}
-	n, _ := bits.Mul64(p.picks.Add(1)*goldenStep, p.total) // ⌊x·total⌋ for x in [0, 1)
-	for _, b := range p.backends {
+	n, _ := bits.Mul64(r.picks.Add(1)*goldenStep, r.total) // ⌊x·total⌋ for x in [0, 1)
+	for _, b := range r.backends {
 		if n < uint64(b.Weight) {
 			return b
 		}

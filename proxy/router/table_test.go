@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"net/http"
 	"net/netip"
 	"strings"
 	"testing"
@@ -18,7 +19,7 @@ func svc(namespace, name string, ports ...*api.ServicePort) *api.Service {
 }
 
 func port(number uint32, backends ...*api.Backend) *api.ServicePort {
-	return &api.ServicePort{Name: "p", Port: number, Backends: backends}
+	return &api.ServicePort{Name: "p", Port: number, Routes: []*api.Route{{Backends: backends}}}
 }
 
 func backend(service string, weight uint32, endpoints ...*api.Endpoint) *api.Backend {
@@ -254,7 +255,7 @@ func TestPickNeverChoosesZeroWeight(t *testing.T) {
 			}
 			p := resolve(t, mustBuild(t, &api.Snapshot{Services: []*api.Service{svc("shop", "web", port(80, backends...))}}), "web")
 			for i := range 10000 {
-				if b := p.Pick(); b == nil || b.Service != "web-v2" {
+				if b := anyRoute(t, p).Pick(); b == nil || b.Service != "web-v2" {
 					t.Fatalf("draw %d picked %+v, want web-v2", i, b)
 				}
 			}
@@ -276,7 +277,7 @@ func TestPickByWeight(t *testing.T) {
 			p := resolve(t, mustBuild(t, &api.Snapshot{Services: []*api.Service{svc("shop", "web", port(80, backends...))}}), "web")
 			counts := map[string]int{}
 			for n := 1; n <= 20000; n++ {
-				b := p.Pick()
+				b := anyRoute(t, p).Pick()
 				if b == nil {
 					t.Fatal("Pick returned nil for a port with weights")
 				}
@@ -301,7 +302,7 @@ func TestPickWithoutWeight(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			p := resolve(t, mustBuild(t, &api.Snapshot{Services: []*api.Service{svc("shop", "web", port(80, backends...))}}), "web")
 			for range 100 {
-				if b := p.Pick(); b != nil {
+				if b := anyRoute(t, p).Pick(); b != nil {
 					t.Fatalf("Pick = %+v, want nil", b)
 				}
 			}
@@ -312,14 +313,14 @@ func TestPickWithoutWeight(t *testing.T) {
 func TestBackendCarriesConfig(t *testing.T) {
 	p := resolve(t, mustBuild(t, &api.Snapshot{Services: []*api.Service{{
 		Namespace: "shop", Name: "web",
-		Ports: []*api.ServicePort{{Port: 80, Split: "shop/canary", Backends: []*api.Backend{
+		Ports: []*api.ServicePort{{Port: 80, Split: "shop/canary", Routes: []*api.Route{{Backends: []*api.Backend{
 			{Service: "web-v2", Weight: 9, Unavailable: "service shop/web-v2 does not exist"},
-		}}},
+		}}}}},
 	}}}), "web.shop.svc")
 	if p.Split != "shop/canary" || p.Service != "shop/web" || p.Number != 80 {
 		t.Errorf("port = %+v, want split shop/canary of shop/web port 80", p)
 	}
-	b := p.Pick()
+	b := anyRoute(t, p).Pick()
 	if b == nil || b.Service != "web-v2" || b.Weight != 9 || b.Unavailable != "service shop/web-v2 does not exist" {
 		t.Fatalf("Pick = %+v, want web-v2 with weight 9 and its unavailable reason", b)
 	}
@@ -338,7 +339,7 @@ func TestEndpoint(t *testing.T) {
 		netip.MustParseAddrPort("[fd00::3]:8082"): true,
 	}
 	rng := rand.New(rand.NewPCG(3, 4))
-	b := p.Pick()
+	b := anyRoute(t, p).Pick()
 	seen := map[netip.AddrPort]int{}
 	for range 3000 {
 		e, ok := b.Endpoint(rng)
@@ -384,4 +385,14 @@ func FuzzResolve(f *testing.F) {
 			t.Fatalf("Resolve(%q) = %s port %d, which is not in the table", authority, p.Service, p.Number)
 		}
 	})
+}
+
+// anyRoute is the route a plain GET / takes on a port whose routes have no matches.
+func anyRoute(t *testing.T, p *router.Port) *router.Route {
+	t.Helper()
+	r := p.Route(http.MethodGet, "/", http.Header{})
+	if r == nil {
+		t.Fatal("no route admits GET /")
+	}
+	return r
 }

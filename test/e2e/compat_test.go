@@ -207,7 +207,7 @@ func TestArgoRollouts(t *testing.T) {
 			argoPatch(ctx, t, tool, v, split, []int{0, 100})
 			waitShares(ctx, t, ns, "reviews", map[string]int64{"reviews-canary": 0, "reviews": 100})
 			if _, err := env.proxy.WaitForConfig(ctx, func(s *api.Snapshot) bool {
-				for _, b := range harness.FindPort(s, ns, "reviews", 80).GetBackends() {
+				for _, b := range harness.Backends(harness.FindPort(s, ns, "reviews", 80)) {
 					if b.GetService() == "reviews" {
 						return len(b.GetEndpoints()) == 1 && b.GetEndpoints()[0].GetPort() == uint32(canary.Addr.Port())
 					}

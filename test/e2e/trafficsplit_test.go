@@ -51,7 +51,7 @@ func TestTrafficSplitEndToEnd(t *testing.T) {
 func noSplit(ctx context.Context, t *testing.T) {
 	if _, err := env.proxy.WaitForConfig(ctx, func(s *api.Snapshot) bool {
 		p := harness.FindPort(s, ns, "reviews", 80)
-		return p != nil && len(p.GetBackends()) == 1 && len(p.GetBackends()[0].GetEndpoints()) == 2
+		return p != nil && len(harness.Backends(p)) == 1 && len(harness.Backends(p)[0].GetEndpoints()) == 2
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -100,7 +100,7 @@ func allZero(ctx context.Context, t *testing.T, w *world, split *unstructured.Un
 	setEndpoints(ctx, t, ns, "reviews-v2", w.v2, backend(t, "v2"))
 	snap, err := env.proxy.WaitForConfig(ctx, func(s *api.Snapshot) bool {
 		p := harness.FindPort(s, ns, "reviews", 80)
-		return p != nil && len(p.GetBackends()) == 2 && len(p.GetBackends()[1].GetEndpoints()) == 2
+		return p != nil && len(harness.Backends(p)) == 2 && len(harness.Backends(p)[1].GetEndpoints()) == 2
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -134,10 +134,19 @@ func Weights(snap *api.Snapshot, namespace, service string, port uint32) map[str
 		return nil
 	}
 	out := map[string]uint32{}
-	for _, b := range p.GetBackends() {
+	for _, b := range Backends(p) {
 		out[b.GetService()] = b.GetWeight()
 	}
 	return out
+}
+
+// Backends returns the backends of a port's first route: for a port without split
+// matches, where all its traffic goes.
+func Backends(p *api.ServicePort) []*api.Backend {
+	if len(p.GetRoutes()) == 0 {
+		return nil
+	}
+	return p.GetRoutes()[0].GetBackends()
 }
 
 // FindPort finds a Service port in a snapshot.

@@ -176,9 +176,17 @@ type Result struct {
 
 // Get sends one request through the proxy's outbound listener for host.
 func (p *Proxy) Get(ctx context.Context, host string) (Result, error) {
+	return p.Do(ctx, host, nil)
+}
+
+// Do sends one GET through the proxy's outbound listener for host, with header.
+func (p *Proxy) Do(ctx context.Context, host string, header http.Header) (Result, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+p.OutboundAddr+"/", nil)
 	if err != nil {
 		return Result{}, err
+	}
+	for k, v := range header {
+		req.Header[k] = v
 	}
 	req.Host = host
 	resp, err := p.client.Do(req)
