@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/braidmesh/braid/controllers"
@@ -25,11 +27,13 @@ func main() {
 	var (
 		metricsAddr, probeAddr, configAddr string
 		leaderElect                        bool
+		debounce                           time.Duration
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "address of the metrics endpoint; 0 disables it")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address of /healthz and /readyz")
 	flag.StringVar(&configAddr, "config-server-address", ":15010", "address proxies stream their configuration from")
 	flag.BoolVar(&leaderElect, "leader-elect", false, "run one active operator among replicas (lease braid-operator)")
+	flag.DurationVar(&debounce, "config-debounce", 10*time.Millisecond, "how long a configuration change waits for others before proxies get it")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -37,7 +41,7 @@ func main() {
 	ctrl.SetLogger(log)
 
 	if err := run(ctrl.SetupSignalHandler(), log, options{
-		metricsAddr: metricsAddr, probeAddr: probeAddr, configAddr: configAddr, leaderElect: leaderElect,
+		metricsAddr: metricsAddr, probeAddr: probeAddr, configAddr: configAddr, leaderElect: leaderElect, debounce: debounce,
 	}); err != nil {
 		log.Error(err, "Operator failed")
 		os.Exit(1)
@@ -47,6 +51,7 @@ func main() {
 type options struct {
 	metricsAddr, probeAddr, configAddr string
 	leaderElect                        bool
+	debounce                           time.Duration
 }
 
 func run(ctx context.Context, log logr.Logger, o options) error {
@@ -54,9 +59,16 @@ func run(ctx context.Context, log logr.Logger, o options) error {
 	if err != nil {
 		return err
 	}
+	srv := configserver.New(log.WithName("configserver"), configserver.Options{Debounce: o.debounce})
+	if err := srv.RegisterMetrics(metrics.Registry); err != nil {
+		return err
+	}
 	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), ctrl.Options{
-		Scheme:                        scheme,
-		Metrics:                       metricsserver.Options{BindAddress: o.metricsAddr},
+		Scheme: scheme,
+		Metrics: metricsserver.Options{
+			BindAddress:   o.metricsAddr,
+			ExtraHandlers: map[string]http.Handler{"/debug/proxies": srv.DebugHandler()},
+		},
 		HealthProbeBindAddress:        o.probeAddr,
 		LeaderElection:                o.leaderElect,
 		LeaderElectionID:              "braid-operator",
@@ -65,7 +77,6 @@ func run(ctx context.Context, log logr.Logger, o options) error {
 	if err != nil {
 		return fmt.Errorf("creating the manager: %w", err)
 	}
-	srv := configserver.New(log.WithName("configserver"), time.Now)
 	if err := controllers.Setup(ctx, mgr, srv); err != nil {
 		return err
 	}

@@ -233,3 +233,38 @@ func findCondition(conds []metav1.Condition, typ string) *metav1.Condition {
 	}
 	return nil
 }
+
+// A proxy that rejects the version carrying a split makes Programmed False with its error.
+func TestProgrammedReportsRejections(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	ns := namespace(ctx, t)
+	proxy, err := harness.DialConfig(ctx, cp.ConfigAddr, "picky-proxy", ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = proxy.Close() }()
+	go func() {
+		for {
+			snap, err := proxy.Recv()
+			if err != nil {
+				return
+			}
+			reason := ""
+			for _, s := range snap.GetServices() {
+				if s.GetNamespace() == ns && len(s.GetPorts()) > 0 && s.GetPorts()[0].GetSplit() != "" {
+					reason = "cannot build route: out of memory (simulated)"
+				}
+			}
+			_ = proxy.Ack(snap.GetVersion(), reason)
+		}
+	}()
+	mustCreate(ctx, t, harness.Service(ns, "web", 80))
+	mustCreate(ctx, t, harness.Service(ns, "web-v1", 80))
+	split := harness.TrafficSplit("split.smi-spec.io/v1alpha2", ns, "web", "web", harness.Weighted{Service: "web-v1", Weight: 1})
+	mustCreate(ctx, t, split)
+	cond := waitFor(ctx, t, client.ObjectKeyFromObject(split), controllers.ConditionProgrammed, metav1.ConditionFalse, controllers.ReasonRejected)
+	if !strings.Contains(cond.Message, "picky-proxy") || !strings.Contains(cond.Message, "simulated") {
+		t.Fatalf("the condition should name the proxy and its error: %q", cond.Message)
+	}
+}

@@ -38,11 +38,12 @@ const (
 	ReasonNotAccepted = "NotAccepted"
 	ReasonPending     = "Pending"
 	ReasonProgrammed  = "Programmed"
+	ReasonRejected    = "Rejected"
 )
 
-// AckCounter says how many connected proxies run a config version.
+// AckCounter says how many connected proxies run a config version, and how many rejected it.
 type AckCounter interface {
-	Acked(version uint64) (acked, connected int)
+	AckStatus(version uint64) (acked, rejected, connected int, rejection string)
 }
 
 // TrafficSplitReconciler tells users, through status conditions, whether each
@@ -177,7 +178,12 @@ func (r *TrafficSplitReconciler) programmed(key types.NamespacedName, ts *smi.Tr
 		return condition(ConditionProgrammed, false, ReasonPending, fmt.Sprintf("generation %d is not compiled yet", ts.Generation))
 	}
 	r.Programs.AwaitAcks(key) // before counting, so no acknowledgement is missed
-	acked, connected := r.Acks.Acked(c.Version)
+	acked, rejected, connected, rejection := r.Acks.AckStatus(c.Version)
+	if rejected > 0 {
+		return condition(ConditionProgrammed, false, ReasonRejected, fmt.Sprintf(
+			"%d of %d connected proxies rejected config version %d, which carries generation %d, and keep their last good configuration; for example %s",
+			rejected, connected, c.Version, ts.Generation, rejection))
+	}
 	if acked < connected {
 		return condition(ConditionProgrammed, false, ReasonPending,
 			fmt.Sprintf("%d of %d connected proxies run config version %d, which carries generation %d", acked, connected, c.Version, ts.Generation))

@@ -15,33 +15,56 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"k8s.io/utils/clock"
 
 	"github.com/braidmesh/braid/proxy/api"
 )
 
 // Server holds the compiled configuration of every Service and streams it to proxies.
-// Reconcilers feed it with SetService; each change produces a new version that is pushed
-// to every connected proxy.
+// Reconcilers feed it with SetService; each change produces a new version. A proxy gets
+// the full configuration when it connects and, after that, deltas: the services that
+// changed or went away since the last snapshot on its stream.
 type Server struct {
 	api.UnimplementedConfigServiceServer
 
-	log logr.Logger
-	now func() time.Time
+	log  logr.Logger
+	opts Options
 
 	mu        sync.Mutex
 	version   uint64
 	services  map[string]*api.Service
 	changedAt map[string]uint64 // the version at which each service last changed
-	snapshot  *api.Snapshot     // built lazily for the current version
+	changes   []change          // every change after floor, in version order
+	floor     uint64            // deltas can be computed from any version >= floor
+	snapshot  *api.Snapshot     // the full snapshot of the current version, built lazily
 	proxies   map[*proxyConn]struct{}
+	wakeArmed bool // a debounce timer will wake the streams
 
 	// onAcks is called, outside the lock, whenever what proxies have acknowledged changes.
 	onAcks func()
+	// rejections counts the NACKs proxies sent.
+	rejections prometheus.Counter
+}
+
+// Options tune a Server.
+type Options struct {
+	// Clock stamps connections and runs the debounce window.
+	Clock clock.WithDelayedExecution
+	// Debounce is how long the first change waits for others before proxies are woken.
+	// The window is not extended by later changes, so it is also the most a change waits.
+	// Zero pushes every change at once.
+	Debounce time.Duration
+}
+
+type change struct {
+	version uint64
+	key     string
 }
 
 // proxyConn is one connected proxy's stream.
@@ -53,7 +76,8 @@ type proxyConn struct {
 	// guarded by Server.mu
 	sentAny, ackedAny bool
 	sent, acked       uint64
-	nack              string
+	nack              string // the error of the last rejected version, until a later ACK
+	nacked            uint64 // the version nack is about
 }
 
 // ProxyStatus describes one connected proxy.
@@ -65,20 +89,39 @@ type ProxyStatus struct {
 	// Sent is the last version sent to the proxy, Acked the last it applied.
 	Sent, Acked uint64
 	// Nack is the error of the last version the proxy rejected, if it has not applied a
-	// later one since.
-	Nack string
+	// later one since; Nacked is that version.
+	Nack   string
+	Nacked uint64
 	// Synced is true when the proxy runs the server's current version.
 	Synced bool
 }
 
-// New returns an empty Server. now is the clock it stamps connections with.
-func New(log logr.Logger, now func() time.Time) *Server {
+// State is SYNCED, STALE (behind the current version) or REJECTED (its last answer was
+// a NACK).
+func (p ProxyStatus) State() string {
+	switch {
+	case p.Nack != "":
+		return "REJECTED"
+	case p.Synced:
+		return "SYNCED"
+	}
+	return "STALE"
+}
+
+// New returns an empty Server.
+func New(log logr.Logger, opts Options) *Server {
+	if opts.Clock == nil {
+		opts.Clock = clock.RealClock{}
+	}
 	return &Server{
 		log:       log,
-		now:       now,
+		opts:      opts,
 		services:  map[string]*api.Service{},
 		changedAt: map[string]uint64{},
 		proxies:   map[*proxyConn]struct{}{},
+		rejections: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "braid_config_rejections_total", Help: "Configuration versions that proxies rejected (NACKs).",
+		}),
 	}
 }
 
@@ -116,25 +159,66 @@ func (s *Server) SetService(namespace, name string, svc *api.Service) uint64 {
 		s.changedAt[key] = s.version
 	}
 	s.snapshot = nil
+	s.changes = append(s.changes, change{s.version, key})
+	s.compactChanges()
+	s.scheduleWake()
+	return s.version
+}
+
+// compactChanges bounds the change log: past a few times the number of services, the
+// older half goes, and proxies behind the new floor get a full snapshot instead of a delta.
+func (s *Server) compactChanges() {
+	if limit := 4*len(s.services) + 1024; len(s.changes) > limit {
+		drop := len(s.changes) / 2
+		s.floor = s.changes[drop-1].version
+		s.changes = slices.Clone(s.changes[drop:])
+	}
+}
+
+// scheduleWake wakes every stream now, or when the debounce window opened by the first
+// pending change closes. Callers hold s.mu.
+func (s *Server) scheduleWake() {
+	if s.opts.Debounce <= 0 {
+		s.wakeAll()
+		return
+	}
+	if s.wakeArmed {
+		return
+	}
+	s.wakeArmed = true
+	s.opts.Clock.AfterFunc(s.opts.Debounce, func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.wakeArmed = false
+		s.wakeAll()
+	})
+}
+
+// wakeAll wakes every stream; callers hold s.mu.
+func (s *Server) wakeAll() {
 	for p := range s.proxies {
 		select {
 		case p.wake <- struct{}{}:
 		default: // already woken; it will read the newest version
 		}
 	}
-	return s.version
 }
 
-// Acked counts the connected proxies, and those of them that run version or later.
-func (s *Server) Acked(version uint64) (acked, connected int) {
+// AckStatus counts, among the connected proxies, those that run version or later and
+// those whose last answer rejected version or later; rejection is one such error.
+func (s *Server) AckStatus(version uint64) (acked, rejected, connected int, rejection string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for p := range s.proxies {
-		if p.ackedAny && p.acked >= version {
+		switch {
+		case p.ackedAny && p.acked >= version:
 			acked++
+		case p.nack != "" && p.nacked >= version:
+			rejected++
+			rejection = fmt.Sprintf("proxy %s: %s", p.hello.GetProxyId(), p.nack)
 		}
 	}
-	return acked, len(s.proxies)
+	return acked, rejected, len(s.proxies), rejection
 }
 
 // Version is the current configuration version.
@@ -144,28 +228,55 @@ func (s *Server) Version() uint64 {
 	return s.version
 }
 
-// Snapshot returns the configuration of the current version. Callers must not modify it.
+// Snapshot returns the full configuration of the current version. Callers must not
+// modify it.
 func (s *Server) Snapshot() *api.Snapshot {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.currentSnapshot()
+	return s.fullSnapshot()
 }
 
-// currentSnapshot returns the snapshot of the current version. Callers hold s.mu. Service
-// messages are never modified after SetService, so snapshots share them.
-func (s *Server) currentSnapshot() *api.Snapshot {
+// fullSnapshot returns the full snapshot of the current version. Callers hold s.mu.
+// Service messages are never modified after SetService, so snapshots share them.
+func (s *Server) fullSnapshot() *api.Snapshot {
 	if s.snapshot != nil {
 		return s.snapshot
 	}
-	snap := &api.Snapshot{Version: s.version, Services: make([]*api.Service, 0, len(s.services))}
+	snap := &api.Snapshot{Version: s.version, Full: true, Services: make([]*api.Service, 0, len(s.services))}
 	for _, svc := range s.services {
 		snap.Services = append(snap.Services, svc)
 	}
-	slices.SortFunc(snap.Services, func(a, b *api.Service) int {
-		return cmp.Or(strings.Compare(a.GetNamespace(), b.GetNamespace()), strings.Compare(a.GetName(), b.GetName()))
-	})
+	sortServices(snap.Services)
 	s.snapshot = snap
 	return snap
+}
+
+// deltaSince returns the changes after version; callers hold s.mu and ensure
+// version >= s.floor.
+func (s *Server) deltaSince(version uint64) *api.Snapshot {
+	snap := &api.Snapshot{Version: s.version}
+	i, _ := slices.BinarySearchFunc(s.changes, version+1, func(c change, v uint64) int { return cmp.Compare(c.version, v) })
+	seen := map[string]bool{}
+	for _, c := range s.changes[i:] {
+		if seen[c.key] {
+			continue
+		}
+		seen[c.key] = true
+		if svc, ok := s.services[c.key]; ok {
+			snap.Services = append(snap.Services, svc)
+		} else {
+			snap.Removed = append(snap.Removed, c.key)
+		}
+	}
+	sortServices(snap.Services)
+	slices.Sort(snap.Removed)
+	return snap
+}
+
+func sortServices(services []*api.Service) {
+	slices.SortFunc(services, func(a, b *api.Service) int {
+		return cmp.Or(strings.Compare(a.GetNamespace(), b.GetNamespace()), strings.Compare(a.GetName(), b.GetName()))
+	})
 }
 
 // Proxies lists the connected proxies, sorted by ID.
@@ -176,7 +287,7 @@ func (s *Server) Proxies() []ProxyStatus {
 	for p := range s.proxies {
 		out = append(out, ProxyStatus{
 			ID: p.hello.GetProxyId(), Namespace: p.hello.GetNamespace(), ServiceAccount: p.hello.GetServiceAccount(),
-			Connected: p.connected, Sent: p.sent, Acked: p.acked, Nack: p.nack,
+			Connected: p.connected, Sent: p.sent, Acked: p.acked, Nack: p.nack, Nacked: p.nacked,
 			Synced: p.ackedAny && p.acked == s.version && p.nack == "",
 		})
 	}
@@ -195,7 +306,7 @@ func (s *Server) Stream(stream api.ConfigService_StreamServer) error {
 	if hello == nil || hello.GetProxyId() == "" || hello.GetNamespace() == "" {
 		return status.Error(codes.InvalidArgument, "the first message must be a Hello with proxy_id and namespace")
 	}
-	p := &proxyConn{hello: hello, connected: s.now(), wake: make(chan struct{}, 1)}
+	p := &proxyConn{hello: hello, connected: s.opts.Clock.Now(), wake: make(chan struct{}, 1)}
 	log := s.log.WithValues("proxy", hello.GetProxyId(), "namespace", hello.GetNamespace())
 	s.register(p)
 	defer s.unregister(p)
@@ -239,15 +350,22 @@ func (s *Server) unregister(p *proxyConn) {
 	delete(s.proxies, p)
 }
 
+// sendIfBehind sends the proxy what it lacks: everything on a new stream (or when its
+// last version is older than the change log reaches), otherwise a delta.
 func (s *Server) sendIfBehind(stream api.ConfigService_StreamServer, p *proxyConn) error {
 	s.mu.Lock()
-	snap := s.currentSnapshot()
-	behind := !p.sentAny || p.sent < snap.GetVersion()
-	if behind {
+	var snap *api.Snapshot
+	switch {
+	case !p.sentAny || p.sent < s.floor:
+		snap = s.fullSnapshot()
+	case p.sent < s.version:
+		snap = s.deltaSince(p.sent)
+	}
+	if snap != nil {
 		p.sentAny, p.sent = true, snap.GetVersion()
 	}
 	s.mu.Unlock()
-	if !behind {
+	if snap == nil {
 		return nil
 	}
 	if err := stream.Send(snap); err != nil {
@@ -270,11 +388,12 @@ func (s *Server) receiveAcks(stream api.ConfigService_StreamServer, p *proxyConn
 		if ack.GetError() == "" {
 			p.ackedAny, p.acked, p.nack = true, max(p.acked, ack.GetVersion()), ""
 		} else {
-			p.nack = ack.GetError()
+			p.nack, p.nacked = ack.GetError(), ack.GetVersion()
 		}
 		s.mu.Unlock()
 		s.acksChanged()
 		if ack.GetError() != "" {
+			s.rejections.Inc()
 			log.Info("Proxy rejected configuration", "version", ack.GetVersion(), "error", ack.GetError())
 		}
 	}

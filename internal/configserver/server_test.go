@@ -4,8 +4,17 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/go-logr/logr/testr"
 	"google.golang.org/grpc"
@@ -29,10 +38,15 @@ const eventually = 10 * time.Second
 var clock = time.Date(2030, time.January, 2, 3, 4, 5, 0, time.UTC)
 
 // startServer serves a new Server on a loopback port until the test ends, and checks that
-// Serve returns nil when its context is canceled.
+// Serve returns nil when its context is canceled. Changes are pushed at once.
 func startServer(t *testing.T) (*configserver.Server, string) {
 	t.Helper()
-	srv := configserver.New(testr.New(t), func() time.Time { return clock })
+	return startServerWith(t, configserver.Options{Clock: clocktesting.NewFakeClock(clock)})
+}
+
+func startServerWith(t *testing.T, opts configserver.Options) (*configserver.Server, string) {
+	t.Helper()
+	srv := configserver.New(testr.New(t), opts)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("listening: %v", err)
@@ -62,6 +76,8 @@ type proxy struct {
 	cancel context.CancelFunc
 	snaps  chan *api.Snapshot
 	done   chan error
+	// have is what the proxy holds after folding every snapshot, as braid-proxy does.
+	have map[string]*api.Service
 }
 
 // dial opens a stream to addr on its own connection and sends first (when not nil).
@@ -111,8 +127,35 @@ func connect(t *testing.T, addr, id string) *proxy {
 	return dial(t, addr, helloMsg(id, "shop", "web"))
 }
 
-// next returns the next snapshot the proxy receives.
+// next folds the next snapshot the proxy receives into what it holds and returns that,
+// as a full snapshot of the received version.
 func (p *proxy) next() *api.Snapshot {
+	p.t.Helper()
+	snap := p.nextRaw()
+	if snap.GetFull() || p.have == nil {
+		if !snap.GetFull() {
+			p.t.Fatalf("the first snapshot on a stream must be full, got %v", snap)
+		}
+		p.have = map[string]*api.Service{}
+	}
+	for _, k := range snap.GetRemoved() {
+		delete(p.have, k)
+	}
+	for _, svc := range snap.GetServices() {
+		p.have[svc.GetNamespace()+"/"+svc.GetName()] = svc
+	}
+	out := &api.Snapshot{Version: snap.GetVersion(), Full: true}
+	for _, svc := range p.have {
+		out.Services = append(out.Services, svc)
+	}
+	slices.SortFunc(out.Services, func(a, b *api.Service) int {
+		return strings.Compare(a.GetNamespace()+"\x00"+a.GetName(), b.GetNamespace()+"\x00"+b.GetName())
+	})
+	return out
+}
+
+// nextRaw returns the next snapshot exactly as the server sent it.
+func (p *proxy) nextRaw() *api.Snapshot {
 	p.t.Helper()
 	select {
 	case snap := <-p.snaps:
@@ -218,7 +261,7 @@ func backend(svc string, ips ...string) *api.Backend {
 // checkSnapshot compares a snapshot with the version and services it must carry, in order.
 func checkSnapshot(t *testing.T, got *api.Snapshot, version uint64, services ...*api.Service) {
 	t.Helper()
-	want := &api.Snapshot{Version: version, Services: services}
+	want := &api.Snapshot{Version: version, Services: services, Full: true}
 	if !proto.Equal(got, want) {
 		t.Fatalf("snapshot:\n got %v\nwant %v", got, want)
 	}
@@ -484,4 +527,138 @@ func TestSnapshotSortsByNamespaceThenName(t *testing.T) {
 	srv.SetService("team", "web", team)
 	p := connect(t, addr, "web-1")
 	checkSnapshot(t, p.next(), 2, team, teamA)
+}
+
+// After the first full snapshot, a proxy gets only what changed: upserts and removals.
+func TestDeltasCarryOnlyWhatChanged(t *testing.T) {
+	srv, addr := startServer(t)
+	a, b, c := svcNamed("a"), svcNamed("b"), svcNamed("c")
+	srv.SetService("shop", "a", a)
+	srv.SetService("shop", "b", b)
+	p := connect(t, addr, "web-1")
+	if first := p.nextRaw(); !first.GetFull() || len(first.GetServices()) != 2 {
+		t.Fatalf("the first snapshot must be full with both services, got %v", first)
+	}
+	srv.SetService("shop", "c", c)
+	if d := p.nextRaw(); d.GetFull() || len(d.GetServices()) != 1 || d.GetServices()[0].GetName() != "c" || len(d.GetRemoved()) != 0 {
+		t.Fatalf("want a delta holding only shop/c, got %v", d)
+	}
+	srv.SetService("shop", "a", nil)
+	if d := p.nextRaw(); d.GetFull() || len(d.GetServices()) != 0 || !slices.Equal(d.GetRemoved(), []string{"shop/a"}) {
+		t.Fatalf("want a delta removing only shop/a, got %v", d)
+	}
+}
+
+// With a debounce window, changes wait for it and travel together; the window is not
+// extended by later changes.
+func TestDebounceCoalescesChanges(t *testing.T) {
+	fake := clocktesting.NewFakeClock(clock)
+	srv, addr := startServerWith(t, configserver.Options{Clock: fake, Debounce: 50 * time.Millisecond})
+	p := connect(t, addr, "web-1")
+	checkSnapshot(t, p.next(), 0) // a new stream is served at once
+	srv.SetService("shop", "a", svcNamed("a"))
+	fake.Step(30 * time.Millisecond)
+	srv.SetService("shop", "b", svcNamed("b"))
+	p.nothingMore()
+	fake.Step(20 * time.Millisecond) // 50 ms after the first change, not after the last
+	d := p.nextRaw()
+	if d.GetVersion() != 2 || len(d.GetServices()) != 2 {
+		t.Fatalf("want one delta at version 2 with both services, got %v", d)
+	}
+	p.nothingMore()
+}
+
+// A proxy that falls behind the change log gets a full snapshot, not a wrong delta.
+func TestFullSnapshotAfterTheChangeLogMovedOn(t *testing.T) {
+	fake := clocktesting.NewFakeClock(clock)
+	srv, addr := startServerWith(t, configserver.Options{Clock: fake, Debounce: time.Second})
+	srv.SetService("shop", "keep", svcNamed("keep"))
+	p := connect(t, addr, "web-1")
+	checkSnapshot(t, p.next(), 1, svcNamed("keep"))
+	for i := range 3000 { // far past the log's bound for a handful of services
+		name := fmt.Sprintf("churn-%d", i%4)
+		srv.SetService("shop", name, svcNamed(name))
+		srv.SetService("shop", name, nil)
+	}
+	srv.SetService("shop", "new", svcNamed("new"))
+	fake.Step(time.Second)
+	raw := p.nextRaw()
+	if !raw.GetFull() {
+		t.Fatalf("a proxy behind the change log must get a full snapshot, got a delta of %d services", len(raw.GetServices()))
+	}
+	if !proto.Equal(raw, srv.Snapshot()) || len(raw.GetServices()) != 2 {
+		t.Fatalf("want the current full snapshot (keep, new), got %v", raw)
+	}
+}
+
+func TestRejectionsAreVisible(t *testing.T) {
+	srv, addr := startServer(t)
+	reg := prometheus.NewRegistry()
+	if err := srv.RegisterMetrics(reg); err != nil {
+		t.Fatal(err)
+	}
+	srv.SetService("shop", "a", svcNamed("a"))
+	p := connect(t, addr, "web-1")
+	p.next()
+	p.ack(1, "route 0: path regex \"(\": missing closing )")
+	eventuallyTrue(t, func() bool { _, rejected, _, _ := srv.AckStatus(1); return rejected == 1 })
+	acked, rejected, connected, why := srv.AckStatus(1)
+	if acked != 0 || rejected != 1 || connected != 1 || !strings.Contains(why, "web-1") || !strings.Contains(why, "missing closing") {
+		t.Fatalf("AckStatus(1) = %d, %d, %d, %q", acked, rejected, connected, why)
+	}
+	rec := httptest.NewRecorder()
+	srv.DebugHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/debug/proxies", nil))
+	if body := rec.Body.String(); !strings.Contains(body, "web-1") || !strings.Contains(body, "REJECTED") || !strings.Contains(body, "missing closing") {
+		t.Fatalf("/debug/proxies does not show the rejection:\n%s", body)
+	}
+	if got := metricValue(t, reg, "braid_config_rejections_total", ""); got != 1 {
+		t.Errorf("braid_config_rejections_total = %v, want 1", got)
+	}
+	if got := metricValue(t, reg, "braid_config_proxies", "REJECTED"); got != 1 {
+		t.Errorf(`braid_config_proxies{state="REJECTED"} = %v, want 1`, got)
+	}
+	p.ack(1, "")
+	eventuallyTrue(t, func() bool { acked, _, _, _ := srv.AckStatus(1); return acked == 1 })
+	if got := metricValue(t, reg, "braid_config_proxies", "SYNCED"); got != 1 {
+		t.Errorf(`after an ACK braid_config_proxies{state="SYNCED"} = %v, want 1`, got)
+	}
+}
+
+func svcNamed(name string) *api.Service {
+	return &api.Service{Namespace: "shop", Name: name, Ports: []*api.ServicePort{{Port: 80}}}
+}
+
+func eventuallyTrue(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(eventually)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition never held")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func metricValue(t *testing.T, reg *prometheus.Registry, name, state string) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			if state != "" && !slices.ContainsFunc(m.GetLabel(), func(l *dto.LabelPair) bool { return l.GetName() == "state" && l.GetValue() == state }) {
+				continue
+			}
+			if m.GetCounter() != nil {
+				return m.GetCounter().GetValue()
+			}
+			return m.GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("metric %s (state %q) not found", name, state)
+	return 0
 }

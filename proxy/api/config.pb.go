@@ -228,12 +228,20 @@ func (x *Ack) GetError() string {
 	return ""
 }
 
-// Snapshot is the whole configuration a proxy may use at one version.
+// Snapshot brings a proxy to one version of its configuration. The first snapshot on a
+// stream is full; later ones are deltas from the previous snapshot on the same stream
+// (gRPC delivers them in order), unless the server chooses to send a full one again.
 type Snapshot struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// version increases with every change the server makes.
-	Version       uint64     `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
-	Services      []*Service `protobuf:"bytes,2,rep,name=services,proto3" json:"services,omitempty"`
+	Version uint64 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	// services: with full, every service the proxy may use; otherwise the services added
+	// or changed since the previous snapshot on this stream.
+	Services []*Service `protobuf:"bytes,2,rep,name=services,proto3" json:"services,omitempty"`
+	// full says that services replaces everything the proxy had.
+	Full bool `protobuf:"varint,3,opt,name=full,proto3" json:"full,omitempty"`
+	// removed lists the services ("namespace/name") removed since the previous snapshot.
+	Removed       []string `protobuf:"bytes,4,rep,name=removed,proto3" json:"removed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -278,6 +286,20 @@ func (x *Snapshot) GetVersion() uint64 {
 func (x *Snapshot) GetServices() []*Service {
 	if x != nil {
 		return x.Services
+	}
+	return nil
+}
+
+func (x *Snapshot) GetFull() bool {
+	if x != nil {
+		return x.Full
+	}
+	return false
+}
+
+func (x *Snapshot) GetRemoved() []string {
+	if x != nil {
+		return x.Removed
 	}
 	return nil
 }
@@ -734,10 +756,12 @@ const file_config_proto_rawDesc = "" +
 	"\x0fservice_account\x18\x03 \x01(\tR\x0eserviceAccount\"5\n" +
 	"\x03Ack\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x12\x14\n" +
-	"\x05error\x18\x02 \x01(\tR\x05error\"Y\n" +
+	"\x05error\x18\x02 \x01(\tR\x05error\"\x87\x01\n" +
 	"\bSnapshot\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x123\n" +
-	"\bservices\x18\x02 \x03(\v2\x17.braid.proxy.v1.ServiceR\bservices\"n\n" +
+	"\bservices\x18\x02 \x03(\v2\x17.braid.proxy.v1.ServiceR\bservices\x12\x12\n" +
+	"\x04full\x18\x03 \x01(\bR\x04full\x12\x18\n" +
+	"\aremoved\x18\x04 \x03(\tR\aremoved\"n\n" +
 	"\aService\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x121\n" +

@@ -34,6 +34,11 @@ const (
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
 // ConfigService streams proxy configuration from the operator to proxies.
+//
+// A proxy keeps the services it has received (full snapshots replace them, deltas update
+// them), builds its routing table from them, and acknowledges each version: an Ack with
+// an error (a NACK) means it kept running the last table it could build, while still
+// tracking what it received, so later deltas apply on top.
 type ConfigServiceClient interface {
 	// Stream carries Hello and Acks from the proxy, Snapshots from the operator.
 	Stream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[StreamRequest, Snapshot], error)
@@ -65,6 +70,11 @@ type ConfigService_StreamClient = grpc.BidiStreamingClient[StreamRequest, Snapsh
 // for forward compatibility.
 //
 // ConfigService streams proxy configuration from the operator to proxies.
+//
+// A proxy keeps the services it has received (full snapshots replace them, deltas update
+// them), builds its routing table from them, and acknowledges each version: an Ack with
+// an error (a NACK) means it kept running the last table it could build, while still
+// tracking what it received, so later deltas apply on top.
 type ConfigServiceServer interface {
 	// Stream carries Hello and Acks from the proxy, Snapshots from the operator.
 	Stream(grpc.BidiStreamingServer[StreamRequest, Snapshot]) error

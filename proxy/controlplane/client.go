@@ -17,8 +17,8 @@ import (
 	"github.com/braidmesh/braid/proxy/api"
 )
 
-// ApplyFunc applies a snapshot, or says why it cannot (the proxy then keeps its last good
-// configuration and NACKs the version).
+// ApplyFunc applies a full snapshot (deltas are merged before it is called), or says why
+// it cannot (the proxy then keeps its last good configuration and NACKs the version).
 type ApplyFunc func(*api.Snapshot) error
 
 // Client keeps a config stream open to the control plane.
@@ -73,12 +73,14 @@ func (c *Client) stream(ctx context.Context, client api.ConfigServiceClient) (re
 	if err := s.Send(&api.StreamRequest{Kind: &api.StreamRequest_Hello{Hello: c.Hello}}); err != nil {
 		return false, fmt.Errorf("sending hello: %w", err)
 	}
+	var seen view
 	for {
-		snap, err := s.Recv()
+		msg, err := s.Recv()
 		if err != nil {
 			return received, fmt.Errorf("receiving configuration: %w", err)
 		}
 		received = true
+		snap := seen.apply(msg)
 		ack := &api.Ack{Version: snap.GetVersion()}
 		if err := c.Apply(snap); err != nil {
 			ack.Error = err.Error()

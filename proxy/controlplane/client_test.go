@@ -46,7 +46,7 @@ func serveOn(t *testing.T, srv *configserver.Server, lis net.Listener) (stop fun
 
 func newServer(t *testing.T) *configserver.Server {
 	t.Helper()
-	return configserver.New(testr.New(t), time.Now)
+	return configserver.New(testr.New(t), configserver.Options{})
 }
 
 func listen(t *testing.T, addr string) net.Listener {
@@ -136,7 +136,7 @@ func TestClientAppliesAndAcks(t *testing.T) {
 	serveOn(t, srv, lis)
 	applied := runClient(t, lis.Addr().String(), nil)
 
-	if s := next(t, applied); !proto.Equal(s, &api.Snapshot{Version: 1, Services: []*api.Service{a}}) {
+	if s := next(t, applied); !proto.Equal(s, &api.Snapshot{Version: 1, Services: []*api.Service{a}, Full: true}) {
 		t.Fatalf("applied %v, want version 1 with shop/a", s)
 	}
 	st := waitStatus(t, srv, "acks version 1", func(st configserver.ProxyStatus) bool { return st.Acked == 1 })
@@ -196,7 +196,7 @@ func TestClientReconnects(t *testing.T) {
 	second.SetService("shop", "c", service("c", "10.0.0.3"))
 	second.SetService("shop", "c", nil)
 	serveOn(t, second, listen(t, addr))
-	want := &api.Snapshot{Version: 3, Services: []*api.Service{b}}
+	want := &api.Snapshot{Version: 3, Services: []*api.Service{b}, Full: true}
 	if s := next(t, applied); !proto.Equal(s, want) {
 		t.Fatalf("applied %v after reconnecting, want %v", s, want)
 	}

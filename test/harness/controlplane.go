@@ -86,7 +86,7 @@ func StartControlPlane(ctx context.Context, log logr.Logger) (cp *ControlPlane, 
 	if err != nil {
 		return nil, fmt.Errorf("creating the manager: %w", err)
 	}
-	cp.ConfigServer = configserver.New(log.WithName("configserver"), time.Now)
+	cp.ConfigServer = configserver.New(log.WithName("configserver"), configserver.Options{Debounce: 5 * time.Millisecond})
 	mctx, cancel := context.WithCancel(ctx)
 	cp.cancel = cancel
 	if err := controllers.Setup(mctx, mgr, cp.ConfigServer); err != nil {

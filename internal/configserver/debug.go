@@ -1,0 +1,61 @@
+package configserver
+
+import (
+	"fmt"
+	"net/http"
+	"text/tabwriter"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// DebugHandler serves the connected proxies as a table: identity, versions and state
+// (SYNCED, STALE or REJECTED), with the error of a rejected version.
+func (s *Server) DebugHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		version := s.Version()
+		proxies := s.Proxies()
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		_, _ = fmt.Fprintf(tw, "config version %d, %d proxies connected\n\n", version, len(proxies))
+		_, _ = fmt.Fprintln(tw, "PROXY\tNAMESPACE\tSERVICE ACCOUNT\tSENT\tACKED\tSTATE\tCONNECTED\tERROR")
+		for _, p := range proxies {
+			_, _ = fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\n", p.ID, p.Namespace, p.ServiceAccount,
+				p.Sent, p.Acked, p.State(), p.Connected.UTC().Format("2006-01-02T15:04:05Z"), p.Nack)
+		}
+		_ = tw.Flush()
+	})
+}
+
+// RegisterMetrics registers the config server's metrics: the current version, the
+// connected proxies by state, and the rejections proxies reported. Labels are bounded:
+// no proxy, namespace or service names.
+func (s *Server) RegisterMetrics(reg prometheus.Registerer) error {
+	collectors := []prometheus.Collector{
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "braid_config_version", Help: "The configuration version the operator serves.",
+		}, func() float64 { return float64(s.Version()) }),
+		s.rejections,
+	}
+	for _, state := range []string{"SYNCED", "STALE", "REJECTED"} {
+		collectors = append(collectors, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "braid_config_proxies", Help: "Connected proxies by the state of their configuration.",
+			ConstLabels: prometheus.Labels{"state": state},
+		}, func() float64 { return float64(s.countState(state)) }))
+	}
+	for _, c := range collectors {
+		if err := reg.Register(c); err != nil {
+			return fmt.Errorf("registering config server metrics: %w", err)
+		}
+	}
+	return nil
+}
+
+func (s *Server) countState(state string) int {
+	n := 0
+	for _, p := range s.Proxies() {
+		if p.State() == state {
+			n++
+		}
+	}
+	return n
+}
