@@ -71,6 +71,12 @@ verify: $(KUSTOMIZE) ## Fail if generated code or manifests drift from their sou
 	$(KUSTOMIZE) build config/crd >/dev/null
 	$(KUSTOMIZE) build config/rbac >/dev/null
 
+##@ Benchmarks
+
+.PHONY: bench-control-plane
+bench-control-plane: ## Control plane: 1000 services and splits, 1000 proxies; weight change -> last ACK vs API server watch.
+	KUBEBUILDER_ASSETS="$(ENVTEST_ASSETS)" $(GO) run ./hack/bench/controlplane $(BENCH_FLAGS)
+
 .PHONY: envtest-assets
 envtest-assets: ## Build (once) kube-apiserver and etcd for envtest and print their folder.
 	@echo "$(ENVTEST_ASSETS)"

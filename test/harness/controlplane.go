@@ -45,8 +45,14 @@ type ControlPlane struct {
 }
 
 // StartControlPlane starts etcd and kube-apiserver (from KUBEBUILDER_ASSETS), installs
-// Braid's CRDs and runs the operator's reconcilers and config server until Stop.
+// Braid's CRDs and runs the operator's reconcilers and config server until Stop. The
+// config server pushes changes after a 5 ms debounce window.
 func StartControlPlane(ctx context.Context, log logr.Logger) (cp *ControlPlane, err error) {
+	return StartControlPlaneWith(ctx, log, configserver.Options{Debounce: 5 * time.Millisecond})
+}
+
+// StartControlPlaneWith is StartControlPlane with the config server's options.
+func StartControlPlaneWith(ctx context.Context, log logr.Logger, opts configserver.Options) (cp *ControlPlane, err error) {
 	ctrl.SetLogger(log)
 	root := RepoRoot()
 	env := &envtest.Environment{
@@ -56,6 +62,8 @@ func StartControlPlane(ctx context.Context, log logr.Logger) (cp *ControlPlane, 
 		},
 		ErrorIfCRDPathMissing: true,
 	}
+	// envtest's default service range is a /24; benchmarks need thousands of Services.
+	env.ControlPlane.GetAPIServer().Configure().Set("service-cluster-ip-range", "10.96.0.0/12")
 	if InIsolatedNetwork() {
 		// The isolated network has no default route for the API server to pick its
 		// advertised address from.
@@ -86,7 +94,7 @@ func StartControlPlane(ctx context.Context, log logr.Logger) (cp *ControlPlane, 
 	if err != nil {
 		return nil, fmt.Errorf("creating the manager: %w", err)
 	}
-	cp.ConfigServer = configserver.New(log.WithName("configserver"), configserver.Options{Debounce: 5 * time.Millisecond})
+	cp.ConfigServer = configserver.New(log.WithName("configserver"), opts)
 	mctx, cancel := context.WithCancel(ctx)
 	cp.cancel = cancel
 	if err := controllers.Setup(mctx, mgr, cp.ConfigServer); err != nil {
