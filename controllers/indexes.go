@@ -13,6 +13,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/braidmesh/braid/internal/smi"
 )
@@ -27,6 +28,12 @@ const (
 	indexSplitMatch = "braid.dev/split-match"
 	// indexSliceService indexes EndpointSlices by the name of the Service they belong to.
 	indexSliceService = "braid.dev/slice-service"
+	// indexHTTPRouteParent indexes HTTPRoutes by the names of the Services of their own
+	// namespace that they name as parents (producer routes).
+	indexHTTPRouteParent = "braid.dev/httproute-parent"
+	// indexHTTPRouteBackend indexes HTTPRoutes by the names of the Services of their own
+	// namespace that their backendRefs name.
+	indexHTTPRouteBackend = "braid.dev/httproute-backend"
 )
 
 // SetupIndexes registers the field indexes the reconcilers use. Call it once per manager,
@@ -62,6 +69,34 @@ func SetupIndexes(ctx context.Context, mgr manager.Manager) error {
 		return fmt.Errorf("indexing EndpointSlices by service: %w", err)
 	}
 	return nil
+}
+
+// setupHTTPRouteIndexes registers the field indexes on HTTPRoutes. Call it once per
+// manager, and only when the cluster serves HTTPRoutes.
+func setupHTTPRouteIndexes(ctx context.Context, mgr manager.Manager) error {
+	idx := mgr.GetFieldIndexer()
+	if err := idx.IndexField(ctx, &gatewayv1.HTTPRoute{}, indexHTTPRouteParent, func(o client.Object) []string {
+		return routeParentNames(o.(*gatewayv1.HTTPRoute))
+	}); err != nil {
+		return fmt.Errorf("indexing HTTPRoutes by parent service: %w", err)
+	}
+	if err := idx.IndexField(ctx, &gatewayv1.HTTPRoute{}, indexHTTPRouteBackend, func(o client.Object) []string {
+		return routeBackendNames(o.(*gatewayv1.HTTPRoute))
+	}); err != nil {
+		return fmt.Errorf("indexing HTTPRoutes by backend service: %w", err)
+	}
+	return nil
+}
+
+// routesBy lists the HTTPRoutes in namespace whose index holds value. A failure is logged
+// and maps to nothing, as in splitsBy.
+func routesBy(ctx context.Context, c client.Client, namespace, index, value string) []gatewayv1.HTTPRoute {
+	var list gatewayv1.HTTPRouteList
+	if err := c.List(ctx, &list, client.InNamespace(namespace), client.MatchingFields{index: value}); err != nil {
+		log.FromContext(ctx).Error(err, "Listing HTTPRoutes failed", "index", index, "value", value, "namespace", namespace)
+		return nil
+	}
+	return list.Items
 }
 
 // splitsBy lists the splits in namespace whose index holds value. A failure is logged

@@ -10,10 +10,13 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/braidmesh/braid/internal/mesh"
 	"github.com/braidmesh/braid/internal/smi"
@@ -27,12 +30,16 @@ type ConfigSink interface {
 }
 
 // ServiceReconciler compiles one Service at a time, with its EndpointSlices, the
-// TrafficSplits rooted at it and their backends, and hands the result to the config
-// server. A change to one Service, slice or split recompiles only the roots it affects.
+// TrafficSplits rooted at it, the producer HTTPRoutes attached to it and the backends of
+// both, and hands the result to the config server. A change to one Service, slice, split
+// or route recompiles only the roots it affects.
 type ServiceReconciler struct {
 	Client   client.Client
 	Sink     ConfigSink
 	Programs *Programs
+	// GAMMA says whether the cluster serves Gateway API HTTPRoutes (v1). Without them the
+	// reconciler neither reads nor watches routes.
+	GAMMA bool
 
 	mu sync.Mutex
 	// lastGood holds, per root Service, the last accepted form of the split that governs
@@ -43,6 +50,7 @@ type ServiceReconciler struct {
 // +kubebuilder:rbac:groups="",resources=services,verbs=get;list;watch
 // +kubebuilder:rbac:groups=discovery.k8s.io,resources=endpointslices,verbs=get;list;watch
 // +kubebuilder:rbac:groups=split.smi-spec.io,resources=trafficsplits,verbs=get;list;watch
+// +kubebuilder:rbac:groups=gateway.networking.k8s.io,resources=httproutes,verbs=get;list;watch
 
 // Reconcile compiles the Service req names.
 func (r *ServiceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
@@ -55,33 +63,87 @@ func (r *ServiceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 		}
 		return ctrl.Result{}, fmt.Errorf("reading service %s: %w", req.NamespacedName, err)
 	}
-	in := mesh.ServiceInput{Backends: map[string]mesh.Endpoints{}, RouteGroups: map[string]*mesh.RouteGroup{}}
-	var err error
-	if in.Endpoints, err = r.endpoints(ctx, &svc); err != nil {
+	in, err := r.input(ctx, &svc)
+	if err != nil {
 		return ctrl.Result{}, err
 	}
-	if in.Split, err = r.split(ctx, req.NamespacedName); err != nil {
-		return ctrl.Result{}, err
-	}
-	if in.Split != nil {
-		for _, b := range in.Split.Backends {
-			if _, done := in.Backends[b.Service]; done {
-				continue
-			}
-			if in.Backends[b.Service], err = r.backend(ctx, req.Namespace, b.Service); err != nil {
-				return ctrl.Result{}, err
-			}
-		}
-		if err := r.routeGroups(ctx, req.Namespace, in.Split.Matches, in.RouteGroups); err != nil {
-			return ctrl.Result{}, err
-		}
-	}
-	version := r.Sink.SetService(svc.Namespace, svc.Name, mesh.CompileService(in))
-	if in.Split != nil {
+	out := mesh.CompileService(in)
+	version := r.Sink.SetService(svc.Namespace, svc.Name, out)
+	// A split that HTTPRoutes displace from every port is not programmed anywhere.
+	if in.Split != nil && (len(in.HTTPRoutes) == 0 || governs(out, in.Split.Key())) {
 		r.Programs.Record(types.NamespacedName{Namespace: in.Split.Namespace, Name: in.Split.Name}, in.Split.Generation, version)
 	}
-	log.FromContext(ctx).V(1).Info("Compiled service", "version", version, "split", in.Split != nil)
+	log.FromContext(ctx).V(1).Info("Compiled service", "version", version, "split", in.Split != nil, "httpRoutes", len(in.HTTPRoutes))
 	return ctrl.Result{}, nil
+}
+
+// input gathers everything the Service's configuration depends on.
+func (r *ServiceReconciler) input(ctx context.Context, svc *corev1.Service) (mesh.ServiceInput, error) {
+	key := client.ObjectKeyFromObject(svc)
+	in := mesh.ServiceInput{Backends: map[string]mesh.Endpoints{}, RouteGroups: map[string]*mesh.RouteGroup{}}
+	var err error
+	if in.Endpoints, err = r.endpoints(ctx, svc); err != nil {
+		return in, err
+	}
+	if in.Split, err = r.split(ctx, key); err != nil {
+		return in, err
+	}
+	if in.HTTPRoutes, err = r.httpRoutes(ctx, key); err != nil {
+		return in, err
+	}
+	var names []string
+	if in.Split != nil {
+		for _, b := range in.Split.Backends {
+			names = append(names, b.Service)
+		}
+		if err := r.routeGroups(ctx, svc.Namespace, in.Split.Matches, in.RouteGroups); err != nil {
+			return in, err
+		}
+	}
+	for _, route := range in.HTTPRoutes {
+		names = append(names, route.BackendServices()...)
+	}
+	for _, name := range names {
+		if _, done := in.Backends[name]; done {
+			continue
+		}
+		if in.Backends[name], err = r.backend(ctx, svc.Namespace, name); err != nil {
+			return in, err
+		}
+	}
+	return in, nil
+}
+
+// governs reports whether any port of a compiled Service was compiled from the split.
+func governs(out *api.Service, split string) bool {
+	for _, p := range out.GetPorts() {
+		if p.GetSplit() == split {
+			return true
+		}
+	}
+	return false
+}
+
+// httpRoutes returns the producer HTTPRoutes whose parentRefs name the Service; the
+// compiler decides which of its ports each attaches to.
+func (r *ServiceReconciler) httpRoutes(ctx context.Context, svc types.NamespacedName) ([]mesh.HTTPRoute, error) {
+	if !r.GAMMA {
+		return nil, nil
+	}
+	return routesAttachedTo(ctx, r.Client, svc)
+}
+
+// routesAttachedTo lists the HTTPRoutes whose parentRefs name the Service svc.
+func routesAttachedTo(ctx context.Context, c client.Client, svc types.NamespacedName) ([]mesh.HTTPRoute, error) {
+	var list gatewayv1.HTTPRouteList
+	if err := c.List(ctx, &list, client.InNamespace(svc.Namespace), client.MatchingFields{indexHTTPRouteParent: svc.Name}); err != nil {
+		return nil, fmt.Errorf("listing HTTPRoutes attached to %s: %w", svc, err)
+	}
+	out := make([]mesh.HTTPRoute, 0, len(list.Items))
+	for i := range list.Items {
+		out = append(out, toMeshHTTPRoute(&list.Items[i]))
+	}
+	return out, nil
 }
 
 func (r *ServiceReconciler) endpoints(ctx context.Context, svc *corev1.Service) (mesh.Endpoints, error) {
@@ -164,17 +226,22 @@ func (r *ServiceReconciler) forget(root types.NamespacedName) {
 }
 
 // SetupWithManager registers the reconciler: a Service is recompiled when it, one of its
-// EndpointSlices, a split rooted at it, a backend of such a split, or an HTTPRouteGroup
-// the split matches on changes.
+// EndpointSlices, a split rooted at it, a backend of such a split, an HTTPRouteGroup the
+// split matches on, an HTTPRoute naming it as parent, or a backend of such a route changes.
 func (r *ServiceReconciler) SetupWithManager(mgr ctrl.Manager) error {
-	return ctrl.NewControllerManagedBy(mgr).
+	b := ctrl.NewControllerManagedBy(mgr).
 		Named("service").
 		For(&corev1.Service{}).
 		Watches(&corev1.Service{}, handler.EnqueueRequestsFromMapFunc(r.rootsOfBackend)).
 		Watches(&discoveryv1.EndpointSlice{}, handler.EnqueueRequestsFromMapFunc(r.forSlice)).
 		Watches(&smi.TrafficSplit{}, handler.EnqueueRequestsFromMapFunc(rootOfSplit)).
-		Watches(&smi.HTTPRouteGroup{}, handler.EnqueueRequestsFromMapFunc(r.rootsMatchingOn)).
-		Complete(r)
+		Watches(&smi.HTTPRouteGroup{}, handler.EnqueueRequestsFromMapFunc(r.rootsMatchingOn))
+	if r.GAMMA {
+		// Status writes do not change a route's generation, and do not recompile anything.
+		b = b.Watches(&gatewayv1.HTTPRoute{}, handler.EnqueueRequestsFromMapFunc(parentsOfRoute),
+			builder.WithPredicates(predicate.GenerationChangedPredicate{}))
+	}
+	return b.Complete(r)
 }
 
 func (r *ServiceReconciler) forSlice(ctx context.Context, o client.Object) []reconcile.Request {
@@ -187,9 +254,33 @@ func (r *ServiceReconciler) forSlice(ctx context.Context, o client.Object) []rec
 	return append(r.rootsOfBackend(ctx, svc), reconcile.Request{NamespacedName: types.NamespacedName{Namespace: o.GetNamespace(), Name: name}})
 }
 
-// rootsOfBackend maps a Service to the roots of the splits that name it as a backend.
+// rootsOfBackend maps a Service to the roots of the splits that name it as a backend, and
+// to the parents of the HTTPRoutes that do.
 func (r *ServiceReconciler) rootsOfBackend(ctx context.Context, o client.Object) []reconcile.Request {
-	return rootsOf(splitsBy(ctx, r.Client, o.GetNamespace(), indexSplitBackend, o.GetName()))
+	reqs := rootsOf(splitsBy(ctx, r.Client, o.GetNamespace(), indexSplitBackend, o.GetName()))
+	if r.GAMMA {
+		routes := routesBy(ctx, r.Client, o.GetNamespace(), indexHTTPRouteBackend, o.GetName())
+		for i := range routes {
+			reqs = append(reqs, parentsOfRoute(ctx, &routes[i])...)
+		}
+	}
+	return reqs
+}
+
+// parentsOfRoute maps an HTTPRoute to the Services of its namespace that it names as
+// parents. On an update it is called with the old and the new route, so a parent the
+// route leaves is recompiled too.
+func parentsOfRoute(_ context.Context, o client.Object) []reconcile.Request {
+	hr, ok := o.(*gatewayv1.HTTPRoute)
+	if !ok {
+		return nil
+	}
+	names := routeParentNames(hr)
+	reqs := make([]reconcile.Request, 0, len(names))
+	for _, name := range names {
+		reqs = append(reqs, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: hr.Namespace, Name: name}})
+	}
+	return reqs
 }
 
 // rootsMatchingOn maps an HTTPRouteGroup to the roots of the splits that match on it.

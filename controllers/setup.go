@@ -4,9 +4,12 @@ import (
 	"context"
 	"fmt"
 
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	braidv1alpha1 "github.com/braidmesh/braid/api/v1alpha1"
 	"github.com/braidmesh/braid/internal/smi"
@@ -15,12 +18,48 @@ import (
 // NewScheme returns a scheme of every type the operator reads or writes.
 func NewScheme() (*runtime.Scheme, error) {
 	s := runtime.NewScheme()
-	for _, add := range []func(*runtime.Scheme) error{clientgoscheme.AddToScheme, braidv1alpha1.AddToScheme, smi.AddToScheme} {
+	for _, add := range []func(*runtime.Scheme) error{clientgoscheme.AddToScheme, braidv1alpha1.AddToScheme, smi.AddToScheme, gatewayv1.Install} {
 		if err := add(s); err != nil {
 			return nil, fmt.Errorf("building the scheme: %w", err)
 		}
 	}
 	return s, nil
+}
+
+// setupGAMMA registers the HTTPRoute indexes and reconciler when the cluster serves
+// HTTPRoutes, and reports whether it does.
+func setupGAMMA(ctx context.Context, mgr manager.Manager) (bool, error) {
+	gamma, err := servesHTTPRoutes(mgr)
+	if err != nil {
+		return false, err
+	}
+	if !gamma {
+		mgr.GetLogger().Info("Gateway API HTTPRoutes are not served; GAMMA routes are ignored until their CRDs are installed and the operator restarts",
+			"group", gatewayv1.GroupName, "version", gatewayv1.GroupVersion.Version)
+		return false, nil
+	}
+	if err := setupHTTPRouteIndexes(ctx, mgr); err != nil {
+		return false, err
+	}
+	if err := (&HTTPRouteReconciler{Client: mgr.GetClient()}).SetupWithManager(mgr); err != nil {
+		return false, fmt.Errorf("setting up the HTTPRoute reconciler: %w", err)
+	}
+	return true, nil
+}
+
+// servesHTTPRoutes reports whether the API server serves gateway.networking.k8s.io/v1
+// HTTPRoutes. Users install the Gateway API CRDs themselves; without them Braid runs
+// without GAMMA rather than failing to start.
+func servesHTTPRoutes(mgr manager.Manager) (bool, error) {
+	gk := schema.GroupKind{Group: gatewayv1.GroupName, Kind: "HTTPRoute"}
+	_, err := mgr.GetRESTMapper().RESTMapping(gk, gatewayv1.GroupVersion.Version)
+	switch {
+	case meta.IsNoMatchError(err):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("looking up whether the API server serves HTTPRoutes: %w", err)
+	}
+	return true, nil
 }
 
 // +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch;create;update;patch;delete,namespace=braid-system
@@ -44,10 +83,14 @@ func Setup(ctx context.Context, mgr manager.Manager, srv ConfigServer) error {
 	if err := mgr.Add(manager.RunnableFunc(programs.Start)); err != nil {
 		return fmt.Errorf("adding the program tracker: %w", err)
 	}
-	if err := (&ServiceReconciler{Client: mgr.GetClient(), Sink: srv, Programs: programs}).SetupWithManager(mgr); err != nil {
+	gamma, err := setupGAMMA(ctx, mgr)
+	if err != nil {
+		return err
+	}
+	if err := (&ServiceReconciler{Client: mgr.GetClient(), Sink: srv, Programs: programs, GAMMA: gamma}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the service reconciler: %w", err)
 	}
-	split := &TrafficSplitReconciler{Client: mgr.GetClient(), Acks: srv, Programs: programs, Events: mgr.GetEventRecorder("braid")}
+	split := &TrafficSplitReconciler{Client: mgr.GetClient(), Acks: srv, Programs: programs, Events: mgr.GetEventRecorder("braid"), GAMMA: gamma}
 	if err := split.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the traffic split reconciler: %w", err)
 	}

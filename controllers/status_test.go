@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/braidmesh/braid/controllers"
 	"github.com/braidmesh/braid/internal/mesh"
@@ -267,4 +268,38 @@ func TestProgrammedReportsRejections(t *testing.T) {
 	if !strings.Contains(cond.Message, "picky-proxy") || !strings.Contains(cond.Message, "simulated") {
 		t.Fatalf("the condition should name the proxy and its error: %q", cond.Message)
 	}
+}
+
+// GAMMA routes take precedence: an HTTPRoute attached to every port of a split's root
+// supersedes the split, and the split governs again once the route is gone.
+func TestHTTPRouteSupersedesASplitOnItsPorts(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	ns := namespace(ctx, t)
+	for _, s := range []string{"web", "web-v1", "web-v2"} {
+		mustCreate(ctx, t, harness.Service(ns, s, 80))
+	}
+	split := harness.TrafficSplit("split.smi-spec.io/v1alpha2", ns, "web", "web", harness.Weighted{Service: "web-v1", Weight: 1})
+	mustCreate(ctx, t, split)
+	key := client.ObjectKeyFromObject(split)
+	waitFor(ctx, t, key, controllers.ConditionAccepted, metav1.ConditionTrue, mesh.ReasonAccepted)
+
+	route := harness.HTTPRoute(ns, "web", []gatewayv1.ParentReference{harness.ServiceParentRef("web")},
+		harness.Rule(nil, harness.BackendRef("web-v2", 80, 1)))
+	mustCreate(ctx, t, route)
+	cond := waitFor(ctx, t, key, controllers.ConditionAccepted, metav1.ConditionFalse, controllers.ReasonSuperseded)
+	if !strings.Contains(cond.Message, "HTTPRoutes [web]") {
+		t.Errorf("the condition should name the route: %q", cond.Message)
+	}
+	waitFor(ctx, t, key, controllers.ConditionProgrammed, metav1.ConditionFalse, controllers.ReasonNotAccepted)
+	waitSnapshot(ctx, t, func(s *api.Snapshot) bool {
+		b := harness.Backends(harness.FindPort(s, ns, "web", 80))
+		return len(b) == 1 && b[0].GetService() == "web-v2"
+	})
+
+	if err := cp.Client.Delete(ctx, route); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(ctx, t, key, controllers.ConditionAccepted, metav1.ConditionTrue, mesh.ReasonAccepted)
+	waitSnapshot(ctx, t, func(s *api.Snapshot) bool { return harness.FindPort(s, ns, "web", 80).GetSplit() == ns+"/web" })
 }

@@ -20,6 +20,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/source"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/braidmesh/braid/internal/mesh"
 	"github.com/braidmesh/braid/internal/smi"
@@ -54,6 +55,9 @@ type TrafficSplitReconciler struct {
 	Acks     AckCounter
 	Programs *Programs
 	Events   events.EventRecorder
+	// GAMMA says whether the cluster serves HTTPRoutes, which take precedence over
+	// TrafficSplits on the ports they attach to.
+	GAMMA bool
 }
 
 // +kubebuilder:rbac:groups=split.smi-spec.io,resources=trafficsplits,verbs=get;list;watch
@@ -75,7 +79,7 @@ func (r *TrafficSplitReconciler) Reconcile(ctx context.Context, req ctrl.Request
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	accepted, err := r.accepted(ctx, split, root != nil)
+	accepted, err := r.accepted(ctx, split, root)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
@@ -112,12 +116,15 @@ func condition(typ string, ok bool, reason, message string) metav1.Condition {
 	return c
 }
 
-// accepted adds to mesh.CheckSplit the one rule that needs the other splits: only the
-// oldest split of a root governs it.
-func (r *TrafficSplitReconciler) accepted(ctx context.Context, split mesh.Split, rootExists bool) (mesh.Verdict, error) {
-	v := mesh.CheckSplit(split, rootExists)
+// accepted adds to mesh.CheckSplit the rules that need other objects: only the oldest
+// split of a root governs it, and HTTPRoutes attached to a port of the root take it over.
+func (r *TrafficSplitReconciler) accepted(ctx context.Context, split mesh.Split, root *corev1.Service) (mesh.Verdict, error) {
+	v := mesh.CheckSplit(split, root != nil)
 	if !v.Accepted {
 		return v, nil
+	}
+	if v, err := r.displacedByRoutes(ctx, split, root, v); err != nil || !v.Accepted {
+		return v, err
 	}
 	var list smi.TrafficSplitList
 	if err := r.Client.List(ctx, &list, client.InNamespace(split.Namespace), client.MatchingFields{indexSplitRoot: split.Root}); err != nil {
@@ -132,6 +139,33 @@ func (r *TrafficSplitReconciler) accepted(ctx context.Context, split mesh.Split,
 			"traffic split %s, created earlier, already governs root service %s; one split applies per root service, so this one is ignored until %s is deleted",
 			w.Name, split.Root, w.Name)}, nil
 	}
+	return v, nil
+}
+
+// displacedByRoutes tells whether GAMMA HTTPRoutes govern the root's ports: all of them
+// (the split applies nowhere) or some (it applies to the others).
+func (r *TrafficSplitReconciler) displacedByRoutes(ctx context.Context, split mesh.Split, root *corev1.Service, v mesh.Verdict) (mesh.Verdict, error) {
+	if !r.GAMMA {
+		return v, nil
+	}
+	routes, err := routesAttachedTo(ctx, r.Client, client.ObjectKeyFromObject(root))
+	if err != nil {
+		return v, err
+	}
+	routed := mesh.RoutedPorts(root, routes)
+	if len(routed) == 0 {
+		return v, nil
+	}
+	names := make([]string, 0, len(routes))
+	for _, rt := range routes {
+		names = append(names, rt.Name)
+	}
+	if len(routed) == len(mesh.TCPPorts(root)) {
+		return mesh.Verdict{Reason: ReasonSuperseded, Message: fmt.Sprintf(
+			"HTTPRoutes %v govern every port of root service %s, and GAMMA routes take precedence over traffic splits, so this split applies nowhere",
+			names, split.Root)}, nil
+	}
+	v.Message += fmt.Sprintf("; ports %v are governed by HTTPRoutes %v, which take precedence", routed, names)
 	return v, nil
 }
 
@@ -223,7 +257,11 @@ func (r *TrafficSplitReconciler) service(ctx context.Context, namespace, name st
 // changes ports, an HTTPRouteGroup it names appears or goes, it is compiled, or proxies
 // acknowledge a version it waits for.
 func (r *TrafficSplitReconciler) SetupWithManager(mgr ctrl.Manager) error {
-	return ctrl.NewControllerManagedBy(mgr).
+	b := ctrl.NewControllerManagedBy(mgr)
+	if r.GAMMA {
+		b = b.Watches(&gatewayv1.HTTPRoute{}, handler.EnqueueRequestsFromMapFunc(r.splitsUnderRoute))
+	}
+	return b.
 		Named("trafficsplit").
 		For(&smi.TrafficSplit{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Watches(&smi.TrafficSplit{}, handler.EnqueueRequestsFromMapFunc(r.siblings),
@@ -249,6 +287,19 @@ func (r *TrafficSplitReconciler) siblings(ctx context.Context, o client.Object) 
 		return nil
 	}
 	return r.list(ctx, ts.Namespace, indexSplitRoot, ts.Spec.Service, ts.Name)
+}
+
+// splitsUnderRoute maps an HTTPRoute to the splits rooted at the Services it attaches to.
+func (r *TrafficSplitReconciler) splitsUnderRoute(ctx context.Context, o client.Object) []reconcile.Request {
+	hr, ok := o.(*gatewayv1.HTTPRoute)
+	if !ok {
+		return nil
+	}
+	var reqs []reconcile.Request
+	for _, parent := range routeParentNames(hr) {
+		reqs = append(reqs, r.list(ctx, hr.Namespace, indexSplitRoot, parent, "")...)
+	}
+	return reqs
 }
 
 // splitsMatchingOn maps an HTTPRouteGroup to the splits that name it: its existence

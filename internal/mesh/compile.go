@@ -23,9 +23,13 @@ type ServiceInput struct {
 	// Split is the TrafficSplit that governs this Service (see Winner), in its last
 	// accepted form; nil when none applies.
 	Split *Split
-	// Backends holds, by name, every Service the split names as a backend (the root
-	// itself included when it is one); a name that is absent or maps to a nil Service is a
-	// backend Service that does not exist (yet).
+	// HTTPRoutes are the producer HTTPRoutes (GAMMA) whose parentRefs name this Service.
+	// On a port one of them attaches to they govern, instead of any split.
+	HTTPRoutes []HTTPRoute
+	// Backends holds, by name, every Service of the namespace that the split names as a
+	// backend (the root itself included when it is one) and that the HTTPRoutes' backendRefs
+	// name; a name that is absent or maps to a nil Service is a backend Service that does
+	// not exist (yet).
 	Backends map[string]Endpoints
 	// RouteGroups holds, by name, the HTTPRouteGroups the split names; an absent name is a
 	// group that does not exist.
@@ -53,11 +57,16 @@ func CompileService(in ServiceInput) *api.Service {
 	return out
 }
 
-// compilePort routes one port: to the Service itself without a split; to the split's
-// backends with one; and with a split that has matches, the matching requests to the
-// split's backends and the others to the Service itself.
+// compilePort routes one port: by the rules of the HTTPRoutes attached to it, if any (and
+// then requests that no rule matches are refused); otherwise to the Service itself without
+// a split; to the split's backends with one; and with a split that has matches, the
+// matching requests to the split's backends and the others to the Service itself.
 func compilePort(in ServiceInput, p corev1.ServicePort) *api.ServicePort {
 	port := &api.ServicePort{Name: p.Name, Port: uint32(p.Port)}
+	if routes := attachedRoutes(in, p); len(routes) > 0 {
+		port.Routes = httpRouteRoutes(routes, in.Backends)
+		return port
+	}
 	self := &api.Route{Backends: []*api.Backend{{Service: in.Service.Name, Weight: 1, Endpoints: endpointsFor(in.Endpoints, p.Port)}}}
 	if in.Split == nil {
 		port.Routes = []*api.Route{self}
@@ -75,6 +84,17 @@ func compilePort(in ServiceInput, p corev1.ServicePort) *api.ServicePort {
 	}
 	port.Routes = append(port.Routes, self)
 	return port
+}
+
+// attachedRoutes lists the HTTPRoutes that govern a port.
+func attachedRoutes(in ServiceInput, p corev1.ServicePort) []HTTPRoute {
+	var out []HTTPRoute
+	for _, r := range in.HTTPRoutes {
+		if r.attachesTo(in.Service, p) {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 // splitBackends resolves a split's backends for one root port. A backend Service without

@@ -2,12 +2,14 @@ package mesh
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -36,11 +38,17 @@ const compileTestdata = "testdata/compile"
 //     Service by the kubernetes.io/service-name label as in a cluster;
 //   - TrafficSplits in a short form (see splitDoc): kind, name, namespace, created
 //     (RFC3339), root, and backends with either milliWeight (an integer) or weight (a
-//     v1alpha1 quantity such as "500m").
+//     v1alpha1 quantity such as "500m");
+//   - HTTPRouteGroups in the form of RouteGroup;
+//   - HTTPRoutes (Gateway API) in a short form (see routeDoc): kind, name, namespace,
+//     created, parents (Service parentRefs: name, and optional namespace, sectionName,
+//     port) and rules (matches, backends, unsupported), with the API server's defaults
+//     applied by the decoder (backend kind Service, namespace the route's, weight 1).
 //
 // The input is assembled as the Service reconciler does: the splits rooted at the Service,
-// and Backends holding every Service those splits name (the root included when a split
-// names it), absent ones mapping to the zero Endpoints.
+// the HTTPRoutes in its namespace with a parent naming it, and Backends holding every
+// Service those splits and routes name (the root included when one names it), absent ones
+// mapping to the zero Endpoints.
 func TestCompileService(t *testing.T) {
 	cases := []struct {
 		name  string
@@ -64,6 +72,11 @@ func TestCompileService(t *testing.T) {
 		{name: "split-ab-matches", check: wantSplit("shop/reviews")},
 		{name: "split-ab-missing-group", check: wantSplit("shop/reviews")},
 		{name: "split-ab-invalid-match", check: wantSplit("shop/reviews")},
+		{name: "httproute-weighted-70-30", check: wantWeights(map[string]uint32{"reviews-v1": 7, "reviews-v2": 3})},
+		{name: "httproute-path-and-header-matches", check: wantNoCatchAll},
+		{name: "httproute-section-name"},
+		{name: "httproute-beats-split"},
+		{name: "httproute-missing-backend"},
 	}
 	listed := map[string]bool{}
 	for _, tc := range cases {
@@ -93,6 +106,24 @@ func wantNil(t *testing.T, out *api.Service) {
 	t.Helper()
 	if out != nil {
 		t.Errorf("CompileService = %v, want nil", out)
+	}
+}
+
+// wantNoCatchAll asserts that every route of every port has matches that restrict it: with
+// HTTPRoutes attached, requests that no rule matches are refused, not sent to the Service.
+func wantNoCatchAll(t *testing.T, out *api.Service) {
+	t.Helper()
+	for _, p := range out.GetPorts() {
+		for i, r := range p.GetRoutes() {
+			for _, m := range r.GetMatches() {
+				if m.GetPathRegex() == "" && len(m.GetMethods()) == 0 && len(m.GetHeaders()) == 0 {
+					t.Errorf("port %d route %d: match %s admits every request", p.Port, i, m.GetName())
+				}
+			}
+			if len(r.GetMatches()) == 0 {
+				t.Errorf("port %d route %d has no matches: it admits every request", p.Port, i)
+			}
+		}
 	}
 }
 
@@ -196,6 +227,7 @@ type fixture struct {
 	slices          []*discoveryv1.EndpointSlice
 	splits          []Split
 	groups          map[string]*RouteGroup // by name
+	routes          []HTTPRoute
 }
 
 // splitDoc is the short form of a TrafficSplit in input files.
@@ -281,6 +313,8 @@ func (f *fixture) add(doc []byte) error {
 		return f.addSplit(doc)
 	case head.Kind == "HTTPRouteGroup":
 		return f.addGroup(doc)
+	case head.Kind == "HTTPRoute":
+		return f.addRoute(doc)
 	case head.Kind == "" && isBlank(doc):
 		// Comments only, such as the description at the top of a file.
 	default:
@@ -311,6 +345,77 @@ func (f *fixture) addGroup(doc []byte) error {
 		return err
 	}
 	f.groups[g.Name] = &g.RouteGroup
+	return nil
+}
+
+// routeDoc is the short form of an HTTPRoute in input files.
+type routeDoc struct {
+	Kind      string    `json:"kind"`
+	Name      string    `json:"name"`
+	Namespace string    `json:"namespace"`
+	Created   time.Time `json:"created"`
+	Parents   []struct {
+		Namespace   string `json:"namespace,omitempty"`
+		Name        string `json:"name"`
+		SectionName string `json:"sectionName,omitempty"`
+		Port        int32  `json:"port,omitempty"`
+	} `json:"parents"`
+	Rules []struct {
+		Name    string `json:"name,omitempty"`
+		Matches []struct {
+			Path *struct {
+				Type  string `json:"type"`
+				Value string `json:"value"`
+			} `json:"path,omitempty"`
+			Method      string            `json:"method,omitempty"`
+			Headers     []HTTPHeaderMatch `json:"headers,omitempty"`
+			QueryParams int               `json:"queryParams,omitempty"`
+		} `json:"matches,omitempty"`
+		Backends []struct {
+			Group     string `json:"group,omitempty"`
+			Kind      string `json:"kind,omitempty"`
+			Namespace string `json:"namespace,omitempty"`
+			Name      string `json:"name"`
+			Port      int32  `json:"port,omitempty"`
+			Weight    *int32 `json:"weight,omitempty"`
+		} `json:"backends,omitempty"`
+		Unsupported []string `json:"unsupported,omitempty"`
+	} `json:"rules"`
+}
+
+func (d routeDoc) route() HTTPRoute {
+	r := HTTPRoute{Namespace: d.Namespace, Name: d.Name, Created: d.Created}
+	for _, p := range d.Parents {
+		r.Parents = append(r.Parents, ServiceParent{Namespace: cmp.Or(p.Namespace, d.Namespace), Name: p.Name, SectionName: p.SectionName, Port: p.Port})
+	}
+	for _, dr := range d.Rules {
+		rule := HTTPRouteRule{Name: dr.Name, Unsupported: dr.Unsupported}
+		for _, m := range dr.Matches {
+			rm := HTTPRouteMatch{Method: m.Method, Headers: m.Headers, QueryParams: m.QueryParams}
+			if m.Path != nil {
+				rm.PathType, rm.PathValue = m.Path.Type, m.Path.Value
+			}
+			rule.Matches = append(rule.Matches, rm)
+		}
+		for _, b := range dr.Backends {
+			weight := int32(1)
+			if b.Weight != nil {
+				weight = *b.Weight
+			}
+			rule.Backends = append(rule.Backends, HTTPBackendRef{Group: b.Group, Kind: cmp.Or(b.Kind, "Service"),
+				Namespace: cmp.Or(b.Namespace, d.Namespace), Name: b.Name, Port: b.Port, Weight: weight})
+		}
+		r.Rules = append(r.Rules, rule)
+	}
+	return r
+}
+
+func (f *fixture) addRoute(doc []byte) error {
+	var d routeDoc
+	if err := yaml.UnmarshalStrict(doc, &d); err != nil {
+		return err
+	}
+	f.routes = append(f.routes, d.route())
 	return nil
 }
 
@@ -347,6 +452,7 @@ func (f *fixture) input(t *testing.T) ServiceInput {
 	if in.Service == nil {
 		t.Fatalf("the Service to compile, %s/%s, is not in the input", f.namespace, f.root)
 	}
+	f.addRoutes(&in)
 	var rooted []Split
 	for _, s := range f.splits {
 		if s.Namespace == f.namespace && s.Root == f.root {
@@ -372,6 +478,22 @@ func (f *fixture) input(t *testing.T) ServiceInput {
 		}
 	}
 	return in
+}
+
+// addRoutes adds, as the reconciler does, the HTTPRoutes of the root's namespace that
+// name it as parent, and the Services their backendRefs name.
+func (f *fixture) addRoutes(in *ServiceInput) {
+	for _, r := range f.routes {
+		if r.Namespace != f.namespace || !slices.ContainsFunc(r.Parents, func(p ServiceParent) bool { return p.Namespace == f.namespace && p.Name == f.root }) {
+			continue
+		}
+		in.HTTPRoutes = append(in.HTTPRoutes, r)
+		for _, rule := range r.Rules {
+			for _, b := range rule.Backends {
+				in.Backends[b.Name] = f.endpoints(b.Name)
+			}
+		}
+	}
 }
 
 // allBackends lists the backends of every route of a port.

@@ -45,8 +45,8 @@ type ControlPlane struct {
 }
 
 // StartControlPlane starts etcd and kube-apiserver (from KUBEBUILDER_ASSETS), installs
-// Braid's CRDs and runs the operator's reconcilers and config server until Stop. The
-// config server pushes changes after a 5 ms debounce window.
+// Braid's CRDs and the standard Gateway API CRDs, and runs the operator's reconcilers and
+// config server until Stop. The config server pushes changes after a 5 ms debounce window.
 func StartControlPlane(ctx context.Context, log logr.Logger) (cp *ControlPlane, err error) {
 	return StartControlPlaneWith(ctx, log, configserver.Options{Debounce: 5 * time.Millisecond})
 }
@@ -55,10 +55,15 @@ func StartControlPlane(ctx context.Context, log logr.Logger) (cp *ControlPlane, 
 func StartControlPlaneWith(ctx context.Context, log logr.Logger, opts configserver.Options) (cp *ControlPlane, err error) {
 	ctrl.SetLogger(log)
 	root := RepoRoot()
+	gatewayCRDs, err := GatewayAPICRDs()
+	if err != nil {
+		return nil, err
+	}
 	env := &envtest.Environment{
 		CRDDirectoryPaths: []string{
 			filepath.Join(root, "config", "crd", "bases"),
 			filepath.Join(root, "config", "crd", "smi"),
+			gatewayCRDs,
 		},
 		ErrorIfCRDPathMissing: true,
 	}

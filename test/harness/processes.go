@@ -179,9 +179,14 @@ func (p *Proxy) Get(ctx context.Context, host string) (Result, error) {
 	return p.Do(ctx, host, nil)
 }
 
-// Do sends one GET through the proxy's outbound listener for host, with header.
+// Do sends one GET / through the proxy's outbound listener for host, with header.
 func (p *Proxy) Do(ctx context.Context, host string, header http.Header) (Result, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+p.OutboundAddr+"/", nil)
+	return p.Request(ctx, host, "/", header)
+}
+
+// Request sends one GET for path through the proxy's outbound listener for host, with header.
+func (p *Proxy) Request(ctx context.Context, host, path string, header http.Header) (Result, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+p.OutboundAddr+path, nil)
 	if err != nil {
 		return Result{}, err
 	}

@@ -1,0 +1,161 @@
+package mesh
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/braidmesh/braid/proxy/api"
+)
+
+// The wire's path regex is anchored at the start only; Gateway API's path matches must keep
+// their meaning through it.
+func TestPathRegexKeepsGatewayAPIMeaning(t *testing.T) {
+	cases := []struct {
+		typ, value string
+		admits     []string
+		refuses    []string
+	}{
+		{typ: PathMatchPathPrefix, value: "/v1", admits: []string{"/v1", "/v1/", "/v1/users"}, refuses: []string{"/v10", "/v", "/", "/api/v1"}},
+		{typ: PathMatchPathPrefix, value: "/v1/", admits: []string{"/v1", "/v1/users"}, refuses: []string{"/v10"}},
+		{typ: PathMatchPathPrefix, value: "/", admits: []string{"/", "/anything/at/all"}},
+		{typ: "", value: "", admits: []string{"/", "/x"}},
+		{typ: PathMatchPathPrefix, value: "/a.b", admits: []string{"/a.b/c"}, refuses: []string{"/axb"}},
+		{typ: PathMatchExact, value: "/v1", admits: []string{"/v1"}, refuses: []string{"/v1/", "/v1/users", "/v10"}},
+		{typ: PathMatchExact, value: "/", admits: []string{"/"}, refuses: []string{"/x"}},
+		{typ: PathMatchRegularExpression, value: "/v[0-9]+/users", admits: []string{"/v2/users", "/v2/users/7"}, refuses: []string{"/vx/users"}},
+	}
+	for _, tc := range cases {
+		expr, err := pathRegex(tc.typ, tc.value)
+		if err != nil {
+			t.Fatalf("%s %q: %v", tc.typ, tc.value, err)
+		}
+		re, err := api.PathRegexp(expr)
+		if err != nil {
+			t.Fatalf("%s %q → %q does not compile: %v", tc.typ, tc.value, expr, err)
+		}
+		for _, p := range tc.admits {
+			if !re.MatchString(p) {
+				t.Errorf("%s %q (regex %q) should admit %s", tc.typ, tc.value, expr, p)
+			}
+		}
+		for _, p := range tc.refuses {
+			if re.MatchString(p) {
+				t.Errorf("%s %q (regex %q) should refuse %s", tc.typ, tc.value, expr, p)
+			}
+		}
+	}
+}
+
+func TestExactHeaderMatchQuotesTheValue(t *testing.T) {
+	w, err := toWireHTTPMatch(HTTPRouteMatch{Headers: []HTTPHeaderMatch{{Name: "X-Version", Value: "v2.0"}}}, "m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	re, err := api.HeaderRegexp(w.Headers[0].ValueRegex)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.Headers[0].Name != "x-version" || !re.MatchString("v2.0") || re.MatchString("v2x0") || re.MatchString("v2.0.1") {
+		t.Errorf("exact header v2.0 compiled to %s=%q", w.Headers[0].Name, w.Headers[0].ValueRegex)
+	}
+}
+
+func TestPrecedenceAcrossRoutes(t *testing.T) {
+	day := func(d int) time.Time { return time.Date(2026, 1, d, 0, 0, 0, 0, time.UTC) }
+	backend := func(name string) []HTTPBackendRef {
+		return []HTTPBackendRef{{Kind: "Service", Namespace: "shop", Name: name, Port: 80, Weight: 1}}
+	}
+	prefix := func(v string) HTTPRouteMatch { return HTTPRouteMatch{PathType: PathMatchPathPrefix, PathValue: v} }
+	newer := HTTPRoute{Namespace: "shop", Name: "a-newer", Created: day(2), Rules: []HTTPRouteRule{
+		{Matches: []HTTPRouteMatch{prefix("/")}, Backends: backend("newer-root")},
+		{Matches: []HTTPRouteMatch{prefix("/api")}, Backends: backend("newer-api")},
+	}}
+	older := HTTPRoute{Namespace: "shop", Name: "z-older", Created: day(1), Rules: []HTTPRouteRule{
+		{Matches: []HTTPRouteMatch{prefix("/api")}, Backends: backend("older-api")},
+		{Matches: []HTTPRouteMatch{{PathType: PathMatchPathPrefix, PathValue: "/api", Method: "POST"}}, Backends: backend("older-api-post")},
+		{Matches: []HTTPRouteMatch{{PathType: PathMatchExact, PathValue: "/"}}, Backends: backend("older-exact-root")},
+	}}
+	got := httpRouteRoutes([]HTTPRoute{newer, older}, nil)
+	var order []string
+	for _, r := range got {
+		order = append(order, r.Backends[0].Service)
+	}
+	// Exact first; among the /api prefixes, the one with a method, then the older route.
+	want := "older-exact-root older-api-post older-api newer-api newer-root"
+	if strings.Join(order, " ") != want {
+		t.Errorf("route order = %v, want %s", order, want)
+	}
+}
+
+func TestCheckHTTPRouteParent(t *testing.T) {
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "reviews"},
+		Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{
+			{Name: "http", Port: 80}, {Name: "dns", Port: 53, Protocol: corev1.ProtocolUDP},
+		}},
+	}
+	route := HTTPRoute{Namespace: "shop", Name: "r", Rules: []HTTPRouteRule{{Unsupported: []string{"timeouts"}}}}
+	cases := []struct {
+		name   string
+		parent ServiceParent
+		svc    *corev1.Service
+		reason string
+		msg    string
+	}{
+		{name: "whole service", parent: ServiceParent{Namespace: "shop", Name: "reviews"}, svc: svc, reason: ReasonAccepted, msg: "timeouts not supported yet"},
+		{name: "by port", parent: ServiceParent{Namespace: "shop", Name: "reviews", Port: 80}, svc: svc, reason: ReasonAccepted, msg: "port 80 (http)"},
+		{name: "by section name", parent: ServiceParent{Namespace: "shop", Name: "reviews", SectionName: "http"}, svc: svc, reason: ReasonAccepted},
+		{name: "port and name disagree", parent: ServiceParent{Namespace: "shop", Name: "reviews", SectionName: "http", Port: 8080}, svc: svc, reason: ReasonNoMatchingParent},
+		{name: "udp port", parent: ServiceParent{Namespace: "shop", Name: "reviews", SectionName: "dns"}, svc: svc, reason: ReasonNoMatchingParent, msg: `named "dns"`},
+		{name: "missing service", parent: ServiceParent{Namespace: "shop", Name: "ratings"}, reason: ReasonNoMatchingParent, msg: "does not exist"},
+		{name: "consumer route", parent: ServiceParent{Namespace: "other", Name: "reviews"}, reason: ReasonUnsupportedValue, msg: "consumer routes"},
+	}
+	for _, tc := range cases {
+		v := CheckHTTPRouteParent(route, tc.parent, tc.svc)
+		if v.Reason != tc.reason || v.Accepted != (tc.reason == ReasonAccepted) || !strings.Contains(v.Message, tc.msg) {
+			t.Errorf("%s: got %+v, want reason %s with a message containing %q", tc.name, v, tc.reason, tc.msg)
+		}
+	}
+}
+
+func TestCheckHTTPRouteRefs(t *testing.T) {
+	svc := &corev1.Service{Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80}}}}
+	ref := func(name string, port int32) HTTPBackendRef {
+		return HTTPBackendRef{Kind: "Service", Namespace: "shop", Name: name, Port: port, Weight: 1}
+	}
+	cases := []struct {
+		name     string
+		backends []HTTPBackendRef
+		reason   string
+	}{
+		{name: "resolved", backends: []HTTPBackendRef{ref("v1", 80)}, reason: ReasonResolvedRefs},
+		{name: "missing", backends: []HTTPBackendRef{ref("v1", 80), ref("v3", 80)}, reason: ReasonBackendNotFound},
+		{name: "missing port", backends: []HTTPBackendRef{ref("v1", 8080)}, reason: ReasonBackendNotFound},
+		{name: "other kind first", backends: []HTTPBackendRef{ref("v3", 80), {Group: "example.com", Kind: "Bucket", Namespace: "shop", Name: "b"}}, reason: ReasonInvalidKind},
+		{name: "other namespace", backends: []HTTPBackendRef{{Kind: "Service", Namespace: "other", Name: "v1", Port: 80}}, reason: ReasonRefNotPermitted},
+	}
+	for _, tc := range cases {
+		r := HTTPRoute{Namespace: "shop", Name: "r", Rules: []HTTPRouteRule{{Backends: tc.backends}}}
+		v := CheckHTTPRouteRefs(r, map[string]*corev1.Service{"v1": svc})
+		if v.Reason != tc.reason || v.Resolved != (tc.reason == ReasonResolvedRefs) {
+			t.Errorf("%s: got %+v, want %s", tc.name, v, tc.reason)
+		}
+	}
+}
+
+func TestDroppedMatches(t *testing.T) {
+	r := HTTPRoute{Rules: []HTTPRouteRule{{Matches: []HTTPRouteMatch{
+		{PathType: PathMatchPathPrefix, PathValue: "/ok"},
+		{PathType: PathMatchRegularExpression, PathValue: "/(broken"},
+		{QueryParams: 1},
+		{Headers: []HTTPHeaderMatch{{Type: HeaderMatchRegularExpression, Name: "x", Value: "a("}}},
+	}}}}
+	got := DroppedMatches(r)
+	if len(got) != 3 || !strings.HasPrefix(got[0], "spec.rules[0].matches[1]") || !strings.Contains(got[1], "query parameter") {
+		t.Errorf("DroppedMatches = %q", got)
+	}
+}
