@@ -61,15 +61,17 @@ generate: $(CONTROLLER_GEN) $(BUF) $(PROTOC_GEN_GO) $(PROTOC_GEN_GO_GRPC) ## Reg
 	PATH="$(CURDIR)/hack/protoc-plugins:$$PATH" PROTOC_GEN_GO="$(PROTOC_GEN_GO)" PROTOC_GEN_GO_GRPC="$(PROTOC_GEN_GO_GRPC)" $(BUF) generate
 
 .PHONY: manifests
-manifests: $(CONTROLLER_GEN) ## Regenerate the MeshConfig CRD and the operator's RBAC role.
+manifests: $(CONTROLLER_GEN) ## Regenerate the MeshConfig CRD, the operator's RBAC role and the webhook configuration.
 	$(CONTROLLER_GEN) crd paths=./api/... output:crd:dir=config/crd/bases
 	$(CONTROLLER_GEN) rbac:roleName=braid-operator paths=./controllers/... paths=./internal/... output:rbac:dir=config/rbac
+	$(CONTROLLER_GEN) webhook paths=./webhooks/... output:webhook:dir=config/webhook
 
 .PHONY: verify
 verify: $(KUSTOMIZE) ## Fail if generated code or manifests drift from their sources, or a kustomization does not build.
 	hack/verify-generated.sh
 	$(KUSTOMIZE) build config/crd >/dev/null
 	$(KUSTOMIZE) build config/rbac >/dev/null
+	$(KUSTOMIZE) build config/webhook >/dev/null
 
 ##@ Benchmarks
 

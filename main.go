@@ -18,9 +18,11 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	"github.com/braidmesh/braid/controllers"
 	"github.com/braidmesh/braid/internal/configserver"
+	"github.com/braidmesh/braid/webhooks"
 )
 
 func main() {
@@ -28,11 +30,13 @@ func main() {
 		metricsAddr, probeAddr, configAddr string
 		leaderElect                        bool
 		debounce                           time.Duration
+		webhookCertDir                     string
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "address of the metrics endpoint; 0 disables it")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address of /healthz and /readyz")
 	flag.StringVar(&configAddr, "config-server-address", ":15010", "address proxies stream their configuration from")
 	flag.BoolVar(&leaderElect, "leader-elect", false, "run one active operator among replicas (lease braid-operator)")
+	flag.StringVar(&webhookCertDir, "webhook-cert-dir", "", "serve the validating webhooks on :9443 with tls.crt and tls.key from this folder; empty serves none")
 	flag.DurationVar(&debounce, "config-debounce", 10*time.Millisecond, "how long a configuration change waits for others before proxies get it")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(flag.CommandLine)
@@ -41,7 +45,7 @@ func main() {
 	ctrl.SetLogger(log)
 
 	if err := run(ctrl.SetupSignalHandler(), log, options{
-		metricsAddr: metricsAddr, probeAddr: probeAddr, configAddr: configAddr, leaderElect: leaderElect, debounce: debounce,
+		metricsAddr: metricsAddr, probeAddr: probeAddr, configAddr: configAddr, leaderElect: leaderElect, debounce: debounce, webhookCertDir: webhookCertDir,
 	}); err != nil {
 		log.Error(err, "Operator failed")
 		os.Exit(1)
@@ -52,6 +56,7 @@ type options struct {
 	metricsAddr, probeAddr, configAddr string
 	leaderElect                        bool
 	debounce                           time.Duration
+	webhookCertDir                     string
 }
 
 func run(ctx context.Context, log logr.Logger, o options) error {
@@ -73,12 +78,18 @@ func run(ctx context.Context, log logr.Logger, o options) error {
 		LeaderElection:                o.leaderElect,
 		LeaderElectionID:              "braid-operator",
 		LeaderElectionReleaseOnCancel: true,
+		WebhookServer:                 webhook.NewServer(webhook.Options{Port: 9443, CertDir: o.webhookCertDir}),
 	})
 	if err != nil {
 		return fmt.Errorf("creating the manager: %w", err)
 	}
 	if err := controllers.Setup(ctx, mgr, srv); err != nil {
 		return err
+	}
+	if o.webhookCertDir != "" {
+		webhooks.Setup(mgr.GetWebhookServer())
+	} else {
+		log.Info("Validating webhooks are off: no --webhook-cert-dir; invalid SMI objects are reported by their status conditions only")
 	}
 	if err := mgr.Add(configServerRunnable(srv, o.configAddr)); err != nil {
 		return fmt.Errorf("adding the config server: %w", err)

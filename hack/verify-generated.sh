@@ -5,7 +5,8 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 generated=(api/v1alpha1/zz_generated.deepcopy.go internal/smi/zz_generated.deepcopy.go
-  proxy/api/config.pb.go proxy/api/config_grpc.pb.go config/crd/bases config/rbac/role.yaml)
+  proxy/api/config.pb.go proxy/api/config_grpc.pb.go config/crd/bases config/rbac/role.yaml
+  config/webhook/manifests.yaml)
 
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT

@@ -19,9 +19,11 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	"github.com/braidmesh/braid/controllers"
 	"github.com/braidmesh/braid/internal/configserver"
+	"github.com/braidmesh/braid/webhooks"
 )
 
 // RepoRoot is the repository's top folder, found from this source file.
@@ -48,11 +50,20 @@ type ControlPlane struct {
 // Braid's CRDs and the standard Gateway API CRDs, and runs the operator's reconcilers and
 // config server until Stop. The config server pushes changes after a 5 ms debounce window.
 func StartControlPlane(ctx context.Context, log logr.Logger) (cp *ControlPlane, err error) {
-	return StartControlPlaneWith(ctx, log, configserver.Options{Debounce: 5 * time.Millisecond})
+	return StartControlPlaneWith(ctx, log, Options{ConfigServer: configserver.Options{Debounce: 5 * time.Millisecond}})
 }
 
-// StartControlPlaneWith is StartControlPlane with the config server's options.
-func StartControlPlaneWith(ctx context.Context, log logr.Logger, opts configserver.Options) (cp *ControlPlane, err error) {
+// Options vary the control plane.
+type Options struct {
+	ConfigServer configserver.Options
+	// Webhooks installs Braid's validating webhook configuration and serves the webhooks
+	// from the operator, as a cluster with Braid installed does. Off, objects the webhooks
+	// would refuse reach the reconcilers, as they do while the operator is down.
+	Webhooks bool
+}
+
+// StartControlPlaneWith is StartControlPlane with options.
+func StartControlPlaneWith(ctx context.Context, log logr.Logger, opts Options) (cp *ControlPlane, err error) {
 	ctrl.SetLogger(log)
 	root := RepoRoot()
 	gatewayCRDs, err := GatewayAPICRDs()
@@ -66,6 +77,9 @@ func StartControlPlaneWith(ctx context.Context, log logr.Logger, opts configserv
 			gatewayCRDs,
 		},
 		ErrorIfCRDPathMissing: true,
+	}
+	if opts.Webhooks {
+		env.WebhookInstallOptions.Paths = []string{filepath.Join(root, "config", "webhook", "manifests.yaml")}
 	}
 	// envtest's default service range is a /24; benchmarks need thousands of Services.
 	env.ControlPlane.GetAPIServer().Configure().Set("service-cluster-ip-range", "10.96.0.0/12")
@@ -91,20 +105,25 @@ func StartControlPlaneWith(ctx context.Context, log logr.Logger, opts configserv
 	if cp.Client, err = client.New(cfg, client.Options{Scheme: scheme}); err != nil {
 		return nil, fmt.Errorf("creating a client: %w", err)
 	}
+	wh := env.WebhookInstallOptions
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                 scheme,
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",
+		WebhookServer:          webhook.NewServer(webhook.Options{Host: wh.LocalServingHost, Port: wh.LocalServingPort, CertDir: wh.LocalServingCertDir}),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("creating the manager: %w", err)
 	}
-	cp.ConfigServer = configserver.New(log.WithName("configserver"), opts)
+	cp.ConfigServer = configserver.New(log.WithName("configserver"), opts.ConfigServer)
 	mctx, cancel := context.WithCancel(ctx)
 	cp.cancel = cancel
 	if err := controllers.Setup(mctx, mgr, cp.ConfigServer); err != nil {
 		cancel()
 		return nil, err
+	}
+	if opts.Webhooks {
+		webhooks.Setup(mgr.GetWebhookServer())
 	}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -60,7 +60,8 @@ const ns = "bench"
 
 func run(ctx context.Context, c config) error {
 	cpuStart := cpuSeconds()
-	cp, err := harness.StartControlPlaneWith(ctx, zap.New(zap.Level(zapcore.ErrorLevel)), configserver.Options{Debounce: c.debounce})
+	cp, err := harness.StartControlPlaneWith(ctx, zap.New(zap.Level(zapcore.ErrorLevel)),
+		harness.Options{ConfigServer: configserver.Options{Debounce: c.debounce}})
 	if err != nil {
 		return err
 	}
