@@ -79,6 +79,13 @@ verify: $(KUSTOMIZE) ## Fail if generated code or manifests drift from their sou
 bench-control-plane: ## Control plane: 1000 services and splits, 1000 proxies; weight change -> last ACK vs API server watch.
 	KUBEBUILDER_ASSETS="$(ENVTEST_ASSETS)" $(GO) run ./hack/bench/controlplane $(BENCH_FLAGS)
 
+.PHONY: bench-identity
+bench-identity: ## Certificate issuance: signed per second on one core vs raw ECDSA, Certify latency over gRPC.
+	$(GO) run ./hack/bench/identity $(BENCH_FLAGS)
+
+.PHONY: bench
+bench: bench-control-plane bench-identity ## Every benchmark.
+
 .PHONY: envtest-assets
 envtest-assets: ## Build (once) kube-apiserver and etcd for envtest and print their folder.
 	@echo "$(ENVTEST_ASSETS)"
