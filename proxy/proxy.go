@@ -1,9 +1,10 @@
-// Package proxy runs braid-proxy: the outbound listener, the admin server and the
-// control-plane stream. It imports no Kubernetes client: its whole contract with the
-// control plane is proxy/api.
+// Package proxy runs braid-proxy: the outbound listener, the admin server, and the
+// control-plane stream or, standalone, the config file. It imports no Kubernetes client:
+// its whole contract with the control plane is proxy/api.
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -17,18 +18,26 @@ import (
 
 	"github.com/braidmesh/braid/proxy/admin"
 	"github.com/braidmesh/braid/proxy/api"
+	"github.com/braidmesh/braid/proxy/configfile"
 	"github.com/braidmesh/braid/proxy/controlplane"
 	"github.com/braidmesh/braid/proxy/outbound"
 	"github.com/braidmesh/braid/proxy/router"
+	"github.com/braidmesh/braid/proxy/telemetry"
 )
 
 // Options configure a proxy.
 type Options struct {
 	// ControlPlane is the operator's config server address (host:port).
 	ControlPlane string
+	// ConfigFile, when set, runs the proxy standalone: its configuration comes from this
+	// file (a Snapshot in YAML or JSON, see docs/proxy-config.md) instead of the control
+	// plane, and is applied again whenever the file changes.
+	ConfigFile string
+	// ConfigPoll is how often the config file is checked for changes (1 s when zero).
+	ConfigPoll time.Duration
 	// OutboundAddr is where the explicit outbound listener listens.
 	OutboundAddr string
-	// AdminAddr is where /ready, /live and /config are served.
+	// AdminAddr is where /ready, /live, /config, /metrics and /debug/pprof/ are served.
 	AdminAddr string
 	// ProxyID, Namespace and ServiceAccount identify the proxy to the control plane.
 	ProxyID, Namespace, ServiceAccount string
@@ -40,20 +49,23 @@ type Options struct {
 
 // state is the configuration the proxy runs now.
 type state struct {
-	table atomic.Pointer[router.Table]
-	snap  atomic.Pointer[api.Snapshot]
-	opts  *Options
+	table   atomic.Pointer[router.Table]
+	snap    atomic.Pointer[api.Snapshot]
+	opts    *Options
+	metrics *telemetry.Metrics
 }
 
 // apply builds a table from snap and swaps it in atomically; a snapshot that does not
-// build leaves the current table in place.
+// build leaves the current table in place, and counts as a rejection.
 func (s *state) apply(snap *api.Snapshot) error {
 	t, err := router.Build(snap, s.opts.Namespace, s.opts.ClusterDomain)
 	if err != nil {
+		s.metrics.ConfigRejected()
 		return fmt.Errorf("version %d: %w", snap.GetVersion(), err)
 	}
 	s.table.Store(t) // the table first: once /config shows a version, requests use it
 	s.snap.Store(snap)
+	s.metrics.ConfigApplied(t)
 	return nil
 }
 
@@ -62,7 +74,11 @@ func Run(ctx context.Context, log logr.Logger, opts Options) error {
 	if opts.Namespace == "" {
 		return errors.New("the proxy's namespace is required (--namespace or POD_NAMESPACE)")
 	}
-	st := &state{opts: &opts}
+	st := &state{opts: &opts, metrics: telemetry.New()}
+	source, err := configSource(log, st)
+	if err != nil {
+		return err
+	}
 	outLis, err := net.Listen("tcp", opts.OutboundAddr)
 	if err != nil {
 		return fmt.Errorf("outbound listener: %w", err)
@@ -73,12 +89,47 @@ func Run(ctx context.Context, log logr.Logger, opts Options) error {
 		return fmt.Errorf("admin listener: %w", err)
 	}
 	outSrv := &http.Server{
-		Handler:           outbound.New(log.WithName("outbound"), &st.table),
+		Handler:           outbound.New(log.WithName("outbound"), &st.table, st.metrics),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       5 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
 	}
-	adminSrv := &http.Server{Handler: admin.Handler(st.snap.Load), ReadHeaderTimeout: 5 * time.Second}
+	adminSrv := &http.Server{Handler: admin.Handler(st.snap.Load, st.metrics.Registry()), ReadHeaderTimeout: 5 * time.Second}
+	log.Info("Proxy starting", "outbound", outLis.Addr().String(), "admin", adminLis.Addr().String(),
+		"controlPlane", opts.ControlPlane, "configFile", opts.ConfigFile)
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return serve(outSrv, outLis) })
+	g.Go(func() error { return serve(adminSrv, adminLis) })
+	g.Go(func() error { return source(gctx) })
+	g.Go(func() error {
+		<-gctx.Done()
+		drain, cancel := context.WithTimeout(context.WithoutCancel(gctx), opts.DrainTimeout)
+		defer cancel()
+		log.Info("Proxy stopping: draining requests in flight", "timeout", opts.DrainTimeout.String())
+		if err := errors.Join(outSrv.Shutdown(drain), adminSrv.Shutdown(drain)); err != nil {
+			return fmt.Errorf("draining requests in flight: %w", err)
+		}
+		log.Info("Proxy stopped: every request in flight was answered")
+		return nil
+	})
+	return g.Wait()
+}
+
+// configSource returns what feeds the proxy its configuration until ctx ends: the config
+// file, applied once before it returns, or the control plane.
+func configSource(log logr.Logger, st *state) (func(ctx context.Context) error, error) {
+	opts := st.opts
+	if opts.ConfigFile != "" {
+		w := &configfile.Watcher{
+			Path: opts.ConfigFile, Apply: st.apply, Rejected: st.metrics.ConfigRejected,
+			Log: log.WithName("config-file"), Interval: cmp.Or(opts.ConfigPoll, time.Second),
+		}
+		if err := w.Start(); err != nil {
+			return nil, fmt.Errorf("standalone mode: %w", err)
+		}
+		return w.Run, nil
+	}
 	cp := &controlplane.Client{
 		Address:    opts.ControlPlane,
 		Hello:      &api.Hello{ProxyId: opts.ProxyID, Namespace: opts.Namespace, ServiceAccount: opts.ServiceAccount},
@@ -86,20 +137,7 @@ func Run(ctx context.Context, log logr.Logger, opts Options) error {
 		Log:        log.WithName("control-plane"),
 		MinBackoff: 100 * time.Millisecond, MaxBackoff: 5 * time.Second,
 	}
-	log.Info("Proxy starting", "outbound", outLis.Addr().String(), "admin", adminLis.Addr().String(), "controlPlane", opts.ControlPlane)
-
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return serve(outSrv, outLis) })
-	g.Go(func() error { return serve(adminSrv, adminLis) })
-	g.Go(func() error { return cp.Run(gctx) })
-	g.Go(func() error {
-		<-gctx.Done()
-		drain, cancel := context.WithTimeout(context.WithoutCancel(gctx), opts.DrainTimeout)
-		defer cancel()
-		log.Info("Proxy stopping: draining requests in flight", "timeout", opts.DrainTimeout.String())
-		return errors.Join(outSrv.Shutdown(drain), adminSrv.Shutdown(drain))
-	})
-	return g.Wait()
+	return cp.Run, nil
 }
 
 func serve(srv *http.Server, lis net.Listener) error {

@@ -1,9 +1,13 @@
-// Package admin serves the proxy's admin endpoints: /ready, /live and /config.
+// Package admin serves the proxy's admin endpoints: /ready, /live, /config, /metrics and
+// /debug/pprof/.
 package admin
 
 import (
 	"net/http"
+	"net/http/pprof"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
@@ -13,8 +17,9 @@ import (
 // SnapshotFunc returns the configuration the proxy runs now, or nil before it has one.
 type SnapshotFunc func() *api.Snapshot
 
-// Handler returns the admin HTTP handler.
-func Handler(current SnapshotFunc) http.Handler {
+// Handler returns the admin HTTP handler. It serves the metrics gatherer has on /metrics,
+// unless gatherer is nil.
+func Handler(current SnapshotFunc, gatherer prometheus.Gatherer) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /live", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -24,7 +29,7 @@ func Handler(current SnapshotFunc) http.Handler {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		if current() == nil {
 			w.WriteHeader(http.StatusServiceUnavailable)
-			_, _ = w.Write([]byte("not ready: no configuration received from the control plane yet\n"))
+			_, _ = w.Write([]byte("not ready: no configuration yet\n"))
 			return
 		}
 		_, _ = w.Write([]byte("ready\n"))
@@ -42,5 +47,16 @@ func Handler(current SnapshotFunc) http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(body)
 	})
+	if gatherer != nil {
+		mux.Handle("GET /metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))
+	}
+	// The profiling handlers, on this mux rather than http.DefaultServeMux. Index also
+	// serves the named profiles: /debug/pprof/heap, /debug/pprof/goroutine and the rest.
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("POST /debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	return mux
 }

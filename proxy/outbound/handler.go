@@ -19,35 +19,75 @@ import (
 	"github.com/go-logr/logr"
 
 	"github.com/braidmesh/braid/proxy/router"
+	"github.com/braidmesh/braid/proxy/telemetry"
 )
 
 // Handler routes outbound HTTP requests by the current routing table.
 type Handler struct {
 	log     logr.Logger
 	table   *atomic.Pointer[router.Table]
+	metrics *telemetry.Metrics
 	forward *httputil.ReverseProxy
 	rngs    sync.Pool
 }
 
-type endpointKey struct{}
+// exchange is what the handler and its reverse proxy share about one forwarded request.
+type exchange struct {
+	port     *router.Port // nil until the request resolves to a Service port
+	endpoint netip.AddrPort
+	// status is the status of the answer, once the backend gave one or the proxy failed.
+	status     int
+	proxyError bool
+	// answered says that the answer went out whole: route returned rather than panicked.
+	answered bool
+}
+
+type exchangeKey struct{}
 
 // New returns a Handler that reads the routing table from table on every request, so a
-// new table applies to the next request without disturbing requests in flight.
-func New(log logr.Logger, table *atomic.Pointer[router.Table]) *Handler {
-	h := &Handler{log: log, table: table}
+// new table applies to the next request without disturbing requests in flight. It
+// records every request in metrics, unless metrics is nil.
+func New(log logr.Logger, table *atomic.Pointer[router.Table], metrics *telemetry.Metrics) *Handler {
+	h := &Handler{log: log, table: table, metrics: metrics}
 	h.rngs.New = func() any { return rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())) }
 	h.forward = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
-			ep, _ := pr.In.Context().Value(endpointKey{}).(netip.AddrPort)
+			x := pr.In.Context().Value(exchangeKey{}).(*exchange)
 			pr.Out.URL.Scheme = "http"
-			pr.Out.URL.Host = ep.String()
+			pr.Out.URL.Host = x.endpoint.String()
 			pr.Out.Host = pr.In.Host // the application sees the authority its client used
+		},
+		ModifyResponse: func(resp *http.Response) error {
+			resp.Request.Context().Value(exchangeKey{}).(*exchange).status = resp.StatusCode
+			return nil
 		},
 		Transport:    newTransport(),
 		ErrorHandler: h.upstreamError,
 		ErrorLog:     nil,
+		BufferPool:   &bufferPool{},
 	}
 	return h
+}
+
+// copyBufferSize is the size of the buffers responses are copied through: the reverse
+// proxy's own default, which it would otherwise allocate for every response.
+const copyBufferSize = 32 << 10
+
+// bufferPool lends the reverse proxy its copy buffers. It pools array pointers, so that
+// neither Get nor Put allocates.
+type bufferPool struct{ pool sync.Pool }
+
+func (b *bufferPool) Get() []byte {
+	if buf, ok := b.pool.Get().(*[copyBufferSize]byte); ok {
+		return buf[:]
+	}
+	return make([]byte, copyBufferSize)
+}
+
+func (b *bufferPool) Put(buf []byte) {
+	if len(buf) == copyBufferSize {
+		b.pool.Put((*[copyBufferSize]byte)(buf))
+	}
 }
 
 func newTransport() *http.Transport {
@@ -61,57 +101,83 @@ func newTransport() *http.Transport {
 	}
 }
 
-// ServeHTTP routes one request.
+// ServeHTTP routes one request, and records it once answered.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	x := &exchange{}
+	if h.metrics != nil {
+		// Deferred, so that a response the reverse proxy aborts midway (it panics with
+		// http.ErrAbortHandler) counts too.
+		defer h.record(x, time.Now())
+	}
+	h.route(w, r, x)
+	x.answered = true
+}
+
+func (h *Handler) record(x *exchange, start time.Time) {
+	if x.status == 0 {
+		return // the client went away before any answer: nothing to count
+	}
+	result := telemetry.Success
+	switch {
+	case x.proxyError:
+		result = telemetry.ProxyError
+	case x.status >= 500 || !x.answered:
+		result = telemetry.Failure
+	}
+	h.metrics.Destination(x.port).Record(x.status, result, time.Since(start))
+}
+
+// route answers one request: it forwards it, or fails it itself. It notes in x the
+// Service port the request resolved to and the outcome.
+func (h *Handler) route(w http.ResponseWriter, r *http.Request, x *exchange) {
 	table := h.table.Load()
 	if table == nil {
-		fail(w, http.StatusServiceUnavailable, "the proxy has not received its configuration from the control plane yet")
+		x.fail(w, http.StatusServiceUnavailable, "the proxy has no configuration yet")
 		return
 	}
 	port, err := table.Resolve(r.Host)
 	if err != nil {
-		fail(w, http.StatusNotFound, err.Error())
+		x.fail(w, http.StatusNotFound, err.Error())
 		return
 	}
+	x.port = port
 	route := port.Route(r.Method, r.URL.Path, r.Header)
 	if route == nil {
-		fail(w, http.StatusNotFound, fmt.Sprintf("no route of service %s port %d matches %s %s", port.Service, port.Number, r.Method, r.URL.Path))
+		x.fail(w, http.StatusNotFound, fmt.Sprintf("no route of service %s port %d matches %s %s", port.Service, port.Number, r.Method, r.URL.Path))
 		return
 	}
 	backend := route.Pick()
-	var ep netip.AddrPort
 	ok := false
 	if backend != nil {
 		rng := h.rngs.Get().(*rand.Rand)
-		ep, ok = backend.Endpoint(rng)
+		x.endpoint, ok = backend.Endpoint(rng)
 		h.rngs.Put(rng)
 	}
 	switch {
 	case backend == nil:
-		fail(w, http.StatusServiceUnavailable, fmt.Sprintf("service %s port %d has no backend with a weight above 0", port.Service, port.Number))
-		return
+		x.fail(w, http.StatusServiceUnavailable, fmt.Sprintf("service %s port %d has no backend with a weight above 0", port.Service, port.Number))
 	case backend.Unavailable != "":
-		fail(w, http.StatusServiceUnavailable, backend.Unavailable)
-		return
+		x.fail(w, http.StatusServiceUnavailable, backend.Unavailable)
 	case !ok:
-		fail(w, http.StatusServiceUnavailable, fmt.Sprintf("backend %s of service %s port %d has no ready endpoints", backend.Service, port.Service, port.Number))
-		return
+		x.fail(w, http.StatusServiceUnavailable, fmt.Sprintf("backend %s of service %s port %d has no ready endpoints", backend.Service, port.Service, port.Number))
+	default:
+		h.forward.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), exchangeKey{}, x)))
 	}
-	h.forward.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), endpointKey{}, ep)))
 }
 
 func (h *Handler) upstreamError(w http.ResponseWriter, r *http.Request, err error) {
+	x := r.Context().Value(exchangeKey{}).(*exchange)
 	if errors.Is(err, context.Canceled) {
 		return // the client went away; nobody reads the answer
 	}
-	ep, _ := r.Context().Value(endpointKey{}).(netip.AddrPort)
-	h.log.V(1).Info("Upstream request failed", "endpoint", ep.String(), "host", r.Host, "error", err.Error())
-	fail(w, http.StatusBadGateway, fmt.Sprintf("endpoint %s for host %q failed: %v", ep, r.Host, err))
+	h.log.V(1).Info("Upstream request failed", "endpoint", x.endpoint.String(), "host", r.Host, "error", err.Error())
+	x.fail(w, http.StatusBadGateway, fmt.Sprintf("endpoint %s for host %q failed: %v", x.endpoint, r.Host, err))
 }
 
 // fail writes an error the proxy generated itself, marked so that clients and operators
-// can tell it from the application's own errors.
-func fail(w http.ResponseWriter, code int, msg string) {
+// can tell it from the application's own errors, and notes it as the outcome.
+func (x *exchange) fail(w http.ResponseWriter, code int, msg string) {
+	x.status, x.proxyError = code, true
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.Header().Set("Braid-Proxy-Error", http.StatusText(code))

@@ -70,10 +70,10 @@ func newHandler(t *testing.T, services []*api.Service) (*outbound.Handler, *atom
 	if services != nil {
 		table.Store(build(t, services...))
 	}
-	return outbound.New(testr.New(t), &table), &table
+	return outbound.New(testr.New(t), &table, nil), &table
 }
 
-func build(t *testing.T, services ...*api.Service) *router.Table {
+func build(t testing.TB, services ...*api.Service) *router.Table {
 	t.Helper()
 	tbl, err := router.Build(&api.Snapshot{Version: 1, Services: services}, "shop", "cluster.local")
 	if err != nil {

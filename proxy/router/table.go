@@ -5,6 +5,7 @@ package router
 import (
 	"errors"
 	"fmt"
+	"iter"
 	"math/bits"
 	"math/rand/v2"
 	"net"
@@ -161,6 +162,19 @@ func buildMatch(m *api.HTTPMatch) (match, error) {
 
 // Version is the snapshot version the table was built from.
 func (t *Table) Version() uint64 { return t.version }
+
+// Ports yields every Service port of the table, in no particular order.
+func (t *Table) Ports() iter.Seq[*Port] {
+	return func(yield func(*Port) bool) {
+		for _, svc := range t.services {
+			for _, p := range svc.ports {
+				if !yield(p) {
+					return
+				}
+			}
+		}
+	}
+}
 
 // ErrNoRoute is returned (wrapped) when an authority names no Service port of the mesh.
 var ErrNoRoute = errors.New("no route")

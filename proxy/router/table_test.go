@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
@@ -56,6 +57,22 @@ func TestBuildVersion(t *testing.T) {
 	}
 	if v := mustBuild(t, &api.Snapshot{}).Version(); v != 0 {
 		t.Errorf("Version() of an empty snapshot = %d, want 0", v)
+	}
+}
+
+func TestPorts(t *testing.T) {
+	table := mustBuild(t, testSnapshot())
+	var got []string
+	for p := range table.Ports() {
+		got = append(got, fmt.Sprintf("%s:%d", p.Service, p.Number))
+	}
+	slices.Sort(got)
+	want := []string{"other/api:80", "other/api:9090", "shop/web:80", "shop/web:8080"}
+	if !slices.Equal(got, want) {
+		t.Errorf("Ports() = %v, want %v", got, want)
+	}
+	for range table.Ports() {
+		break // stopping early must not panic
 	}
 }
 

@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -73,6 +75,22 @@ type Proxy struct {
 // StartProxy starts the braid-proxy binary bin for a workload in namespace, streaming
 // config from controlPlane; its logs go to logs. It returns once the admin port answers.
 func StartProxy(ctx context.Context, bin, controlPlane, namespace string, logs io.Writer) (*Proxy, error) {
+	return startProxy(ctx, bin, logs, "", "--control-plane", controlPlane, "--namespace", namespace,
+		"--proxy-id", "harness-proxy")
+}
+
+// StartStandaloneProxy starts the braid-proxy binary bin without a control plane
+// (braid-proxy run), configured by configFile, for a workload in namespace; it checks the
+// file for changes every 50 ms. extraArgs are added to its command line (a later flag
+// overrides an earlier one); its logs go to logs. It returns once the admin port answers.
+func StartStandaloneProxy(ctx context.Context, bin, configFile, namespace string, logs io.Writer, extraArgs ...string) (*Proxy, error) {
+	args := append([]string{"--config", configFile, "--config-poll", "50ms", "--namespace", namespace}, extraArgs...)
+	return startProxy(ctx, bin, logs, "run", args...)
+}
+
+// startProxy starts bin with its subcommand (none when empty), the harness's listen
+// addresses and defaults, then args.
+func startProxy(ctx context.Context, bin string, logs io.Writer, subcommand string, args ...string) (*Proxy, error) {
 	ports, err := freePorts(2)
 	if err != nil {
 		return nil, err
@@ -81,9 +99,13 @@ func StartProxy(ctx context.Context, bin, controlPlane, namespace string, logs i
 		OutboundAddr: ports[0], AdminAddr: ports[1], exited: make(chan struct{}),
 		client: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}},
 	}
-	p.cmd = exec.Command(bin, "--control-plane", controlPlane, "--namespace", namespace,
-		"--outbound-listen", p.OutboundAddr, "--admin-listen", p.AdminAddr, "--proxy-id", "harness-proxy",
-		"--drain-timeout", "5s", "-v", "1")
+	// The harness's listen addresses and defaults come first, so that args can override them.
+	args = append([]string{"--outbound-listen", p.OutboundAddr, "--admin-listen", p.AdminAddr,
+		"--drain-timeout", "5s", "-v", "1"}, args...)
+	if subcommand != "" {
+		args = append([]string{subcommand}, args...)
+	}
+	p.cmd = exec.Command(bin, args...)
 	p.cmd.Stdout, p.cmd.Stderr = logs, logs
 	// The proxy dies with the process that started it, even if that one is killed.
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -131,23 +153,31 @@ func (p *Proxy) Stop() error {
 	return nil
 }
 
+// Signal sends sig to the proxy process.
+func (p *Proxy) Signal(sig os.Signal) error {
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		return fmt.Errorf("signalling braid-proxy: %w", err)
+	}
+	return nil
+}
+
+// Exited is closed when the proxy process has exited; ExitCode then tells how.
+func (p *Proxy) Exited() <-chan struct{} { return p.exited }
+
+// ExitCode is the proxy's exit code once Exited is closed (-1 when a signal killed it).
+func (p *Proxy) ExitCode() int {
+	<-p.exited
+	return p.cmd.ProcessState.ExitCode()
+}
+
 // Snapshot returns the configuration the proxy runs now, from its admin /config.
 func (p *Proxy) Snapshot(ctx context.Context) (*api.Snapshot, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+p.AdminAddr+"/config", nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := p.client.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("reading the proxy's config: %w", err)
-	}
-	defer func() { _ = resp.Body.Close() }()
-	body, err := io.ReadAll(resp.Body)
+	body, err := p.Admin(ctx, "/config")
 	if err != nil {
 		return nil, fmt.Errorf("reading the proxy's config: %w", err)
 	}
 	snap := &api.Snapshot{}
-	if err := protojson.Unmarshal(body, snap); err != nil {
+	if err := protojson.Unmarshal([]byte(body), snap); err != nil {
 		return nil, fmt.Errorf("decoding the proxy's config: %w", err)
 	}
 	return snap, nil
@@ -255,4 +285,167 @@ func freePorts(n int) ([]string, error) {
 		out = append(out, lis.Addr().String())
 	}
 	return out, nil
+}
+
+// Sample is one sample of a Prometheus text exposition.
+type Sample struct {
+	Name   string
+	Labels map[string]string
+	Value  float64
+}
+
+// Samples are the samples of one scrape.
+type Samples []Sample
+
+// Value returns the value of the sample named name whose labels are exactly labels, and
+// whether there is one.
+func (s Samples) Value(name string, labels map[string]string) (float64, bool) {
+	for _, m := range s {
+		if m.Name == name && maps.Equal(m.Labels, labels) {
+			return m.Value, true
+		}
+	}
+	return 0, false
+}
+
+// Named returns the samples named name.
+func (s Samples) Named(name string) Samples {
+	var out Samples
+	for _, m := range s {
+		if m.Name == name {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// ParseMetrics parses the Prometheus text exposition format (version 0.0.4).
+func ParseMetrics(text string) (Samples, error) {
+	var out Samples
+	for i, line := range strings.Split(text, "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		s, err := parseSample(line)
+		if err != nil {
+			return nil, fmt.Errorf("metrics line %d %q: %w", i+1, line, err)
+		}
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+func parseSample(line string) (Sample, error) {
+	s := Sample{Labels: map[string]string{}}
+	end := strings.IndexAny(line, "{ ")
+	if end <= 0 {
+		return s, fmt.Errorf("no metric name")
+	}
+	s.Name, line = line[:end], line[end:]
+	if strings.HasPrefix(line, "{") {
+		rest, err := parseLabels(line[1:], s.Labels)
+		if err != nil {
+			return s, err
+		}
+		line = rest
+	}
+	fields := strings.Fields(line) // value, then an optional timestamp
+	if len(fields) == 0 {
+		return s, fmt.Errorf("no value")
+	}
+	v, err := strconv.ParseFloat(fields[0], 64)
+	if err != nil {
+		return s, fmt.Errorf("value: %w", err)
+	}
+	s.Value = v
+	return s, nil
+}
+
+// parseLabels reads name="value" pairs up to the closing brace into labels, and returns
+// what follows the brace.
+func parseLabels(line string, labels map[string]string) (string, error) {
+	for {
+		line = strings.TrimLeft(line, ", ")
+		if strings.HasPrefix(line, "}") {
+			return line[1:], nil
+		}
+		eq := strings.Index(line, `="`)
+		if eq <= 0 {
+			return "", fmt.Errorf("malformed labels")
+		}
+		name := line[:eq]
+		line = line[eq+2:]
+		var value strings.Builder
+		for {
+			if line == "" {
+				return "", fmt.Errorf("unterminated value of label %s", name)
+			}
+			c := line[0]
+			line = line[1:]
+			if c == '"' {
+				break
+			}
+			if c == '\\' && line != "" {
+				c, line = line[0], line[1:]
+				if c == 'n' {
+					c = '\n'
+				}
+			}
+			value.WriteByte(c)
+		}
+		labels[name] = value.String()
+	}
+}
+
+// Metrics scrapes the proxy's admin /metrics.
+func (p *Proxy) Metrics(ctx context.Context) (Samples, error) {
+	text, err := p.Admin(ctx, "/metrics")
+	if err != nil {
+		return nil, err
+	}
+	return ParseMetrics(text)
+}
+
+// Admin GETs path from the proxy's admin port and returns the body; an answer other than
+// 200 is an error.
+func (p *Proxy) Admin(ctx context.Context, path string) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+p.AdminAddr+path, nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := p.client.Do(req)
+	if err != nil {
+		return "", fmt.Errorf("GET %s from the proxy's admin port: %w", path, err)
+	}
+	defer func() { _ = resp.Body.Close() }()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", fmt.Errorf("reading %s from the proxy's admin port: %w", path, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return string(body), fmt.Errorf("GET %s from the proxy's admin port: HTTP %d", path, resp.StatusCode)
+	}
+	return string(body), nil
+}
+
+// WriteFileAtomically replaces the file at path with data by a rename, so that a reader
+// sees the old content or the new, never a part of it.
+func WriteFileAtomically(path string, data []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	defer func() { _ = os.Remove(tmp.Name()) }() // fails harmlessly once renamed
+	if _, err := tmp.Write(data); err != nil {
+		_ = tmp.Close()
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	return nil
 }
