@@ -45,6 +45,11 @@ type ServiceReconciler struct {
 	// lastGood holds, per root Service, the last accepted form of the split that governs
 	// it, so a split that stops being valid keeps its last good weights.
 	lastGood map[types.NamespacedName]mesh.Split
+	// uses and usedBy record what each root's last compile read (backend Services and
+	// HTTPRouteGroups, by dependencyKey), so a change to them recompiles the root even
+	// when only a last-good form, no longer in any spec, still names them.
+	uses   map[types.NamespacedName][]string
+	usedBy map[string]map[types.NamespacedName]bool
 }
 
 // +kubebuilder:rbac:groups="",resources=services,verbs=get;list;watch
@@ -59,7 +64,8 @@ func (r *ServiceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 		if apierrors.IsNotFound(err) {
 			r.forget(req.NamespacedName)
 			r.Sink.SetService(req.Namespace, req.Name, nil)
-			return ctrl.Result{}, nil
+			r.recordDependencies(req.NamespacedName, mesh.ServiceInput{})
+			return ctrl.Result{}, r.forgetSplitsExcept(ctx, req.NamespacedName, "")
 		}
 		return ctrl.Result{}, fmt.Errorf("reading service %s: %w", req.NamespacedName, err)
 	}
@@ -69,12 +75,96 @@ func (r *ServiceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	}
 	out := mesh.CompileService(in)
 	version := r.Sink.SetService(svc.Namespace, svc.Name, out)
-	// A split that HTTPRoutes displace from every port is not programmed anywhere.
-	if in.Split != nil && (len(in.HTTPRoutes) == 0 || governs(out, in.Split.Key())) {
+	r.recordDependencies(req.NamespacedName, in)
+	// A split is programmed where it governs a compiled port: not on an ExternalName
+	// Service, nor where HTTPRoutes displace it from every port.
+	recorded := ""
+	if in.Split != nil && out != nil && (len(in.HTTPRoutes) == 0 || governs(out, in.Split.Key())) {
 		r.Programs.Record(types.NamespacedName{Namespace: in.Split.Namespace, Name: in.Split.Name}, in.Split.Generation, version)
+		recorded = in.Split.Name
 	}
 	log.FromContext(ctx).V(1).Info("Compiled service", "version", version, "split", in.Split != nil, "httpRoutes", len(in.HTTPRoutes))
-	return ctrl.Result{}, nil
+	return ctrl.Result{}, r.forgetSplitsExcept(ctx, req.NamespacedName, recorded)
+}
+
+// forgetSplitsExcept drops from the tracker every split rooted at root but keep: what
+// they last compiled into no longer runs, so it must not make them Programmed.
+func (r *ServiceReconciler) forgetSplitsExcept(ctx context.Context, root types.NamespacedName, keep string) error {
+	var list smi.TrafficSplitList
+	if err := r.Client.List(ctx, &list, client.InNamespace(root.Namespace), client.MatchingFields{indexSplitRoot: root.Name}); err != nil {
+		return fmt.Errorf("listing traffic splits rooted at %s: %w", root, err)
+	}
+	for i := range list.Items {
+		if list.Items[i].Name != keep {
+			r.Programs.Forget(client.ObjectKeyFromObject(&list.Items[i]))
+		}
+	}
+	return nil
+}
+
+// dependencyKey names a Service or an HTTPRouteGroup a compile read.
+func dependencyKey(kind, namespace, name string) string { return kind + "/" + namespace + "/" + name }
+
+// recordDependencies replaces what root's last compile read.
+func (r *ServiceReconciler) recordDependencies(root types.NamespacedName, in mesh.ServiceInput) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.usedBy == nil {
+		r.usedBy = map[string]map[types.NamespacedName]bool{}
+		r.uses = map[types.NamespacedName][]string{}
+	}
+	for _, dep := range r.uses[root] {
+		delete(r.usedBy[dep], root)
+		if len(r.usedBy[dep]) == 0 {
+			delete(r.usedBy, dep)
+		}
+	}
+	var deps []string
+	for name := range in.Backends {
+		deps = append(deps, dependencyKey("Service", root.Namespace, name))
+	}
+	if in.Split != nil {
+		for _, name := range in.Split.Matches {
+			deps = append(deps, dependencyKey("HTTPRouteGroup", root.Namespace, name))
+		}
+	}
+	if len(deps) == 0 {
+		delete(r.uses, root)
+		return
+	}
+	r.uses[root] = deps
+	for _, dep := range deps {
+		if r.usedBy[dep] == nil {
+			r.usedBy[dep] = map[types.NamespacedName]bool{}
+		}
+		r.usedBy[dep][root] = true
+	}
+}
+
+// rootsUsing lists the roots whose last compile read the dependency.
+func (r *ServiceReconciler) rootsUsing(dep string) []reconcile.Request {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	reqs := make([]reconcile.Request, 0, len(r.usedBy[dep]))
+	for root := range r.usedBy[dep] {
+		reqs = append(reqs, reconcile.Request{NamespacedName: root})
+	}
+	return reqs
+}
+
+// CompileAll compiles every Service once. The operator runs it when its cache has
+// synced, before proxies are served, so no proxy ever receives a partial mesh.
+func (r *ServiceReconciler) CompileAll(ctx context.Context) error {
+	var list corev1.ServiceList
+	if err := r.Client.List(ctx, &list); err != nil {
+		return fmt.Errorf("listing services: %w", err)
+	}
+	for i := range list.Items {
+		if _, err := r.Reconcile(ctx, ctrl.Request{NamespacedName: client.ObjectKeyFromObject(&list.Items[i])}); err != nil {
+			return fmt.Errorf("compiling service %s/%s: %w", list.Items[i].Namespace, list.Items[i].Name, err)
+		}
+	}
+	return nil
 }
 
 // input gathers everything the Service's configuration depends on.
@@ -254,10 +344,12 @@ func (r *ServiceReconciler) forSlice(ctx context.Context, o client.Object) []rec
 	return append(r.rootsOfBackend(ctx, svc), reconcile.Request{NamespacedName: types.NamespacedName{Namespace: o.GetNamespace(), Name: name}})
 }
 
-// rootsOfBackend maps a Service to the roots of the splits that name it as a backend, and
-// to the parents of the HTTPRoutes that do.
+// rootsOfBackend maps a Service to the roots of the splits that name it as a backend, to
+// the roots whose last compile read it (a last-good form no spec names any more), and to
+// the parents of the HTTPRoutes that name it.
 func (r *ServiceReconciler) rootsOfBackend(ctx context.Context, o client.Object) []reconcile.Request {
 	reqs := rootsOf(splitsBy(ctx, r.Client, o.GetNamespace(), indexSplitBackend, o.GetName()))
+	reqs = append(reqs, r.rootsUsing(dependencyKey("Service", o.GetNamespace(), o.GetName()))...)
 	if r.GAMMA {
 		routes := routesBy(ctx, r.Client, o.GetNamespace(), indexHTTPRouteBackend, o.GetName())
 		for i := range routes {
@@ -285,7 +377,8 @@ func parentsOfRoute(_ context.Context, o client.Object) []reconcile.Request {
 
 // rootsMatchingOn maps an HTTPRouteGroup to the roots of the splits that match on it.
 func (r *ServiceReconciler) rootsMatchingOn(ctx context.Context, o client.Object) []reconcile.Request {
-	return rootsOf(splitsBy(ctx, r.Client, o.GetNamespace(), indexSplitMatch, o.GetName()))
+	return append(rootsOf(splitsBy(ctx, r.Client, o.GetNamespace(), indexSplitMatch, o.GetName())),
+		r.rootsUsing(dependencyKey("HTTPRouteGroup", o.GetNamespace(), o.GetName()))...)
 }
 
 func rootOfSplit(_ context.Context, o client.Object) []reconcile.Request {

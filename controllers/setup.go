@@ -71,6 +71,8 @@ type ConfigServer interface {
 	ConfigSink
 	AckCounter
 	OnAcks(func())
+	// MarkReady releases the proxies' streams once every Service is compiled.
+	MarkReady()
 }
 
 // Setup registers every reconciler and index with the manager, feeding srv.
@@ -87,8 +89,24 @@ func Setup(ctx context.Context, mgr manager.Manager, srv ConfigServer) error {
 	if err != nil {
 		return err
 	}
-	if err := (&ServiceReconciler{Client: mgr.GetClient(), Sink: srv, Programs: programs, GAMMA: gamma}).SetupWithManager(mgr); err != nil {
+	services := &ServiceReconciler{Client: mgr.GetClient(), Sink: srv, Programs: programs, GAMMA: gamma}
+	if err := services.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the service reconciler: %w", err)
+	}
+	// Proxies get nothing until the whole mesh is compiled: a restarted or newly elected
+	// operator must not hand reconnecting proxies an empty or partial mesh.
+	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
+		if !mgr.GetCache().WaitForCacheSync(ctx) {
+			return nil // stopping before the cache synced
+		}
+		if err := services.CompileAll(ctx); err != nil {
+			return fmt.Errorf("compiling the mesh at start: %w", err)
+		}
+		srv.MarkReady()
+		mgr.GetLogger().Info("Compiled the mesh; serving proxies")
+		return nil
+	})); err != nil {
+		return fmt.Errorf("adding the initial compile: %w", err)
 	}
 	split := &TrafficSplitReconciler{Client: mgr.GetClient(), Acks: srv, Programs: programs, Events: mgr.GetEventRecorder("braid"), GAMMA: gamma}
 	if err := split.SetupWithManager(mgr); err != nil {

@@ -1,6 +1,8 @@
 package controllers
 
 import (
+	"k8s.io/apimachinery/pkg/api/resource"
+
 	"github.com/braidmesh/braid/internal/mesh"
 	"github.com/braidmesh/braid/internal/smi"
 )
@@ -19,12 +21,25 @@ func toMeshSplit(ts *smi.TrafficSplit) mesh.Split {
 	for _, b := range ts.Spec.Backends {
 		var milli int64
 		if b.Weight != nil {
-			milli = b.Weight.MilliValue()
+			milli = milliWeight(*b.Weight)
 		}
 		s.Backends = append(s.Backends, mesh.SplitBackend{Service: b.Service, MilliWeight: milli})
 	}
 	s.Matches = routeGroupNames(ts)
 	return s
+}
+
+// milliWeight converts a weight to thousandths without overflow: a weight beyond
+// mesh.MaxWeight (either sign) maps to just beyond it, which CheckSplit refuses.
+func milliWeight(q resource.Quantity) int64 {
+	bound := resource.NewQuantity(mesh.MaxWeight, resource.DecimalSI)
+	switch {
+	case q.Cmp(*bound) > 0:
+		return mesh.MaxWeight*1000 + 1
+	case q.Sign() < 0 && q.CmpInt64(-mesh.MaxWeight) < 0:
+		return -1
+	}
+	return q.MilliValue()
 }
 
 // routeGroupNames lists the HTTPRouteGroups a split matches on (the CRD admits no other kind).

@@ -79,6 +79,7 @@ func service(ip string) *api.Service {
 // version gauge stays at the last version applied.
 func TestMetricsCountNACKs(t *testing.T) {
 	srv := configserver.New(testr.New(t), configserver.Options{})
+	srv.MarkReady()
 	srv.SetService("shop", "web", service("10.0.0.1"))
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -49,6 +49,9 @@ func validateTrafficSplit(_ context.Context, req admission.Request) admission.Re
 		if b.Weight != nil && b.Weight.Sign() < 0 {
 			problems = append(problems, fmt.Sprintf("spec.backends[%d].weight: %s is negative; weights are 0 or more", i, b.Weight.String()))
 		}
+		if b.Weight != nil && b.Weight.CmpInt64(mesh.MaxWeight) > 0 {
+			problems = append(problems, fmt.Sprintf("spec.backends[%d].weight: %s is above %d; weights are relative, so smaller numbers say the same", i, b.Weight.String(), mesh.MaxWeight))
+		}
 		if j, dup := seen[b.Service]; dup {
 			problems = append(problems, fmt.Sprintf("spec.backends[%d].service: %q is already spec.backends[%d]; list each backend once", i, b.Service, j))
 		}

@@ -103,3 +103,29 @@ func TestValidationOnUpdate(t *testing.T) {
 		t.Fatalf("want the patch refused for a negative weight, got %v", err)
 	}
 }
+
+func TestWeightBounds(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	for name, tc := range map[string]struct {
+		obj    *unstructured.Unstructured
+		reject string
+	}{
+		"v1alpha1 quantity above the maximum": {harness.TrafficSplit("split.smi-spec.io/v1alpha1", "hooks", "huge-q", "web",
+			harness.Weighted{Service: "web-v1", Weight: "9E"}), "is above 1000000"},
+		"v1alpha2 integer above the maximum (schema)": {harness.TrafficSplit("split.smi-spec.io/v1alpha2", "hooks", "huge-i", "web",
+			harness.Weighted{Service: "web-v1", Weight: 10000000000000000}), "1000000"},
+		"the maximum itself": {harness.TrafficSplit("split.smi-spec.io/v1alpha2", "hooks", "max", "web",
+			harness.Weighted{Service: "web-v1", Weight: 1000000}), ""},
+	} {
+		t.Run(name, func(t *testing.T) {
+			err := cp.Client.Create(ctx, tc.obj)
+			switch {
+			case tc.reject == "" && err != nil:
+				t.Fatalf("want admitted, got %v", err)
+			case tc.reject != "" && (err == nil || !strings.Contains(err.Error(), tc.reject)):
+				t.Fatalf("want refused mentioning %q, got %v", tc.reject, err)
+			}
+		})
+	}
+}

@@ -50,6 +50,11 @@ type Server struct {
 	onAcks func()
 	// rejections counts the NACKs proxies sent.
 	rejections prometheus.Counter
+
+	// ready closes once the server holds the whole mesh (MarkReady); streams send nothing
+	// before, so a restarted operator never hands proxies an empty or partial mesh.
+	ready     chan struct{}
+	readyOnce sync.Once
 }
 
 // Options tune a Server.
@@ -119,11 +124,16 @@ func New(log logr.Logger, opts Options) *Server {
 		services:  map[string]*api.Service{},
 		changedAt: map[string]uint64{},
 		proxies:   map[*proxyConn]struct{}{},
+		ready:     make(chan struct{}),
 		rejections: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "braid_config_rejections_total", Help: "Configuration versions that proxies rejected (NACKs).",
 		}),
 	}
 }
+
+// MarkReady declares that the server holds the configuration of every Service, and
+// releases the streams waiting for it. Until then proxies keep what they have.
+func (s *Server) MarkReady() { s.readyOnce.Do(func() { close(s.ready) }) }
 
 // OnAcks registers f to be called whenever a proxy acknowledges a version, connects or
 // disconnects. Call it before Serve.
@@ -309,12 +319,17 @@ func (s *Server) Stream(stream api.ConfigService_StreamServer) error {
 	p := &proxyConn{hello: hello, connected: s.opts.Clock.Now(), wake: make(chan struct{}, 1)}
 	log := s.log.WithValues("proxy", hello.GetProxyId(), "namespace", hello.GetNamespace())
 	s.register(p)
+	defer s.acksChanged() // deferred first, so it runs after unregister: readers see the proxy gone
 	defer s.unregister(p)
-	defer s.acksChanged()
 	log.V(1).Info("Proxy connected")
 
 	ctx, cancel := context.WithCancel(stream.Context())
 	defer cancel()
+	select {
+	case <-s.ready:
+	case <-ctx.Done():
+		return nil
+	}
 	acks := make(chan error, 1)
 	go func() { acks <- s.receiveAcks(stream, p, log); cancel() }()
 
@@ -385,6 +400,10 @@ func (s *Server) receiveAcks(stream api.ConfigService_StreamServer, p *proxyConn
 			return status.Error(codes.InvalidArgument, "after Hello a proxy sends only Acks")
 		}
 		s.mu.Lock()
+		if !p.sentAny || ack.GetVersion() > p.sent {
+			s.mu.Unlock()
+			return status.Errorf(codes.InvalidArgument, "ack for version %d, which was never sent on this stream", ack.GetVersion())
+		}
 		if ack.GetError() == "" {
 			p.ackedAny, p.acked, p.nack = true, max(p.acked, ack.GetVersion()), ""
 		} else {
@@ -407,17 +426,17 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	)
 	api.RegisterConfigServiceServer(gs, s)
-	stopped := make(chan struct{})
-	go func() {
-		defer close(stopped)
-		<-ctx.Done()
-		gs.Stop()
-	}()
 	s.log.Info("Serving proxy config", "address", lis.Addr().String())
-	err := gs.Serve(lis)
-	<-stopped
-	if err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+	served := make(chan error, 1)
+	go func() { served <- gs.Serve(lis) }()
+	select {
+	case <-ctx.Done():
+		gs.Stop()
+		if err := <-served; err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			return fmt.Errorf("serving proxy config on %s: %w", lis.Addr(), err)
+		}
+		return nil
+	case err := <-served:
 		return fmt.Errorf("serving proxy config on %s: %w", lis.Addr(), err)
 	}
-	return nil
 }

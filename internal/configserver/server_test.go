@@ -47,6 +47,7 @@ func startServer(t *testing.T) (*configserver.Server, string) {
 func startServerWith(t *testing.T, opts configserver.Options) (*configserver.Server, string) {
 	t.Helper()
 	srv := configserver.New(testr.New(t), opts)
+	srv.MarkReady()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("listening: %v", err)
@@ -661,4 +662,34 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name, state string) flo
 	}
 	t.Fatalf("metric %s (state %q) not found", name, state)
 	return 0
+}
+
+// Before MarkReady a stream gets nothing, so a proxy that reconnects to a restarting
+// operator keeps its configuration instead of receiving an empty or partial mesh.
+func TestStreamsWaitUntilReady(t *testing.T) {
+	srv := configserver.New(testr.New(t), configserver.Options{Clock: clocktesting.NewFakeClock(clock)})
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = srv.Serve(ctx, lis) }()
+	p := connect(t, lis.Addr().String(), "web-1")
+	srv.SetService("shop", "a", svcNamed("a")) // the operator is still compiling
+	p.nothingMore()
+	srv.SetService("shop", "b", svcNamed("b"))
+	srv.MarkReady()
+	checkSnapshot(t, p.next(), 2, svcNamed("a"), svcNamed("b"))
+}
+
+// A proxy cannot acknowledge a version it was never sent: it would make Programmed lie.
+func TestAckForAVersionNeverSentEndsTheStream(t *testing.T) {
+	_, addr := startServer(t)
+	p := connect(t, addr, "web-1")
+	p.next() // version 0
+	p.ack(42, "")
+	if err := p.ended(); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("want InvalidArgument, got %v", err)
+	}
 }

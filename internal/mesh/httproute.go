@@ -405,6 +405,9 @@ func toWireHTTPMatch(m HTTPRouteMatch, name string) (*api.HTTPMatch, error) {
 		if !httpguts.ValidHeaderFieldName(h.Name) {
 			return nil, fmt.Errorf("%q is not a valid header name", h.Name)
 		}
+		if strings.EqualFold(h.Name, "host") {
+			return nil, errHostMatch
+		}
 		hm := &api.HeaderMatch{Name: strings.ToLower(h.Name)}
 		switch h.Type {
 		case "", HeaderMatchExact:

@@ -153,9 +153,11 @@ func TestDroppedMatches(t *testing.T) {
 		{PathType: PathMatchRegularExpression, PathValue: "/(broken"},
 		{QueryParams: 1},
 		{Headers: []HTTPHeaderMatch{{Type: HeaderMatchRegularExpression, Name: "x", Value: "a("}}},
+		{Headers: []HTTPHeaderMatch{{Type: HeaderMatchExact, Name: "Host", Value: "reviews"}}},
 	}}}}
 	got := DroppedMatches(r)
-	if len(got) != 3 || !strings.HasPrefix(got[0], "spec.rules[0].matches[1]") || !strings.Contains(got[1], "query parameter") {
+	if len(got) != 4 || !strings.HasPrefix(got[0], "spec.rules[0].matches[1]") || !strings.Contains(got[1], "query parameter") ||
+		!strings.Contains(got[3], "Host header") {
 		t.Errorf("DroppedMatches = %q", got)
 	}
 }

@@ -81,6 +81,7 @@ func TestCheckRouteGroup(t *testing.T) {
 		{"unknown method", []RouteMatch{{Name: "m", Methods: []string{"GET", "FETCH"}}}, false, []string{"spec.matches[0].methods[1]", `"FETCH"`}},
 		{"bad header name", []RouteMatch{{Name: "m", Headers: map[string]string{"user agent": "x"}}}, false, []string{`"user agent"`}},
 		{"bad header regex", []RouteMatch{{Name: "m", Headers: map[string]string{"cookie": "[a-"}}}, false, []string{"spec.matches[0].headers[cookie]"}},
+		{"a Host header match can never match", []RouteMatch{{Name: "m", Headers: map[string]string{"Host": "reviews.*"}}}, false, []string{"spec.matches[0].headers[Host]", "route by Service"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"slices"
@@ -27,6 +28,11 @@ type RouteMatch struct {
 	// Headers map header names to value regexes.
 	Headers map[string]string
 }
+
+// errHostMatch refuses header matches on Host: the proxy resolves the Service from the
+// Host before any route is tried, and Go's HTTP server keeps Host out of the headers,
+// so such a match could never admit a request.
+var errHostMatch = errors.New("the Host header names the Service itself and cannot select a route; route by Service, or by path or other headers")
 
 // ReasonInvalidMatch is the reason of an HTTPRouteGroup that has a match no proxy can run.
 const ReasonInvalidMatch = "InvalidMatch"
@@ -60,6 +66,9 @@ func matchProblems(path string, m RouteMatch) []string {
 	for _, name := range sortedKeys(m.Headers) {
 		if !httpguts.ValidHeaderFieldName(name) {
 			out = append(out, fmt.Sprintf("%s.headers: %q is not a valid header name", path, name))
+		}
+		if strings.EqualFold(name, "host") {
+			out = append(out, fmt.Sprintf("%s.headers[%s]: %v", path, name, errHostMatch))
 		}
 		if _, err := api.HeaderRegexp(m.Headers[name]); err != nil {
 			out = append(out, fmt.Sprintf("%s.headers[%s]: %v", path, name, err))

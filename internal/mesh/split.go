@@ -32,6 +32,10 @@ type SplitBackend struct {
 // Key is the split's namespace/name.
 func (s Split) Key() string { return s.Namespace + "/" + s.Name }
 
+// MaxWeight is the largest weight a backend may have (Gateway API's bound too): weights
+// are relative, and larger numbers only invite overflow.
+const MaxWeight = 1_000_000
+
 // Reasons of a TrafficSplit's Accepted condition.
 const (
 	ReasonAccepted            = "Accepted"
@@ -60,17 +64,22 @@ func CheckSplit(s Split, rootExists bool) Verdict {
 	case len(s.Backends) == 0:
 		return reject(ReasonNoBackends, "spec.backends is empty; list at least one backend service with a weight above 0")
 	}
-	var negative []string
+	var negative, huge []string
 	positive := false // not a sum: huge weights could overflow it
 	for i, b := range s.Backends {
-		if b.MilliWeight < 0 {
+		switch {
+		case b.MilliWeight < 0:
 			negative = append(negative, fmt.Sprintf("spec.backends[%d] (%s)", i, b.Service))
+		case b.MilliWeight > MaxWeight*1000:
+			huge = append(huge, fmt.Sprintf("spec.backends[%d] (%s)", i, b.Service))
 		}
 		positive = positive || b.MilliWeight > 0
 	}
 	switch {
 	case len(negative) > 0:
 		return reject(ReasonInvalidWeight, "weights must be 0 or more: %s", strings.Join(negative, ", "))
+	case len(huge) > 0:
+		return reject(ReasonInvalidWeight, "weights must be at most %d (they are relative): %s", MaxWeight, strings.Join(huge, ", "))
 	case !positive:
 		return reject(ReasonAllWeightsZero,
 			"every backend has weight 0, so no backend could receive traffic; proxies keep the last accepted weights until one backend has a weight above 0")

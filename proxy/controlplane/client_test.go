@@ -46,7 +46,9 @@ func serveOn(t *testing.T, srv *configserver.Server, lis net.Listener) (stop fun
 
 func newServer(t *testing.T) *configserver.Server {
 	t.Helper()
-	return configserver.New(testr.New(t), configserver.Options{})
+	srv := configserver.New(testr.New(t), configserver.Options{})
+	srv.MarkReady()
+	return srv
 }
 
 func listen(t *testing.T, addr string) net.Listener {

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/netip"
@@ -90,8 +91,14 @@ func (b *bufferPool) Put(buf []byte) {
 	}
 }
 
+// connectTimeout bounds a connection attempt: an endpoint that vanished without a reset
+// (a deleted pod before the configuration catches up) must fail fast with a 502, not
+// after the kernel's two minutes of SYN retries.
+const connectTimeout = 3 * time.Second
+
 func newTransport() *http.Transport {
 	return &http.Transport{
+		DialContext:           (&net.Dialer{Timeout: connectTimeout, KeepAlive: 30 * time.Second}).DialContext,
 		Proxy:                 nil, // never chain to an environment proxy
 		MaxIdleConns:          1024,
 		MaxIdleConnsPerHost:   128,
