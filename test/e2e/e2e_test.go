@@ -5,11 +5,9 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -81,7 +79,7 @@ func runIsolated(m *testing.M) (code int) {
 			fmt.Fprintln(os.Stderr, "stopping the control plane:", err)
 		}
 	}()
-	logs := &lockedBuffer{}
+	logs := &harness.LogBuffer{}
 	if env.proxy, err = harness.StartProxy(ctx, os.Getenv(proxyBinEnv), env.cp.ConfigAddr, proxyNamespace, logs); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -99,23 +97,6 @@ func runIsolated(m *testing.M) (code int) {
 		return 1
 	}
 	return m.Run()
-}
-
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 var nextAddr atomic.Int32

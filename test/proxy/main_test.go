@@ -4,14 +4,12 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"maps"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -45,23 +43,6 @@ func run(m *testing.M) int {
 	return m.Run()
 }
 
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // standalone writes config to a file and starts a braid-proxy run on it, for a workload
 // in namespace shop; extraArgs are added to its command line. The proxy stops when the
 // test ends, and its logs are shown if the test failed.
@@ -69,7 +50,7 @@ func standalone(t *testing.T, config string, extraArgs ...string) (*harness.Prox
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "braid.yaml")
 	writeConfig(t, path, config)
-	logs := &lockedBuffer{}
+	logs := &harness.LogBuffer{}
 	ctx, cancel := context.WithTimeout(t.Context(), eventually)
 	defer cancel()
 	p, err := harness.StartStandaloneProxy(ctx, proxyBin, path, "shop", logs, extraArgs...)

@@ -155,7 +155,7 @@ func TestStandaloneKeepsTheLastGoodConfig(t *testing.T) {
 func TestStandaloneRefusesToStartWithoutConfig(t *testing.T) {
 	path := t.TempDir() + "/broken.yaml"
 	writeConfig(t, path, "services: [")
-	logs := &lockedBuffer{}
+	logs := &harness.LogBuffer{}
 	if p, err := harness.StartStandaloneProxy(t.Context(), proxyBin, path, "shop", logs); err == nil {
 		_ = p.Stop()
 		t.Fatalf("braid-proxy run started with a broken config file; logs:\n%s", logs.String())
