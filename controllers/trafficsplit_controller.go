@@ -75,7 +75,7 @@ func (r *TrafficSplitReconciler) Reconcile(ctx context.Context, req ctrl.Request
 		return ctrl.Result{}, err
 	}
 	split := toMeshSplit(&ts)
-	root, err := r.service(ctx, ts.Namespace, split.Root)
+	root, err := getService(ctx, r.Client, ts.Namespace, split.Root)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
@@ -172,7 +172,7 @@ func (r *TrafficSplitReconciler) displacedByRoutes(ctx context.Context, split me
 func (r *TrafficSplitReconciler) resolvedRefs(ctx context.Context, split mesh.Split, root *corev1.Service) (mesh.RefsVerdict, error) {
 	services := map[string]*corev1.Service{}
 	for _, b := range split.Backends {
-		svc, err := r.service(ctx, split.Namespace, b.Service)
+		svc, err := getService(ctx, r.Client, split.Namespace, b.Service)
 		if err != nil {
 			return mesh.RefsVerdict{}, err
 		}
@@ -238,18 +238,6 @@ func (r *TrafficSplitReconciler) eventOnNewPortGap(before, after *smi.TrafficSpl
 	}
 	r.Events.Eventf(after, nil, corev1.EventTypeWarning, mesh.ReasonBackendLacksPort, "Resolve",
 		"backends without a port of root service %s get no traffic on that port: %v", after.Spec.Service, refs.LacksPort)
-}
-
-func (r *TrafficSplitReconciler) service(ctx context.Context, namespace, name string) (*corev1.Service, error) {
-	var svc corev1.Service
-	err := r.Client.Get(ctx, types.NamespacedName{Namespace: namespace, Name: name}, &svc)
-	switch {
-	case apierrors.IsNotFound(err):
-		return nil, nil
-	case err != nil:
-		return nil, fmt.Errorf("reading service %s/%s: %w", namespace, name, err)
-	}
-	return &svc, nil
 }
 
 // SetupWithManager registers the reconciler: a split is looked at again when its spec
