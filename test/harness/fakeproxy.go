@@ -25,7 +25,7 @@ func DialConfig(ctx context.Context, addr, id, namespace string) (*StreamClient,
 		return nil, fmt.Errorf("dialing the config server: %w", err)
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	stream, err := api.NewConfigServiceClient(conn).Stream(ctx)
+	stream, err := api.NewConfigServiceClient(conn).Stream(ctx, grpc.WaitForReady(true)) // like a proxy, wait for the server
 	if err == nil {
 		err = stream.Send(&api.StreamRequest{Kind: &api.StreamRequest_Hello{Hello: &api.Hello{ProxyId: id, Namespace: namespace}}})
 	}
