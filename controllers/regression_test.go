@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"sync"
 	"testing"
 	"time"
 
@@ -29,26 +28,11 @@ func TestProgrammedIsNotTrueFromAStaleCompile(t *testing.T) {
 			ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 			defer cancel()
 			ns := namespace(ctx, t)
-			proxy, err := harness.DialConfig(ctx, cp.ConfigAddr, "p", ns)
+			proxy, err := harness.StartAckingProxy(ctx, cp.ConfigAddr, "p", ns)
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer func() { _ = proxy.Close() }()
-			var mu sync.Mutex
-			acking := true
-			go func() {
-				for {
-					snap, err := proxy.Recv()
-					if err != nil {
-						return
-					}
-					mu.Lock()
-					if acking {
-						_ = proxy.Ack(snap.GetVersion(), "")
-					}
-					mu.Unlock()
-				}
-			}()
 			mustCreate(ctx, t, harness.Service(ns, "web", 80))
 			mustCreate(ctx, t, harness.Service(ns, "web-v1", 80))
 			split := harness.TrafficSplit("split.smi-spec.io/v1alpha2", ns, "web", "web", harness.Weighted{Service: "web-v1", Weight: 1})
@@ -62,9 +46,7 @@ func TestProgrammedIsNotTrueFromAStaleCompile(t *testing.T) {
 			waitFor(ctx, t, key, controllers.ConditionProgrammed, metav1.ConditionFalse, controllers.ReasonNotAccepted)
 			waitSnapshot(ctx, t, func(s *api.Snapshot) bool { return harness.FindPort(s, ns, "web", 80) == nil })
 			time.Sleep(200 * time.Millisecond) // let the proxy ack the removal
-			mu.Lock()
-			acking = false
-			mu.Unlock()
+			proxy.SetAcking(false)
 
 			mustCreate(ctx, t, harness.Service(ns, "web", 80))
 			deadline := time.Now().Add(2 * time.Second)

@@ -3,7 +3,6 @@ package controllers_test
 import (
 	"context"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -130,44 +129,16 @@ func TestProgrammedWaitsForEveryConnectedProxy(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
 	ns := namespace(ctx, t)
-	proxy, err := harness.DialConfig(ctx, cp.ConfigAddr, "slow-proxy", ns)
+	proxy, err := harness.StartAckingProxy(ctx, cp.ConfigAddr, "slow-proxy", ns)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer func() { _ = proxy.Close() }()
-	// The simulated proxy reads every snapshot and acknowledges only while acking is on.
-	var (
-		mu     sync.Mutex
-		acking = true
-		latest uint64
-	)
-	ack := func(on bool) {
-		mu.Lock()
-		defer mu.Unlock()
-		acking = on
-		if on {
-			_ = proxy.Ack(latest, "")
-		}
-	}
-	go func() {
-		for {
-			snap, err := proxy.Recv()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			latest = snap.GetVersion()
-			if acking {
-				_ = proxy.Ack(latest, "")
-			}
-			mu.Unlock()
-		}
-	}()
 	mustCreate(ctx, t, harness.Service(ns, "web", 80))
 	mustCreate(ctx, t, harness.Service(ns, "web-v1", 80))
 	waitSnapshot(ctx, t, func(s *api.Snapshot) bool { return harness.FindPort(s, ns, "web-v1", 80) != nil })
 
-	ack(false)
+	proxy.SetAcking(false)
 	split := harness.TrafficSplit("split.smi-spec.io/v1alpha2", ns, "web", "web", harness.Weighted{Service: "web-v1", Weight: 1})
 	mustCreate(ctx, t, split)
 	key := client.ObjectKeyFromObject(split)
@@ -178,7 +149,7 @@ func TestProgrammedWaitsForEveryConnectedProxy(t *testing.T) {
 		t.Errorf("the pending message should count proxies: %q", cond.Message)
 	}
 
-	ack(true)
+	proxy.SetAcking(true)
 	cond = waitFor(ctx, t, key, controllers.ConditionProgrammed, metav1.ConditionTrue, controllers.ReasonProgrammed)
 	if !strings.Contains(cond.Message, "all 1 connected proxies") {
 		t.Errorf("unexpected message: %q", cond.Message)

@@ -3,6 +3,7 @@ package harness
 import (
 	"context"
 	"fmt"
+	"sync"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -49,4 +50,47 @@ func (c *StreamClient) Ack(version uint64, reason string) error {
 func (c *StreamClient) Close() error {
 	c.cancel()
 	return c.conn.Close()
+}
+
+// AckingProxy is a simulated proxy that reads every snapshot and acknowledges it while
+// acking is on (the start); turning acking back on acknowledges the latest version at once.
+type AckingProxy struct {
+	*StreamClient
+	mu     sync.Mutex
+	acking bool
+	latest uint64
+}
+
+// StartAckingProxy opens a config stream as proxy id in namespace and starts acknowledging.
+func StartAckingProxy(ctx context.Context, addr, id, namespace string) (*AckingProxy, error) {
+	c, err := DialConfig(ctx, addr, id, namespace)
+	if err != nil {
+		return nil, err
+	}
+	p := &AckingProxy{StreamClient: c, acking: true}
+	go func() {
+		for {
+			snap, err := c.Recv()
+			if err != nil {
+				return
+			}
+			p.mu.Lock()
+			p.latest = snap.GetVersion()
+			if p.acking {
+				_ = c.Ack(p.latest, "")
+			}
+			p.mu.Unlock()
+		}
+	}()
+	return p, nil
+}
+
+// SetAcking turns acknowledgements off or on.
+func (p *AckingProxy) SetAcking(on bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.acking = on
+	if on && p.latest > 0 {
+		_ = p.Ack(p.latest, "")
+	}
 }
