@@ -28,6 +28,64 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// Protocol is how a port's traffic is carried.
+type Protocol int32
+
+const (
+	// PROTOCOL_DETECT: the proxy looks at the first bytes (with a bounded wait that never
+	// stalls server-speaks-first protocols) and treats what is not HTTP as opaque TCP.
+	Protocol_PROTOCOL_DETECT Protocol = 0
+	// PROTOCOL_HTTP1: HTTP/1.1.
+	Protocol_PROTOCOL_HTTP1 Protocol = 1
+	// PROTOCOL_HTTP2: HTTP/2 with prior knowledge (h2c), gRPC included.
+	Protocol_PROTOCOL_HTTP2 Protocol = 2
+	// PROTOCOL_OPAQUE: bytes, never parsed (TCPRoute, appProtocol tcp, or declared opaque).
+	Protocol_PROTOCOL_OPAQUE Protocol = 3
+)
+
+// Enum value maps for Protocol.
+var (
+	Protocol_name = map[int32]string{
+		0: "PROTOCOL_DETECT",
+		1: "PROTOCOL_HTTP1",
+		2: "PROTOCOL_HTTP2",
+		3: "PROTOCOL_OPAQUE",
+	}
+	Protocol_value = map[string]int32{
+		"PROTOCOL_DETECT": 0,
+		"PROTOCOL_HTTP1":  1,
+		"PROTOCOL_HTTP2":  2,
+		"PROTOCOL_OPAQUE": 3,
+	}
+)
+
+func (x Protocol) Enum() *Protocol {
+	p := new(Protocol)
+	*p = x
+	return p
+}
+
+func (x Protocol) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Protocol) Descriptor() protoreflect.EnumDescriptor {
+	return file_config_proto_enumTypes[0].Descriptor()
+}
+
+func (Protocol) Type() protoreflect.EnumType {
+	return &file_config_proto_enumTypes[0]
+}
+
+func (x Protocol) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Protocol.Descriptor instead.
+func (Protocol) EnumDescriptor() ([]byte, []int) {
+	return file_config_proto_rawDescGZIP(), []int{0}
+}
+
 // StreamRequest is a message from a proxy: Hello first, then Acks.
 type StreamRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -241,7 +299,13 @@ type Snapshot struct {
 	// full says that services replaces everything the proxy had.
 	Full bool `protobuf:"varint,3,opt,name=full,proto3" json:"full,omitempty"`
 	// removed lists the services ("namespace/name") removed since the previous snapshot.
-	Removed       []string `protobuf:"bytes,4,rep,name=removed,proto3" json:"removed,omitempty"`
+	Removed []string `protobuf:"bytes,4,rep,name=removed,proto3" json:"removed,omitempty"`
+	// inbound is the access policy of the proxy's own workload: always set in a full
+	// snapshot; in a delta, set only when it changed.
+	Inbound *Inbound `protobuf:"bytes,5,opt,name=inbound,proto3" json:"inbound,omitempty"`
+	// trust_bundle is the PEM bundle of the roots peers' certificates must chain to: always
+	// set in a full snapshot when the mesh has a CA; in a delta, set only when it changed.
+	TrustBundle   string `protobuf:"bytes,6,opt,name=trust_bundle,json=trustBundle,proto3" json:"trust_bundle,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -304,19 +368,204 @@ func (x *Snapshot) GetRemoved() []string {
 	return nil
 }
 
+func (x *Snapshot) GetInbound() *Inbound {
+	if x != nil {
+		return x.Inbound
+	}
+	return nil
+}
+
+func (x *Snapshot) GetTrustBundle() string {
+	if x != nil {
+		return x.TrustBundle
+	}
+	return ""
+}
+
+// Inbound is what the proxy's workload accepts, and from whom.
+type Inbound struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// mode is the access mode in force for the workload (Permissive, Targeted or Strict),
+	// for humans and metrics.
+	Mode string `protobuf:"bytes,1,opt,name=mode,proto3" json:"mode,omitempty"`
+	// allow_all admits every client, meshed or plaintext, on every port (Permissive mode,
+	// or a Targeted destination no TrafficTarget names). Otherwise only meshed clients
+	// whose verified identity an authorization lists get in, for what it admits; HTTP
+	// requests refused get a 403 naming the reason, TCP connections are closed.
+	AllowAll       bool             `protobuf:"varint,2,opt,name=allow_all,json=allowAll,proto3" json:"allow_all,omitempty"`
+	Authorizations []*Authorization `protobuf:"bytes,3,rep,name=authorizations,proto3" json:"authorizations,omitempty"`
+	// ports maps the workload's own ports to their protocol, when known.
+	Ports         map[uint32]Protocol `protobuf:"bytes,4,rep,name=ports,proto3" json:"ports,omitempty" protobuf_key:"varint,1,opt,name=key" protobuf_val:"varint,2,opt,name=value,enum=braid.proxy.v1.Protocol"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Inbound) Reset() {
+	*x = Inbound{}
+	mi := &file_config_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Inbound) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Inbound) ProtoMessage() {}
+
+func (x *Inbound) ProtoReflect() protoreflect.Message {
+	mi := &file_config_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Inbound.ProtoReflect.Descriptor instead.
+func (*Inbound) Descriptor() ([]byte, []int) {
+	return file_config_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Inbound) GetMode() string {
+	if x != nil {
+		return x.Mode
+	}
+	return ""
+}
+
+func (x *Inbound) GetAllowAll() bool {
+	if x != nil {
+		return x.AllowAll
+	}
+	return false
+}
+
+func (x *Inbound) GetAuthorizations() []*Authorization {
+	if x != nil {
+		return x.Authorizations
+	}
+	return nil
+}
+
+func (x *Inbound) GetPorts() map[uint32]Protocol {
+	if x != nil {
+		return x.Ports
+	}
+	return nil
+}
+
+// Authorization is one TrafficTarget's grant.
+type Authorization struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name is the TrafficTarget (namespace/name) that grants it.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// sources are the SPIFFE IDs admitted.
+	Sources []string `protobuf:"bytes,2,rep,name=sources,proto3" json:"sources,omitempty"`
+	// tcp_ports restricts the grant to these ports; empty means every port.
+	TcpPorts []uint32 `protobuf:"varint,3,rep,packed,name=tcp_ports,json=tcpPorts,proto3" json:"tcp_ports,omitempty"`
+	// udp_ports are the UDP ports granted. The proxy does not carry UDP: they are reported,
+	// not enforced.
+	UdpPorts []uint32 `protobuf:"varint,4,rep,packed,name=udp_ports,json=udpPorts,proto3" json:"udp_ports,omitempty"`
+	// any_request admits every request and connection on the ports (an L4 grant). Without
+	// it, only HTTP requests matching one of http_matches are admitted.
+	AnyRequest    bool         `protobuf:"varint,5,opt,name=any_request,json=anyRequest,proto3" json:"any_request,omitempty"`
+	HttpMatches   []*HTTPMatch `protobuf:"bytes,6,rep,name=http_matches,json=httpMatches,proto3" json:"http_matches,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Authorization) Reset() {
+	*x = Authorization{}
+	mi := &file_config_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Authorization) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Authorization) ProtoMessage() {}
+
+func (x *Authorization) ProtoReflect() protoreflect.Message {
+	mi := &file_config_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Authorization.ProtoReflect.Descriptor instead.
+func (*Authorization) Descriptor() ([]byte, []int) {
+	return file_config_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *Authorization) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Authorization) GetSources() []string {
+	if x != nil {
+		return x.Sources
+	}
+	return nil
+}
+
+func (x *Authorization) GetTcpPorts() []uint32 {
+	if x != nil {
+		return x.TcpPorts
+	}
+	return nil
+}
+
+func (x *Authorization) GetUdpPorts() []uint32 {
+	if x != nil {
+		return x.UdpPorts
+	}
+	return nil
+}
+
+func (x *Authorization) GetAnyRequest() bool {
+	if x != nil {
+		return x.AnyRequest
+	}
+	return false
+}
+
+func (x *Authorization) GetHttpMatches() []*HTTPMatch {
+	if x != nil {
+		return x.HttpMatches
+	}
+	return nil
+}
+
 // Service is a Kubernetes Service the proxy can route to, compiled with its splits.
 type Service struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
-	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
-	Ports         []*ServicePort         `protobuf:"bytes,3,rep,name=ports,proto3" json:"ports,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name      string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Ports     []*ServicePort         `protobuf:"bytes,3,rep,name=ports,proto3" json:"ports,omitempty"`
+	// cluster_ips are the Service's virtual IPs: a transparently redirected connection to
+	// one of them (with a port of the Service) is routed as a request to the Service.
+	ClusterIps    []string `protobuf:"bytes,4,rep,name=cluster_ips,json=clusterIps,proto3" json:"cluster_ips,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Service) Reset() {
 	*x = Service{}
-	mi := &file_config_proto_msgTypes[4]
+	mi := &file_config_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -328,7 +577,7 @@ func (x *Service) String() string {
 func (*Service) ProtoMessage() {}
 
 func (x *Service) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[4]
+	mi := &file_config_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -341,7 +590,7 @@ func (x *Service) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Service.ProtoReflect.Descriptor instead.
 func (*Service) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{4}
+	return file_config_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Service) GetNamespace() string {
@@ -365,6 +614,13 @@ func (x *Service) GetPorts() []*ServicePort {
 	return nil
 }
 
+func (x *Service) GetClusterIps() []string {
+	if x != nil {
+		return x.ClusterIps
+	}
+	return nil
+}
+
 // ServicePort is one port of a Service and where its traffic goes.
 type ServicePort struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -374,14 +630,16 @@ type ServicePort struct {
 	// without a TrafficSplit has one route, without matches, to the Service itself.
 	Routes []*Route `protobuf:"bytes,3,rep,name=routes,proto3" json:"routes,omitempty"`
 	// split names the TrafficSplit (namespace/name) that produced the routes, if any.
-	Split         string `protobuf:"bytes,4,opt,name=split,proto3" json:"split,omitempty"`
+	Split string `protobuf:"bytes,4,opt,name=split,proto3" json:"split,omitempty"`
+	// protocol is how the port's traffic is carried.
+	Protocol      Protocol `protobuf:"varint,5,opt,name=protocol,proto3,enum=braid.proxy.v1.Protocol" json:"protocol,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ServicePort) Reset() {
 	*x = ServicePort{}
-	mi := &file_config_proto_msgTypes[5]
+	mi := &file_config_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -393,7 +651,7 @@ func (x *ServicePort) String() string {
 func (*ServicePort) ProtoMessage() {}
 
 func (x *ServicePort) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[5]
+	mi := &file_config_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -406,7 +664,7 @@ func (x *ServicePort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServicePort.ProtoReflect.Descriptor instead.
 func (*ServicePort) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{5}
+	return file_config_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ServicePort) GetName() string {
@@ -437,6 +695,13 @@ func (x *ServicePort) GetSplit() string {
 	return ""
 }
 
+func (x *ServicePort) GetProtocol() Protocol {
+	if x != nil {
+		return x.Protocol
+	}
+	return Protocol_PROTOCOL_DETECT
+}
+
 // Route sends the requests it matches to its backends, shared by weight (weight / sum).
 type Route struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -449,7 +714,7 @@ type Route struct {
 
 func (x *Route) Reset() {
 	*x = Route{}
-	mi := &file_config_proto_msgTypes[6]
+	mi := &file_config_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -461,7 +726,7 @@ func (x *Route) String() string {
 func (*Route) ProtoMessage() {}
 
 func (x *Route) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[6]
+	mi := &file_config_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -474,7 +739,7 @@ func (x *Route) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Route.ProtoReflect.Descriptor instead.
 func (*Route) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{6}
+	return file_config_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Route) GetMatches() []*HTTPMatch {
@@ -508,7 +773,7 @@ type HTTPMatch struct {
 
 func (x *HTTPMatch) Reset() {
 	*x = HTTPMatch{}
-	mi := &file_config_proto_msgTypes[7]
+	mi := &file_config_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -520,7 +785,7 @@ func (x *HTTPMatch) String() string {
 func (*HTTPMatch) ProtoMessage() {}
 
 func (x *HTTPMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[7]
+	mi := &file_config_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -533,7 +798,7 @@ func (x *HTTPMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HTTPMatch.ProtoReflect.Descriptor instead.
 func (*HTTPMatch) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{7}
+	return file_config_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *HTTPMatch) GetName() string {
@@ -575,7 +840,7 @@ type HeaderMatch struct {
 
 func (x *HeaderMatch) Reset() {
 	*x = HeaderMatch{}
-	mi := &file_config_proto_msgTypes[8]
+	mi := &file_config_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -587,7 +852,7 @@ func (x *HeaderMatch) String() string {
 func (*HeaderMatch) ProtoMessage() {}
 
 func (x *HeaderMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[8]
+	mi := &file_config_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -600,7 +865,7 @@ func (x *HeaderMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeaderMatch.ProtoReflect.Descriptor instead.
 func (*HeaderMatch) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{8}
+	return file_config_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *HeaderMatch) GetName() string {
@@ -632,7 +897,7 @@ type Backend struct {
 
 func (x *Backend) Reset() {
 	*x = Backend{}
-	mi := &file_config_proto_msgTypes[9]
+	mi := &file_config_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -644,7 +909,7 @@ func (x *Backend) String() string {
 func (*Backend) ProtoMessage() {}
 
 func (x *Backend) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[9]
+	mi := &file_config_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -657,7 +922,7 @@ func (x *Backend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Backend.ProtoReflect.Descriptor instead.
 func (*Backend) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{9}
+	return file_config_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Backend) GetService() string {
@@ -690,16 +955,22 @@ func (x *Backend) GetUnavailable() string {
 
 // Endpoint is a ready address of a backend, with the target port already resolved.
 type Endpoint struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Ip            string                 `protobuf:"bytes,1,opt,name=ip,proto3" json:"ip,omitempty"`
-	Port          uint32                 `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Ip    string                 `protobuf:"bytes,1,opt,name=ip,proto3" json:"ip,omitempty"`
+	Port  uint32                 `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`
+	// identity is the SPIFFE ID of the meshed workload behind the endpoint; empty when the
+	// endpoint has no proxy, and the proxy then talks to it in plaintext.
+	Identity string `protobuf:"bytes,3,opt,name=identity,proto3" json:"identity,omitempty"`
+	// proxy_port is where a meshed endpoint's proxy accepts mTLS from other proxies (on
+	// ip); the target port travels with each request or connection.
+	ProxyPort     uint32 `protobuf:"varint,4,opt,name=proxy_port,json=proxyPort,proto3" json:"proxy_port,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Endpoint) Reset() {
 	*x = Endpoint{}
-	mi := &file_config_proto_msgTypes[10]
+	mi := &file_config_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -711,7 +982,7 @@ func (x *Endpoint) String() string {
 func (*Endpoint) ProtoMessage() {}
 
 func (x *Endpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[10]
+	mi := &file_config_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -724,7 +995,7 @@ func (x *Endpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Endpoint.ProtoReflect.Descriptor instead.
 func (*Endpoint) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{10}
+	return file_config_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Endpoint) GetIp() string {
@@ -737,6 +1008,20 @@ func (x *Endpoint) GetIp() string {
 func (x *Endpoint) GetPort() uint32 {
 	if x != nil {
 		return x.Port
+	}
+	return 0
+}
+
+func (x *Endpoint) GetIdentity() string {
+	if x != nil {
+		return x.Identity
+	}
+	return ""
+}
+
+func (x *Endpoint) GetProxyPort() uint32 {
+	if x != nil {
+		return x.ProxyPort
 	}
 	return 0
 }
@@ -756,21 +1041,43 @@ const file_config_proto_rawDesc = "" +
 	"\x0fservice_account\x18\x03 \x01(\tR\x0eserviceAccount\"5\n" +
 	"\x03Ack\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x12\x14\n" +
-	"\x05error\x18\x02 \x01(\tR\x05error\"\x87\x01\n" +
+	"\x05error\x18\x02 \x01(\tR\x05error\"\xdd\x01\n" +
 	"\bSnapshot\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x123\n" +
 	"\bservices\x18\x02 \x03(\v2\x17.braid.proxy.v1.ServiceR\bservices\x12\x12\n" +
 	"\x04full\x18\x03 \x01(\bR\x04full\x12\x18\n" +
-	"\aremoved\x18\x04 \x03(\tR\aremoved\"n\n" +
+	"\aremoved\x18\x04 \x03(\tR\aremoved\x121\n" +
+	"\ainbound\x18\x05 \x01(\v2\x17.braid.proxy.v1.InboundR\ainbound\x12!\n" +
+	"\ftrust_bundle\x18\x06 \x01(\tR\vtrustBundle\"\x8f\x02\n" +
+	"\aInbound\x12\x12\n" +
+	"\x04mode\x18\x01 \x01(\tR\x04mode\x12\x1b\n" +
+	"\tallow_all\x18\x02 \x01(\bR\ballowAll\x12E\n" +
+	"\x0eauthorizations\x18\x03 \x03(\v2\x1d.braid.proxy.v1.AuthorizationR\x0eauthorizations\x128\n" +
+	"\x05ports\x18\x04 \x03(\v2\".braid.proxy.v1.Inbound.PortsEntryR\x05ports\x1aR\n" +
+	"\n" +
+	"PortsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\rR\x03key\x12.\n" +
+	"\x05value\x18\x02 \x01(\x0e2\x18.braid.proxy.v1.ProtocolR\x05value:\x028\x01\"\xd6\x01\n" +
+	"\rAuthorization\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\asources\x18\x02 \x03(\tR\asources\x12\x1b\n" +
+	"\ttcp_ports\x18\x03 \x03(\rR\btcpPorts\x12\x1b\n" +
+	"\tudp_ports\x18\x04 \x03(\rR\budpPorts\x12\x1f\n" +
+	"\vany_request\x18\x05 \x01(\bR\n" +
+	"anyRequest\x12<\n" +
+	"\fhttp_matches\x18\x06 \x03(\v2\x19.braid.proxy.v1.HTTPMatchR\vhttpMatches\"\x8f\x01\n" +
 	"\aService\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x121\n" +
-	"\x05ports\x18\x03 \x03(\v2\x1b.braid.proxy.v1.ServicePortR\x05ports\"z\n" +
+	"\x05ports\x18\x03 \x03(\v2\x1b.braid.proxy.v1.ServicePortR\x05ports\x12\x1f\n" +
+	"\vcluster_ips\x18\x04 \x03(\tR\n" +
+	"clusterIps\"\xb0\x01\n" +
 	"\vServicePort\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12-\n" +
 	"\x06routes\x18\x03 \x03(\v2\x15.braid.proxy.v1.RouteR\x06routes\x12\x14\n" +
-	"\x05split\x18\x04 \x01(\tR\x05split\"q\n" +
+	"\x05split\x18\x04 \x01(\tR\x05split\x124\n" +
+	"\bprotocol\x18\x05 \x01(\x0e2\x18.braid.proxy.v1.ProtocolR\bprotocol\"q\n" +
 	"\x05Route\x123\n" +
 	"\amatches\x18\x01 \x03(\v2\x19.braid.proxy.v1.HTTPMatchR\amatches\x123\n" +
 	"\bbackends\x18\x02 \x03(\v2\x17.braid.proxy.v1.BackendR\bbackends\"\x8f\x01\n" +
@@ -788,10 +1095,18 @@ const file_config_proto_rawDesc = "" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x16\n" +
 	"\x06weight\x18\x02 \x01(\rR\x06weight\x126\n" +
 	"\tendpoints\x18\x03 \x03(\v2\x18.braid.proxy.v1.EndpointR\tendpoints\x12 \n" +
-	"\vunavailable\x18\x04 \x01(\tR\vunavailable\".\n" +
+	"\vunavailable\x18\x04 \x01(\tR\vunavailable\"i\n" +
 	"\bEndpoint\x12\x0e\n" +
 	"\x02ip\x18\x01 \x01(\tR\x02ip\x12\x12\n" +
-	"\x04port\x18\x02 \x01(\rR\x04port2V\n" +
+	"\x04port\x18\x02 \x01(\rR\x04port\x12\x1a\n" +
+	"\bidentity\x18\x03 \x01(\tR\bidentity\x12\x1d\n" +
+	"\n" +
+	"proxy_port\x18\x04 \x01(\rR\tproxyPort*\\\n" +
+	"\bProtocol\x12\x13\n" +
+	"\x0fPROTOCOL_DETECT\x10\x00\x12\x12\n" +
+	"\x0ePROTOCOL_HTTP1\x10\x01\x12\x12\n" +
+	"\x0ePROTOCOL_HTTP2\x10\x02\x12\x13\n" +
+	"\x0fPROTOCOL_OPAQUE\x10\x032V\n" +
 	"\rConfigService\x12E\n" +
 	"\x06Stream\x12\x1d.braid.proxy.v1.StreamRequest\x1a\x18.braid.proxy.v1.Snapshot(\x010\x01B*Z(github.com/braidmesh/braid/proxy/api;apib\x06proto3"
 
@@ -807,37 +1122,48 @@ func file_config_proto_rawDescGZIP() []byte {
 	return file_config_proto_rawDescData
 }
 
-var file_config_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_config_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_config_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_config_proto_goTypes = []any{
-	(*StreamRequest)(nil), // 0: braid.proxy.v1.StreamRequest
-	(*Hello)(nil),         // 1: braid.proxy.v1.Hello
-	(*Ack)(nil),           // 2: braid.proxy.v1.Ack
-	(*Snapshot)(nil),      // 3: braid.proxy.v1.Snapshot
-	(*Service)(nil),       // 4: braid.proxy.v1.Service
-	(*ServicePort)(nil),   // 5: braid.proxy.v1.ServicePort
-	(*Route)(nil),         // 6: braid.proxy.v1.Route
-	(*HTTPMatch)(nil),     // 7: braid.proxy.v1.HTTPMatch
-	(*HeaderMatch)(nil),   // 8: braid.proxy.v1.HeaderMatch
-	(*Backend)(nil),       // 9: braid.proxy.v1.Backend
-	(*Endpoint)(nil),      // 10: braid.proxy.v1.Endpoint
+	(Protocol)(0),         // 0: braid.proxy.v1.Protocol
+	(*StreamRequest)(nil), // 1: braid.proxy.v1.StreamRequest
+	(*Hello)(nil),         // 2: braid.proxy.v1.Hello
+	(*Ack)(nil),           // 3: braid.proxy.v1.Ack
+	(*Snapshot)(nil),      // 4: braid.proxy.v1.Snapshot
+	(*Inbound)(nil),       // 5: braid.proxy.v1.Inbound
+	(*Authorization)(nil), // 6: braid.proxy.v1.Authorization
+	(*Service)(nil),       // 7: braid.proxy.v1.Service
+	(*ServicePort)(nil),   // 8: braid.proxy.v1.ServicePort
+	(*Route)(nil),         // 9: braid.proxy.v1.Route
+	(*HTTPMatch)(nil),     // 10: braid.proxy.v1.HTTPMatch
+	(*HeaderMatch)(nil),   // 11: braid.proxy.v1.HeaderMatch
+	(*Backend)(nil),       // 12: braid.proxy.v1.Backend
+	(*Endpoint)(nil),      // 13: braid.proxy.v1.Endpoint
+	nil,                   // 14: braid.proxy.v1.Inbound.PortsEntry
 }
 var file_config_proto_depIdxs = []int32{
-	1,  // 0: braid.proxy.v1.StreamRequest.hello:type_name -> braid.proxy.v1.Hello
-	2,  // 1: braid.proxy.v1.StreamRequest.ack:type_name -> braid.proxy.v1.Ack
-	4,  // 2: braid.proxy.v1.Snapshot.services:type_name -> braid.proxy.v1.Service
-	5,  // 3: braid.proxy.v1.Service.ports:type_name -> braid.proxy.v1.ServicePort
-	6,  // 4: braid.proxy.v1.ServicePort.routes:type_name -> braid.proxy.v1.Route
-	7,  // 5: braid.proxy.v1.Route.matches:type_name -> braid.proxy.v1.HTTPMatch
-	9,  // 6: braid.proxy.v1.Route.backends:type_name -> braid.proxy.v1.Backend
-	8,  // 7: braid.proxy.v1.HTTPMatch.headers:type_name -> braid.proxy.v1.HeaderMatch
-	10, // 8: braid.proxy.v1.Backend.endpoints:type_name -> braid.proxy.v1.Endpoint
-	0,  // 9: braid.proxy.v1.ConfigService.Stream:input_type -> braid.proxy.v1.StreamRequest
-	3,  // 10: braid.proxy.v1.ConfigService.Stream:output_type -> braid.proxy.v1.Snapshot
-	10, // [10:11] is the sub-list for method output_type
-	9,  // [9:10] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	2,  // 0: braid.proxy.v1.StreamRequest.hello:type_name -> braid.proxy.v1.Hello
+	3,  // 1: braid.proxy.v1.StreamRequest.ack:type_name -> braid.proxy.v1.Ack
+	7,  // 2: braid.proxy.v1.Snapshot.services:type_name -> braid.proxy.v1.Service
+	5,  // 3: braid.proxy.v1.Snapshot.inbound:type_name -> braid.proxy.v1.Inbound
+	6,  // 4: braid.proxy.v1.Inbound.authorizations:type_name -> braid.proxy.v1.Authorization
+	14, // 5: braid.proxy.v1.Inbound.ports:type_name -> braid.proxy.v1.Inbound.PortsEntry
+	10, // 6: braid.proxy.v1.Authorization.http_matches:type_name -> braid.proxy.v1.HTTPMatch
+	8,  // 7: braid.proxy.v1.Service.ports:type_name -> braid.proxy.v1.ServicePort
+	9,  // 8: braid.proxy.v1.ServicePort.routes:type_name -> braid.proxy.v1.Route
+	0,  // 9: braid.proxy.v1.ServicePort.protocol:type_name -> braid.proxy.v1.Protocol
+	10, // 10: braid.proxy.v1.Route.matches:type_name -> braid.proxy.v1.HTTPMatch
+	12, // 11: braid.proxy.v1.Route.backends:type_name -> braid.proxy.v1.Backend
+	11, // 12: braid.proxy.v1.HTTPMatch.headers:type_name -> braid.proxy.v1.HeaderMatch
+	13, // 13: braid.proxy.v1.Backend.endpoints:type_name -> braid.proxy.v1.Endpoint
+	0,  // 14: braid.proxy.v1.Inbound.PortsEntry.value:type_name -> braid.proxy.v1.Protocol
+	1,  // 15: braid.proxy.v1.ConfigService.Stream:input_type -> braid.proxy.v1.StreamRequest
+	4,  // 16: braid.proxy.v1.ConfigService.Stream:output_type -> braid.proxy.v1.Snapshot
+	16, // [16:17] is the sub-list for method output_type
+	15, // [15:16] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_config_proto_init() }
@@ -854,13 +1180,14 @@ func file_config_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_config_proto_rawDesc), len(file_config_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   11,
+			NumEnums:      1,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_config_proto_goTypes,
 		DependencyIndexes: file_config_proto_depIdxs,
+		EnumInfos:         file_config_proto_enumTypes,
 		MessageInfos:      file_config_proto_msgTypes,
 	}.Build()
 	File_config_proto = out.File
