@@ -12,7 +12,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
-	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,7 +34,7 @@ type Handler struct {
 // exchange is what the handler and its reverse proxy share about one forwarded request.
 type exchange struct {
 	port     *router.Port // nil until the request resolves to a Service port
-	endpoint netip.AddrPort
+	endpoint router.Endpoint
 	// status is the status of the answer, once the backend gave one or the proxy failed.
 	status     int
 	proxyError bool
@@ -55,7 +54,7 @@ func New(log logr.Logger, table *atomic.Pointer[router.Table], metrics *telemetr
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			x := pr.In.Context().Value(exchangeKey{}).(*exchange)
 			pr.Out.URL.Scheme = "http"
-			pr.Out.URL.Host = x.endpoint.String()
+			pr.Out.URL.Host = x.endpoint.Addr.String()
 			pr.Out.Host = pr.In.Host // the application sees the authority its client used
 		},
 		ModifyResponse: func(resp *http.Response) error {
@@ -177,8 +176,8 @@ func (h *Handler) upstreamError(w http.ResponseWriter, r *http.Request, err erro
 	if errors.Is(err, context.Canceled) {
 		return // the client went away; nobody reads the answer
 	}
-	h.log.V(1).Info("Upstream request failed", "endpoint", x.endpoint.String(), "host", r.Host, "error", err.Error())
-	x.fail(w, http.StatusBadGateway, fmt.Sprintf("endpoint %s for host %q failed: %v", x.endpoint, r.Host, err))
+	h.log.V(1).Info("Upstream request failed", "endpoint", x.endpoint.Addr.String(), "host", r.Host, "error", err.Error())
+	x.fail(w, http.StatusBadGateway, fmt.Sprintf("endpoint %s for host %q failed: %v", x.endpoint.Addr, r.Host, err))
 }
 
 // fail writes an error the proxy generated itself, marked so that clients and operators

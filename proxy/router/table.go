@@ -26,6 +26,8 @@ type Table struct {
 	namespace string
 	domain    string
 	services  map[serviceKey]*service
+	// byAddr finds a Service port by one of its cluster IPs and its port number.
+	byAddr map[netip.AddrPort]*Port
 }
 
 type serviceKey struct{ namespace, name string }
@@ -40,7 +42,9 @@ type Port struct {
 	Service string // namespace/name
 	Number  uint32
 	Split   string
-	routes  []*Route
+	// Protocol is how the port's traffic is carried.
+	Protocol api.Protocol
+	routes   []*Route
 }
 
 // Route carries the requests its matches admit (all of them when it has none) to its
@@ -70,13 +74,33 @@ type Backend struct {
 	Service     string
 	Weight      uint32
 	Unavailable string
-	endpoints   []netip.AddrPort
+	endpoints   []Endpoint
 }
+
+// Endpoint is one ready address of a backend.
+type Endpoint struct {
+	// Addr is the address the application serves on.
+	Addr netip.AddrPort
+	// Identity is the SPIFFE ID of the endpoint's workload when it is meshed: the proxy
+	// then reaches it through its peer proxy at ProxyPort, over mTLS, and verifies that
+	// the peer presents exactly this identity. Empty: plaintext, straight to Addr.
+	Identity  string
+	ProxyPort uint16
+}
+
+// Meshed reports whether the endpoint is reached through its peer proxy.
+func (e Endpoint) Meshed() bool { return e.Identity != "" && e.ProxyPort != 0 }
+
+// ProxyAddr is the address of the endpoint's peer proxy.
+func (e Endpoint) ProxyAddr() netip.AddrPort { return netip.AddrPortFrom(e.Addr.Addr(), e.ProxyPort) }
 
 // Build validates a snapshot and builds its table. namespace is the proxy's own namespace,
 // which a bare service name resolves in; domain is the cluster domain (cluster.local).
 func Build(snap *api.Snapshot, namespace, domain string) (*Table, error) {
-	t := &Table{version: snap.GetVersion(), namespace: namespace, domain: domain, services: map[serviceKey]*service{}}
+	t := &Table{
+		version: snap.GetVersion(), namespace: namespace, domain: domain,
+		services: map[serviceKey]*service{}, byAddr: map[netip.AddrPort]*Port{},
+	}
 	for _, s := range snap.GetServices() {
 		key := serviceKey{s.GetNamespace(), s.GetName()}
 		if key.namespace == "" || key.name == "" {
@@ -94,8 +118,35 @@ func Build(snap *api.Snapshot, namespace, domain string) (*Table, error) {
 			svc.ports[port.Number] = port
 		}
 		t.services[key] = svc
+		if err := t.indexClusterIPs(svc, s.GetClusterIps()); err != nil {
+			return nil, fmt.Errorf("service %s/%s: %w", key.namespace, key.name, err)
+		}
 	}
 	return t, nil
+}
+
+func (t *Table) indexClusterIPs(svc *service, ips []string) error {
+	for _, s := range ips {
+		ip, err := netip.ParseAddr(s)
+		if err != nil {
+			return fmt.Errorf("invalid cluster IP %q", s)
+		}
+		for n, p := range svc.ports {
+			addr := netip.AddrPortFrom(ip.Unmap(), uint16(n))
+			if other, dup := t.byAddr[addr]; dup {
+				return fmt.Errorf("cluster IP %s is also %s's", addr, other.Service)
+			}
+			t.byAddr[addr] = p
+		}
+	}
+	return nil
+}
+
+// ResolveAddr finds the Service port a connection's original destination names: one of
+// the Service's cluster IPs with one of its ports.
+func (t *Table) ResolveAddr(dst netip.AddrPort) (*Port, bool) {
+	p, ok := t.byAddr[netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())]
+	return p, ok
 }
 
 func buildPort(svc *service, p *api.ServicePort) (*Port, error) {
@@ -105,7 +156,7 @@ func buildPort(svc *service, p *api.ServicePort) (*Port, error) {
 	if _, dup := svc.ports[p.GetPort()]; dup {
 		return nil, fmt.Errorf("port %d appears twice", p.GetPort())
 	}
-	out := &Port{Service: svc.namespace + "/" + svc.name, Number: p.GetPort(), Split: p.GetSplit()}
+	out := &Port{Service: svc.namespace + "/" + svc.name, Number: p.GetPort(), Split: p.GetSplit(), Protocol: p.GetProtocol()}
 	for i, r := range p.GetRoutes() {
 		route, err := buildRoute(r)
 		if err != nil {
@@ -133,7 +184,14 @@ func buildRoute(r *api.Route) (*Route, error) {
 			if err != nil || e.GetPort() < 1 || e.GetPort() > 65535 {
 				return nil, fmt.Errorf("backend %s: invalid endpoint %s:%d", b.GetService(), e.GetIp(), e.GetPort())
 			}
-			be.endpoints = append(be.endpoints, netip.AddrPortFrom(ip, uint16(e.GetPort())))
+			ep := Endpoint{Addr: netip.AddrPortFrom(ip, uint16(e.GetPort())), Identity: e.GetIdentity()}
+			if e.GetIdentity() != "" {
+				if e.GetProxyPort() < 1 || e.GetProxyPort() > 65535 {
+					return nil, fmt.Errorf("backend %s: meshed endpoint %s:%d has no valid proxy port", b.GetService(), e.GetIp(), e.GetPort())
+				}
+				ep.ProxyPort = uint16(e.GetProxyPort())
+			}
+			be.endpoints = append(be.endpoints, ep)
 		}
 		out.total += uint64(be.Weight)
 		out.backends = append(out.backends, be)
@@ -297,9 +355,9 @@ func (r *Route) Pick() *Backend {
 }
 
 // Endpoint chooses one of the backend's endpoints, or reports that it has none.
-func (b *Backend) Endpoint(rng *rand.Rand) (netip.AddrPort, bool) {
+func (b *Backend) Endpoint(rng *rand.Rand) (Endpoint, bool) {
 	if len(b.endpoints) == 0 {
-		return netip.AddrPort{}, false
+		return Endpoint{}, false
 	}
 	return b.endpoints[rng.IntN(len(b.endpoints))], true
 }

@@ -360,10 +360,10 @@ func TestEndpoint(t *testing.T) {
 	seen := map[netip.AddrPort]int{}
 	for range 3000 {
 		e, ok := b.Endpoint(rng)
-		if !ok || !want[e] {
-			t.Fatalf("Endpoint = %v, %v; want one of %v", e, ok, want)
+		if !ok || !want[e.Addr] || e.Meshed() {
+			t.Fatalf("Endpoint = %v, %v; want one of %v, unmeshed", e, ok, want)
 		}
-		seen[e]++
+		seen[e.Addr]++
 	}
 	if len(seen) != len(want) {
 		t.Errorf("3000 draws reached only %v", seen)
@@ -412,4 +412,45 @@ func anyRoute(t *testing.T, p *router.Port) *router.Route {
 		t.Fatal("no route admits GET /")
 	}
 	return r
+}
+
+func TestResolveAddrByClusterIP(t *testing.T) {
+	s := svc("shop", "web", port(80, backend("web", 1, ep("10.0.0.1", 8080))), port(443, backend("web", 1, ep("10.0.0.1", 8443))))
+	s.ClusterIps = []string{"10.96.0.10", "fd00:96::10"}
+	other := svc("shop", "db", port(5432, backend("db", 1, ep("10.0.0.2", 5432))))
+	other.ClusterIps = []string{"10.96.0.11"}
+	table := mustBuild(t, &api.Snapshot{Services: []*api.Service{s, other}})
+	for addr, want := range map[string]string{
+		"10.96.0.10:80": "shop/web:80", "10.96.0.10:443": "shop/web:443", "[fd00:96::10]:80": "shop/web:80",
+		"[::ffff:10.96.0.11]:5432": "shop/db:5432", "10.96.0.10:5432": "", "10.96.0.12:80": "",
+	} {
+		p, ok := table.ResolveAddr(netip.MustParseAddrPort(addr))
+		got := ""
+		if ok {
+			got = fmt.Sprintf("%s:%d", p.Service, p.Number)
+		}
+		if got != want {
+			t.Errorf("ResolveAddr(%s) = %q, want %q", addr, got, want)
+		}
+	}
+	dup := svc("shop", "dup", port(80, backend("dup", 1)))
+	dup.ClusterIps = []string{"10.96.0.10"}
+	if _, err := router.Build(&api.Snapshot{Services: []*api.Service{s, dup}}, "shop", "cluster.local"); err == nil {
+		t.Error("Build accepted two services on one cluster IP and port")
+	}
+}
+
+func TestMeshedEndpointNeedsProxyPort(t *testing.T) {
+	e := ep("10.0.0.1", 8080)
+	e.Identity = "spiffe://cluster.local/ns/shop/sa/web"
+	bad := &api.Snapshot{Services: []*api.Service{svc("shop", "web", port(80, backend("web", 1, e)))}}
+	if _, err := router.Build(bad, "shop", "cluster.local"); err == nil {
+		t.Fatal("Build accepted a meshed endpoint without a proxy port")
+	}
+	e.ProxyPort = 15006
+	p := resolve(t, mustBuild(t, bad), "web")
+	got, ok := anyRoute(t, p).Pick().Endpoint(rand.New(rand.NewPCG(1, 2)))
+	if !ok || !got.Meshed() || got.ProxyAddr() != netip.MustParseAddrPort("10.0.0.1:15006") || got.Identity != e.Identity {
+		t.Errorf("Endpoint = %+v, %v; want meshed via 10.0.0.1:15006", got, ok)
+	}
 }
