@@ -1,0 +1,110 @@
+package tlsid
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+)
+
+// ALPN protocols spoken between proxies.
+const (
+	// ProtoHTTP2 carries HTTP requests, multiplexed; each names its target port in the
+	// Braid-Target-Port header.
+	ProtoHTTP2 = "h2"
+	// ProtoTCP carries one opaque TCP connection, preceded by a two-byte target port.
+	ProtoTCP = "braid.tcp/1"
+)
+
+// ServerConfig returns the configuration of the proxy's mTLS listener: it presents the
+// current certificate and requires a client certificate chaining to the current trust
+// bundle. The peer's identity is read from the verified chain with PeerID.
+func (s *Store) ServerConfig() *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		NextProtos: []string{ProtoHTTP2, ProtoTCP},
+		ClientAuth: tls.RequireAnyClientCert, // verified below, against the bundle of the moment
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			if c := s.cert.Load(); c != nil {
+				return c, nil
+			}
+			return nil, ErrNoIdentity
+		},
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			_, err := s.verify(cs.PeerCertificates, x509.ExtKeyUsageClientAuth)
+			return err
+		},
+	}
+}
+
+// ClientConfig returns the configuration for dialing a peer proxy that must present the
+// SPIFFE ID want, speaking one of protos.
+func (s *Store) ClientConfig(want string, protos ...string) *tls.Config {
+	return &tls.Config{
+		MinVersion:         tls.VersionTLS13,
+		NextProtos:         protos,
+		InsecureSkipVerify: true, // #nosec G402 -- the chain and the SPIFFE ID are verified in VerifyConnection
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			if c := s.cert.Load(); c != nil {
+				return c, nil
+			}
+			return nil, ErrNoIdentity
+		},
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			got, err := s.verify(cs.PeerCertificates, x509.ExtKeyUsageServerAuth)
+			if err != nil {
+				return err
+			}
+			if got != want {
+				return fmt.Errorf("peer presented identity %s, want %s", got, want)
+			}
+			return nil
+		},
+	}
+}
+
+// verify checks a peer's chain against the current bundle and returns its SPIFFE ID.
+func (s *Store) verify(chain []*x509.Certificate, usage x509.ExtKeyUsage) (string, error) {
+	roots := s.roots.Load()
+	if roots == nil {
+		return "", ErrNoIdentity
+	}
+	if len(chain) == 0 {
+		return "", errors.New("the peer presented no certificate")
+	}
+	inter := x509.NewCertPool()
+	for _, c := range chain[1:] {
+		inter.AddCert(c)
+	}
+	if _, err := chain[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{usage}}); err != nil {
+		return "", fmt.Errorf("verifying the peer's certificate: %w", err)
+	}
+	return spiffeID(chain[0])
+}
+
+// PeerID returns the SPIFFE ID of a peer whose handshake completed against a
+// configuration from this package, or "" when cs has no peer certificate.
+func PeerID(cs tls.ConnectionState) string {
+	if len(cs.PeerCertificates) == 0 {
+		return ""
+	}
+	id, _ := spiffeID(cs.PeerCertificates[0])
+	return id
+}
+
+func spiffeID(c *x509.Certificate) (string, error) {
+	var id string
+	for _, u := range c.URIs {
+		if u.Scheme != "spiffe" {
+			continue
+		}
+		if id != "" {
+			return "", errors.New("the certificate carries more than one SPIFFE ID")
+		}
+		id = u.String()
+	}
+	if id == "" {
+		return "", errors.New("the certificate carries no SPIFFE ID")
+	}
+	return id, nil
+}
