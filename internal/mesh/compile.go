@@ -47,12 +47,31 @@ func CompileService(in ServiceInput) *api.Service {
 	if svc == nil || svc.Spec.Type == corev1.ServiceTypeExternalName {
 		return nil
 	}
-	out := &api.Service{Namespace: svc.Namespace, Name: svc.Name}
+	out := &api.Service{Namespace: svc.Namespace, Name: svc.Name, ClusterIps: clusterIPs(svc)}
+	opaque := OpaquePorts(svc)
 	for _, p := range svc.Spec.Ports {
 		if p.Protocol != "" && p.Protocol != corev1.ProtocolTCP {
 			continue
 		}
-		out.Ports = append(out.Ports, compilePort(in, p))
+		port := compilePort(in, p)
+		port.Protocol = PortProtocol(p, opaque)
+		out.Ports = append(out.Ports, port)
+	}
+	return out
+}
+
+// clusterIPs returns the virtual IPs of a Service; a headless Service has none.
+func clusterIPs(svc *corev1.Service) []string {
+	var out []string
+	for _, ip := range svc.Spec.ClusterIPs {
+		if _, err := netip.ParseAddr(ip); err == nil {
+			out = append(out, ip)
+		}
+	}
+	if len(out) == 0 {
+		if _, err := netip.ParseAddr(svc.Spec.ClusterIP); err == nil {
+			out = append(out, svc.Spec.ClusterIP)
+		}
 	}
 	return out
 }

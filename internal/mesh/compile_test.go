@@ -55,6 +55,7 @@ func TestCompileService(t *testing.T) {
 		check func(t *testing.T, out *api.Service)
 	}{
 		{name: "no-split"},
+		{name: "protocols-and-cluster-ips"},
 		{name: "named-target-port"},
 		{name: "dual-stack"},
 		{name: "split-80-20"},
