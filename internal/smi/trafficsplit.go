@@ -21,8 +21,11 @@ var (
 func addKnownTypes(s *runtime.Scheme) error {
 	s.AddKnownTypes(SplitGroupVersion, &TrafficSplit{}, &TrafficSplitList{})
 	metav1.AddToGroupVersion(s, SplitGroupVersion)
-	s.AddKnownTypes(SpecsGroupVersion, &HTTPRouteGroup{}, &HTTPRouteGroupList{})
+	s.AddKnownTypes(SpecsGroupVersion, &HTTPRouteGroup{}, &HTTPRouteGroupList{},
+		&TCPRoute{}, &TCPRouteList{}, &UDPRoute{}, &UDPRouteList{})
 	metav1.AddToGroupVersion(s, SpecsGroupVersion)
+	s.AddKnownTypes(AccessGroupVersion, &TrafficTarget{}, &TrafficTargetList{})
+	metav1.AddToGroupVersion(s, AccessGroupVersion)
 	return nil
 }
 
