@@ -43,6 +43,8 @@ type Server struct {
 	changes   []change          // every change after floor, in version order
 	floor     uint64            // deltas can be computed from any version >= floor
 	snapshot  *api.Snapshot     // the full snapshot of the current version, built lazily
+	policies  map[string]*Policy // inbound policy by namespace
+	bundle    string             // the trust bundle, PEM
 	proxies   map[*proxyConn]struct{}
 	wakeArmed bool // a debounce timer will wake the streams
 
@@ -70,7 +72,36 @@ type Options struct {
 type change struct {
 	version uint64
 	key     string
+	// policy marks a change of a namespace's inbound policy (key is the namespace), or
+	// of the trust bundle (key is empty); otherwise key names a Service.
+	policy bool
 }
+
+// Policy is the inbound policy of one namespace's workloads: ByServiceAccount for the
+// ServiceAccounts TrafficTargets name, Default for the others.
+type Policy struct {
+	Default          *api.Inbound
+	ByServiceAccount map[string]*api.Inbound
+}
+
+func (p *Policy) equal(o *Policy) bool {
+	if p == nil || o == nil {
+		return p == o
+	}
+	if !proto.Equal(p.Default, o.Default) || len(p.ByServiceAccount) != len(o.ByServiceAccount) {
+		return false
+	}
+	for sa, in := range p.ByServiceAccount {
+		if other, ok := o.ByServiceAccount[sa]; !ok || !proto.Equal(in, other) {
+			return false
+		}
+	}
+	return true
+}
+
+// denyUnknown is the policy of a workload in a namespace the server has no policy for:
+// nothing the control plane has not compiled gets in.
+var denyUnknown = &api.Inbound{Mode: "Unknown"}
 
 // proxyConn is one connected proxy's stream.
 type proxyConn struct {
@@ -81,6 +112,11 @@ type proxyConn struct {
 	// guarded by Server.mu
 	sentAny, ackedAny bool
 	sent, acked       uint64
+	// wire is the version of the last snapshot actually sent: sent moves past it when
+	// later versions hold nothing for this proxy, and an ACK of wire then covers sent.
+	wire uint64
+	inbound           *api.Inbound // the inbound policy last sent
+	bundle            string       // the trust bundle last sent
 	nack              string // the error of the last rejected version, until a later ACK
 	nacked            uint64 // the version nack is about
 }
@@ -123,6 +159,7 @@ func New(log logr.Logger, opts Options) *Server {
 		opts:      opts,
 		services:  map[string]*api.Service{},
 		changedAt: map[string]uint64{},
+		policies:  map[string]*Policy{},
 		proxies:   map[*proxyConn]struct{}{},
 		ready:     make(chan struct{}),
 		rejections: prometheus.NewCounter(prometheus.CounterOpts{
@@ -169,10 +206,71 @@ func (s *Server) SetService(namespace, name string, svc *api.Service) uint64 {
 		s.changedAt[key] = s.version
 	}
 	s.snapshot = nil
-	s.changes = append(s.changes, change{s.version, key})
+	s.changes = append(s.changes, change{version: s.version, key: key})
 	s.compactChanges()
 	s.scheduleWake()
 	return s.version
+}
+
+// SetPolicy sets the inbound policy of a namespace's workloads; nil removes it (its
+// workloads then admit nothing). It returns the version from which proxies run it.
+func (s *Server) SetPolicy(namespace string, p *Policy) uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old, had := s.policies[namespace]
+	if (!had && p == nil) || (had && old.equal(p)) {
+		return s.policyVersion(namespace)
+	}
+	if p == nil {
+		delete(s.policies, namespace)
+	} else {
+		s.policies[namespace] = p
+	}
+	return s.bump(change{key: namespace, policy: true})
+}
+
+// SetTrustBundle sets the PEM roots proxies verify their peers against.
+func (s *Server) SetTrustBundle(bundle string) uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if bundle == s.bundle {
+		return s.version
+	}
+	s.bundle = bundle
+	return s.bump(change{policy: true})
+}
+
+// policyVersion is the version the namespace's policy last changed at; callers hold s.mu.
+func (s *Server) policyVersion(namespace string) uint64 {
+	for i := len(s.changes) - 1; i >= 0; i-- {
+		if c := s.changes[i]; c.policy && c.key == namespace {
+			return c.version
+		}
+	}
+	return s.floor
+}
+
+// bump records a change at a new version and schedules the streams' wake-up; callers
+// hold s.mu.
+func (s *Server) bump(c change) uint64 {
+	s.version++
+	c.version = s.version
+	s.changes = append(s.changes, c)
+	s.compactChanges()
+	s.scheduleWake()
+	return s.version
+}
+
+// inboundFor returns the inbound policy of a proxy's workload; callers hold s.mu.
+func (s *Server) inboundFor(h *api.Hello) *api.Inbound {
+	p, ok := s.policies[h.GetNamespace()]
+	if !ok {
+		return denyUnknown
+	}
+	if in, ok := p.ByServiceAccount[h.GetServiceAccount()]; ok {
+		return in
+	}
+	return p.Default
 }
 
 // compactChanges bounds the change log: past a few times the number of services, the
@@ -231,6 +329,27 @@ func (s *Server) AckStatus(version uint64) (acked, rejected, connected int, reje
 	return acked, rejected, len(s.proxies), rejection
 }
 
+// AckStatusFor is AckStatus restricted to the proxies of one workload identity; an empty
+// serviceAccount means every proxy of the namespace.
+func (s *Server) AckStatusFor(version uint64, namespace, serviceAccount string) (acked, rejected, connected int, rejection string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for p := range s.proxies {
+		if p.hello.GetNamespace() != namespace || (serviceAccount != "" && p.hello.GetServiceAccount() != serviceAccount) {
+			continue
+		}
+		connected++
+		switch {
+		case p.ackedAny && p.acked >= version:
+			acked++
+		case p.nack != "" && p.nacked >= version:
+			rejected++
+			rejection = fmt.Sprintf("proxy %s: %s", p.hello.GetProxyId(), p.nack)
+		}
+	}
+	return acked, rejected, connected, rejection
+}
+
 // Version is the current configuration version.
 func (s *Server) Version() uint64 {
 	s.mu.Lock()
@@ -268,7 +387,7 @@ func (s *Server) deltaSince(version uint64) *api.Snapshot {
 	i, _ := slices.BinarySearchFunc(s.changes, version+1, func(c change, v uint64) int { return cmp.Compare(c.version, v) })
 	seen := map[string]bool{}
 	for _, c := range s.changes[i:] {
-		if seen[c.key] {
+		if c.policy || seen[c.key] {
 			continue
 		}
 		seen[c.key] = true
@@ -369,16 +488,7 @@ func (s *Server) unregister(p *proxyConn) {
 // last version is older than the change log reaches), otherwise a delta.
 func (s *Server) sendIfBehind(stream api.ConfigService_StreamServer, p *proxyConn) error {
 	s.mu.Lock()
-	var snap *api.Snapshot
-	switch {
-	case !p.sentAny || p.sent < s.floor:
-		snap = s.fullSnapshot()
-	case p.sent < s.version:
-		snap = s.deltaSince(p.sent)
-	}
-	if snap != nil {
-		p.sentAny, p.sent = true, snap.GetVersion()
-	}
+	snap := s.nextSnapshot(p)
 	s.mu.Unlock()
 	if snap == nil {
 		return nil
@@ -387,6 +497,39 @@ func (s *Server) sendIfBehind(stream api.ConfigService_StreamServer, p *proxyCon
 		return fmt.Errorf("sending version %d: %w", snap.GetVersion(), err)
 	}
 	return nil
+}
+
+// nextSnapshot returns what the proxy lacks, or nil when it is up to date; callers hold
+// s.mu. A delta that would change nothing for the proxy (a policy of another namespace)
+// is not sent: a proxy that had applied everything it was sent is then simply up to date
+// at the new version.
+func (s *Server) nextSnapshot(p *proxyConn) *api.Snapshot {
+	inbound := s.inboundFor(p.hello)
+	var snap *api.Snapshot
+	switch {
+	case !p.sentAny || p.sent < s.floor:
+		full := s.fullSnapshot()
+		snap = &api.Snapshot{Version: full.GetVersion(), Full: true, Services: full.GetServices(), Inbound: inbound, TrustBundle: s.bundle}
+	case p.sent < s.version:
+		snap = s.deltaSince(p.sent)
+		if !proto.Equal(inbound, p.inbound) {
+			snap.Inbound = inbound
+		}
+		if s.bundle != p.bundle {
+			snap.TrustBundle = s.bundle
+		}
+		if len(snap.GetServices()) == 0 && len(snap.GetRemoved()) == 0 && snap.GetInbound() == nil && snap.GetTrustBundle() == "" {
+			if p.ackedAny && p.acked == p.sent && p.nack == "" {
+				p.acked = s.version
+			}
+			p.sent = s.version
+			return nil
+		}
+	default:
+		return nil
+	}
+	p.sentAny, p.sent, p.wire, p.inbound, p.bundle = true, snap.GetVersion(), snap.GetVersion(), inbound, s.bundle
+	return snap
 }
 
 func (s *Server) receiveAcks(stream api.ConfigService_StreamServer, p *proxyConn, log logr.Logger) error {
@@ -405,7 +548,11 @@ func (s *Server) receiveAcks(stream api.ConfigService_StreamServer, p *proxyConn
 			return status.Errorf(codes.InvalidArgument, "ack for version %d, which was never sent on this stream", ack.GetVersion())
 		}
 		if ack.GetError() == "" {
-			p.ackedAny, p.acked, p.nack = true, max(p.acked, ack.GetVersion()), ""
+			v := ack.GetVersion()
+			if v == p.wire {
+				v = p.sent // nothing sent since holds anything for this proxy
+			}
+			p.ackedAny, p.acked, p.nack = true, max(p.acked, v), ""
 		} else {
 			p.nack, p.nacked = ack.GetError(), ack.GetVersion()
 		}
