@@ -69,6 +69,7 @@ func servesHTTPRoutes(mgr manager.Manager) (bool, error) {
 // compiled configuration, and news of what proxies acknowledged.
 type ConfigServer interface {
 	ConfigSink
+	PolicySink
 	AckCounter
 	OnAcks(func())
 	// MarkReady releases the proxies' streams once every Service is compiled.
@@ -81,7 +82,8 @@ func Setup(ctx context.Context, mgr manager.Manager, srv ConfigServer) error {
 		return err
 	}
 	programs := NewPrograms()
-	srv.OnAcks(programs.AcksChanged)
+	waiter := NewNamespaceWaiter()
+	srv.OnAcks(func() { programs.AcksChanged(); waiter.AcksChanged() })
 	if err := mgr.Add(manager.RunnableFunc(programs.Start)); err != nil {
 		return fmt.Errorf("adding the program tracker: %w", err)
 	}
@@ -93,6 +95,10 @@ func Setup(ctx context.Context, mgr manager.Manager, srv ConfigServer) error {
 	if err := services.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the service reconciler: %w", err)
 	}
+	access := &AccessReconciler{Client: mgr.GetClient(), Sink: srv, Waiting: waiter}
+	if err := access.SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("setting up the access reconciler: %w", err)
+	}
 	// Proxies get nothing until the whole mesh is compiled: a restarted or newly elected
 	// operator must not hand reconnecting proxies an empty or partial mesh.
 	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
@@ -101,6 +107,9 @@ func Setup(ctx context.Context, mgr manager.Manager, srv ConfigServer) error {
 		}
 		if err := services.CompileAll(ctx); err != nil {
 			return fmt.Errorf("compiling the mesh at start: %w", err)
+		}
+		if err := access.CompileAll(ctx); err != nil {
+			return fmt.Errorf("compiling access policies at start: %w", err)
 		}
 		srv.MarkReady()
 		mgr.GetLogger().Info("Compiled the mesh; serving proxies")
@@ -114,6 +123,9 @@ func Setup(ctx context.Context, mgr manager.Manager, srv ConfigServer) error {
 	}
 	if err := (&HTTPRouteGroupReconciler{Client: mgr.GetClient()}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the HTTPRouteGroup reconciler: %w", err)
+	}
+	if err := setupL4RouteReconcilers(mgr); err != nil {
+		return err
 	}
 	return nil
 }

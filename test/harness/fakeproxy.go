@@ -21,6 +21,11 @@ type StreamClient struct {
 
 // DialConfig opens a config stream to addr and says Hello as proxy id in namespace.
 func DialConfig(ctx context.Context, addr, id, namespace string) (*StreamClient, error) {
+	return DialConfigAs(ctx, addr, id, namespace, "")
+}
+
+// DialConfigAs is DialConfig for a proxy of a workload running as serviceAccount.
+func DialConfigAs(ctx context.Context, addr, id, namespace, serviceAccount string) (*StreamClient, error) {
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return nil, fmt.Errorf("dialing the config server: %w", err)
@@ -28,7 +33,7 @@ func DialConfig(ctx context.Context, addr, id, namespace string) (*StreamClient,
 	ctx, cancel := context.WithCancel(ctx)
 	stream, err := api.NewConfigServiceClient(conn).Stream(ctx, grpc.WaitForReady(true)) // like a proxy, wait for the server
 	if err == nil {
-		err = stream.Send(&api.StreamRequest{Kind: &api.StreamRequest_Hello{Hello: &api.Hello{ProxyId: id, Namespace: namespace}}})
+		err = stream.Send(&api.StreamRequest{Kind: &api.StreamRequest_Hello{Hello: &api.Hello{ProxyId: id, Namespace: namespace, ServiceAccount: serviceAccount}}})
 	}
 	if err != nil {
 		cancel()

@@ -1,0 +1,191 @@
+package controllers_test
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	braidv1alpha1 "github.com/braidmesh/braid/api/v1alpha1"
+	"github.com/braidmesh/braid/internal/mesh"
+	"github.com/braidmesh/braid/proxy/api"
+	"github.com/braidmesh/braid/test/harness"
+)
+
+// accessNamespace creates a namespace for the test in the given access mode.
+func accessNamespace(ctx context.Context, t *testing.T, mode braidv1alpha1.AccessMode) string {
+	t.Helper()
+	ns := namespace(ctx, t)
+	var obj unstructured.Unstructured
+	obj.SetAPIVersion("v1")
+	obj.SetKind("Namespace")
+	obj.SetName(ns)
+	patch := []byte(`{"metadata":{"annotations":{"` + braidv1alpha1.AccessControlAnnotation + `":"` + string(mode) + `"}}}`)
+	if err := cp.Client.Patch(ctx, &obj, client.RawPatch("application/merge-patch+json", patch)); err != nil {
+		t.Fatal(err)
+	}
+	return ns
+}
+
+func wantCondition(ctx context.Context, t *testing.T, obj *unstructured.Unstructured, typ string, status metav1.ConditionStatus, reason string) metav1.Condition {
+	t.Helper()
+	c, err := harness.WaitForCondition(ctx, cp.Client, obj, typ, status, reason)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// inboundOf connects a simulated proxy of namespace/serviceAccount and returns the
+// inbound policy of its first snapshot, and the stream for what follows.
+func inboundOf(ctx context.Context, t *testing.T, namespace, serviceAccount string) (*api.Inbound, *harness.StreamClient) {
+	t.Helper()
+	c, err := harness.DialConfigAs(ctx, cp.ConfigAddr, t.Name()+"-"+serviceAccount, namespace, serviceAccount)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	snap, err := c.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return snap.GetInbound(), c
+}
+
+// nextInbound returns the next inbound policy the stream brings, acknowledging every
+// snapshot on the way.
+func nextInbound(t *testing.T, c *harness.StreamClient) *api.Inbound {
+	t.Helper()
+	for {
+		snap, err := c.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Ack(snap.GetVersion(), ""); err != nil {
+			t.Fatal(err)
+		}
+		if snap.GetInbound() != nil {
+			return snap.GetInbound()
+		}
+	}
+}
+
+func TestStrictNamespaceDeniesUntilATargetAllows(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	ns := accessNamespace(ctx, t, braidv1alpha1.AccessStrict)
+
+	// SMI scenario 1: strict, no TrafficTarget: b admits nothing.
+	in, stream := inboundOf(ctx, t, ns, "b")
+	if in.GetAllowAll() || len(in.GetAuthorizations()) > 0 || in.GetMode() != "Strict" {
+		t.Fatalf("b's inbound policy without targets = %v, want Strict and nothing admitted", in)
+	}
+	// Scenario 2: a TCPRoute for every port and a TrafficTarget b <- a (written as v1alpha2).
+	mustCreate(ctx, t, harness.TCPRoute(ns, "all"))
+	tt := harness.TrafficTarget("access.smi-spec.io/v1alpha2", ns, "b-from-a", "b", []string{"a"}, harness.TargetRule{Kind: "TCPRoute", Name: "all"})
+	mustCreate(ctx, t, tt)
+	in = nextInbound(t, stream)
+	want := "spiffe://cluster.local/ns/" + ns + "/sa/a"
+	if len(in.GetAuthorizations()) != 1 || !slices.Equal(in.GetAuthorizations()[0].GetSources(), []string{want}) || !in.GetAuthorizations()[0].GetAnyRequest() {
+		t.Fatalf("b's inbound policy = %v, want one L4 grant to %s", in, want)
+	}
+	wantCondition(ctx, t, tt, "Accepted", metav1.ConditionTrue, mesh.ReasonAccepted)
+	wantCondition(ctx, t, tt, "ResolvedRefs", metav1.ConditionTrue, mesh.ReasonResolvedRefs)
+	// The simulated proxy of b acknowledged the version carrying the grant.
+	prog := wantCondition(ctx, t, tt, "Programmed", metav1.ConditionTrue, "Programmed")
+	if !strings.Contains(prog.Message, "all 1 connected proxies of ServiceAccount b") {
+		t.Errorf("Programmed message %q must count b's one proxy", prog.Message)
+	}
+	route := harness.TCPRoute(ns, "all")
+	wantCondition(ctx, t, route, "Accepted", metav1.ConditionTrue, "Accepted")
+
+	// Deleting both denies again.
+	for _, o := range []client.Object{tt, route} {
+		if err := cp.Client.Delete(ctx, o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if in = nextInbound(t, stream); in.GetAllowAll() || len(in.GetAuthorizations()) > 0 {
+		t.Fatalf("after deleting the target, b's inbound = %v, want nothing admitted", in)
+	}
+}
+
+func TestTargetedModeLocksOnlyTargetedDestinations(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	ns := accessNamespace(ctx, t, braidv1alpha1.AccessTargeted)
+	mustCreate(ctx, t, harness.HTTPRouteGroup(ns, "routes", map[string]any{"name": "metrics", "pathRegex": "/metrics", "methods": []any{"GET"}}))
+	mustCreate(ctx, t, harness.TrafficTarget("access.smi-spec.io/v1alpha3", ns, "api", "api", []string{"prometheus"},
+		harness.TargetRule{Kind: "HTTPRouteGroup", Name: "routes"}))
+	api1, _ := inboundOf(ctx, t, ns, "api")
+	other, _ := inboundOf(ctx, t, ns, "web")
+	if api1.GetAllowAll() || len(api1.GetAuthorizations()) != 1 || len(api1.GetAuthorizations()[0].GetHttpMatches()) != 1 {
+		t.Errorf("api's inbound = %v, want only GET /metrics from prometheus", api1)
+	}
+	if !other.GetAllowAll() {
+		t.Errorf("web, which no target names, must stay open in Targeted mode: %v", other)
+	}
+}
+
+func TestInvalidAndDanglingTargetsSayWhy(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	ns := accessNamespace(ctx, t, braidv1alpha1.AccessStrict)
+
+	// Scenario 17: a destination in another namespace is refused and grants nothing.
+	elsewhere := harness.TrafficTarget("access.smi-spec.io/v1alpha3", ns, "elsewhere", "b", []string{"a"}, harness.TargetRule{Kind: "TCPRoute", Name: "all"})
+	unstructured.SetNestedField(elsewhere.Object, "other", "spec", "destination", "namespace")
+	mustCreate(ctx, t, elsewhere)
+	c := wantCondition(ctx, t, elsewhere, "Accepted", metav1.ConditionFalse, mesh.ReasonInvalidDestination)
+	if !strings.Contains(c.Message, `"other"`) {
+		t.Errorf("the message must name the foreign namespace: %q", c.Message)
+	}
+	wantCondition(ctx, t, elsewhere, "Programmed", metav1.ConditionFalse, "NotAccepted")
+
+	// A group that does not exist yet: ResolvedRefs says so until it appears.
+	dangling := harness.TrafficTarget("access.smi-spec.io/v1alpha3", ns, "dangling", "b", []string{"a"}, harness.TargetRule{Kind: "HTTPRouteGroup", Name: "later"})
+	mustCreate(ctx, t, dangling)
+	c = wantCondition(ctx, t, dangling, "ResolvedRefs", metav1.ConditionFalse, mesh.ReasonRouteNotFound)
+	if !strings.Contains(c.Message, `"later"`) {
+		t.Errorf("the message must name the missing group: %q", c.Message)
+	}
+	mustCreate(ctx, t, harness.HTTPRouteGroup(ns, "later", map[string]any{"name": "any", "pathRegex": ".*"}))
+	wantCondition(ctx, t, dangling, "ResolvedRefs", metav1.ConditionTrue, mesh.ReasonResolvedRefs)
+}
+
+func TestPermissiveNamespaceSaysTargetsAreNotEnforced(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	ns := accessNamespace(ctx, t, braidv1alpha1.AccessPermissive)
+	mustCreate(ctx, t, harness.TCPRoute(ns, "all"))
+	tt := harness.TrafficTarget("access.smi-spec.io/v1alpha3", ns, "b-from-a", "b", []string{"a"}, harness.TargetRule{Kind: "TCPRoute", Name: "all"})
+	mustCreate(ctx, t, tt)
+	c := wantCondition(ctx, t, tt, "Programmed", metav1.ConditionFalse, mesh.ReasonNotEnforced)
+	if !strings.Contains(c.Message, braidv1alpha1.AccessControlAnnotation) {
+		t.Errorf("the message must say how to enforce: %q", c.Message)
+	}
+	if in, _ := inboundOf(ctx, t, ns, "b"); !in.GetAllowAll() || in.GetMode() != "Permissive" {
+		t.Errorf("b's inbound in a permissive namespace = %v, want everything admitted", in)
+	}
+}
+
+func TestUnacknowledgedPolicyIsPendingUntilTheProxyAcks(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	ns := accessNamespace(ctx, t, braidv1alpha1.AccessStrict)
+	_, stream := inboundOf(ctx, t, ns, "b") // connected, acknowledges nothing
+	mustCreate(ctx, t, harness.TCPRoute(ns, "all"))
+	tt := harness.TrafficTarget("access.smi-spec.io/v1alpha3", ns, "b-from-a", "b", []string{"a"}, harness.TargetRule{Kind: "TCPRoute", Name: "all"})
+	mustCreate(ctx, t, tt)
+	c := wantCondition(ctx, t, tt, "Programmed", metav1.ConditionFalse, "Pending")
+	if !strings.Contains(c.Message, "0 of 1 connected proxies of ServiceAccount b") {
+		t.Errorf("Pending must count b's proxies: %q", c.Message)
+	}
+	nextInbound(t, stream) // acknowledges up to the grant
+	wantCondition(ctx, t, tt, "Programmed", metav1.ConditionTrue, "Programmed")
+}
