@@ -130,6 +130,10 @@ func service(name string, ip string) *api.Service {
 	}}}
 }
 
+// unknownNamespace is the inbound policy the config server gives a proxy of a namespace it
+// has no policy for: these tests run the server without controllers.
+var unknownNamespace = &api.Inbound{Mode: "Unknown"}
+
 func TestClientAppliesAndAcks(t *testing.T) {
 	srv := newServer(t)
 	a := service("a", "10.0.0.1")
@@ -138,7 +142,7 @@ func TestClientAppliesAndAcks(t *testing.T) {
 	serveOn(t, srv, lis)
 	applied := runClient(t, lis.Addr().String(), nil)
 
-	if s := next(t, applied); !proto.Equal(s, &api.Snapshot{Version: 1, Services: []*api.Service{a}, Full: true}) {
+	if s := next(t, applied); !proto.Equal(s, &api.Snapshot{Version: 1, Services: []*api.Service{a}, Full: true, Inbound: unknownNamespace}) {
 		t.Fatalf("applied %v, want version 1 with shop/a", s)
 	}
 	st := waitStatus(t, srv, "acks version 1", func(st configserver.ProxyStatus) bool { return st.Acked == 1 })
@@ -198,7 +202,7 @@ func TestClientReconnects(t *testing.T) {
 	second.SetService("shop", "c", service("c", "10.0.0.3"))
 	second.SetService("shop", "c", nil)
 	serveOn(t, second, listen(t, addr))
-	want := &api.Snapshot{Version: 3, Services: []*api.Service{b}, Full: true}
+	want := &api.Snapshot{Version: 3, Services: []*api.Service{b}, Full: true, Inbound: unknownNamespace}
 	if s := next(t, applied); !proto.Equal(s, want) {
 		t.Fatalf("applied %v after reconnecting, want %v", s, want)
 	}
