@@ -31,7 +31,9 @@ func main() {
 		leaderElect                        bool
 		debounce                           time.Duration
 		webhookCertDir                     string
+		identityAddr                       string
 	)
+	flag.StringVar(&identityAddr, "identity-server-address", ":15011", "address proxies get their certificates from (TLS, on every replica); 0 disables it")
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "address of the metrics endpoint; 0 disables it")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address of /healthz and /readyz")
 	flag.StringVar(&configAddr, "config-server-address", ":15010", "address proxies stream their configuration from")
@@ -46,6 +48,7 @@ func main() {
 
 	if err := run(ctrl.SetupSignalHandler(), log, options{
 		metricsAddr: metricsAddr, probeAddr: probeAddr, configAddr: configAddr, leaderElect: leaderElect, debounce: debounce, webhookCertDir: webhookCertDir,
+		identityAddr: identityAddr,
 	}); err != nil {
 		log.Error(err, "Operator failed")
 		os.Exit(1)
@@ -57,6 +60,7 @@ type options struct {
 	leaderElect                        bool
 	debounce                           time.Duration
 	webhookCertDir                     string
+	identityAddr                       string
 }
 
 func run(ctx context.Context, log logr.Logger, o options) error {
@@ -84,6 +88,9 @@ func run(ctx context.Context, log logr.Logger, o options) error {
 		return fmt.Errorf("creating the manager: %w", err)
 	}
 	if err := controllers.Setup(ctx, mgr, srv); err != nil {
+		return err
+	}
+	if _, err := setupIdentity(mgr, o.identityAddr, srv); err != nil {
 		return err
 	}
 	if o.webhookCertDir != "" {

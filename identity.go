@@ -1,0 +1,56 @@
+package main
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"os"
+
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
+
+	"github.com/braidmesh/braid/controllers"
+	"github.com/braidmesh/braid/internal/ca"
+)
+
+// setupIdentity runs the mesh CA and, unless addr is "0", serves the identity service
+// on addr over TLS. The operator's namespace and ServiceAccount come from the downward
+// API (POD_NAMESPACE, POD_SERVICE_ACCOUNT). The returned Holder gives the trust bundle.
+func setupIdentity(mgr manager.Manager, addr string, bundles bundleSink) (*ca.Holder, error) {
+	ns := cmp.Or(os.Getenv("POD_NAMESPACE"), "braid-system")
+	holder, err := controllers.SetupIdentity(mgr, controllers.IdentityOptions{Namespace: ns})
+	if err != nil {
+		return nil, err
+	}
+	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error { feedTrustBundle(ctx, holder, bundles); return nil })); err != nil {
+		return nil, fmt.Errorf("adding the trust bundle feed: %w", err)
+	}
+	if addr == "0" {
+		mgr.GetLogger().Info("The identity server is off (--identity-server-address 0): proxies get no certificates from this replica")
+		return holder, nil
+	}
+	_, err = ca.AddServer(mgr, holder, ca.ServerOptions{
+		Address: addr, Namespace: ns, ServiceAccount: cmp.Or(os.Getenv("POD_SERVICE_ACCOUNT"), "braid-operator"),
+		Registry: metrics.Registry,
+	})
+	return holder, err
+}
+
+// bundleSink is where the trust bundle goes: the config server, which streams it to proxies.
+type bundleSink interface{ SetTrustBundle(bundle string) uint64 }
+
+// feedTrustBundle hands every trust bundle the CA holds to sink until ctx ends. It runs on
+// every replica: each serves proxies.
+func feedTrustBundle(ctx context.Context, holder *ca.Holder, sink bundleSink) {
+	changed := holder.Subscribe()
+	for {
+		if b := holder.TrustBundle(); len(b) > 0 {
+			sink.SetTrustBundle(string(b))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		}
+	}
+}
