@@ -139,7 +139,9 @@ func TestInvalidAndDanglingTargetsSayWhy(t *testing.T) {
 
 	// Scenario 17: a destination in another namespace is refused and grants nothing.
 	elsewhere := harness.TrafficTarget("access.smi-spec.io/v1alpha3", ns, "elsewhere", "b", []string{"a"}, harness.TargetRule{Kind: "TCPRoute", Name: "all"})
-	unstructured.SetNestedField(elsewhere.Object, "other", "spec", "destination", "namespace")
+	if err := unstructured.SetNestedField(elsewhere.Object, "other", "spec", "destination", "namespace"); err != nil {
+		t.Fatal(err)
+	}
 	mustCreate(ctx, t, elsewhere)
 	c := wantCondition(ctx, t, elsewhere, "Accepted", metav1.ConditionFalse, mesh.ReasonInvalidDestination)
 	if !strings.Contains(c.Message, `"other"`) {

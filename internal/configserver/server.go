@@ -39,10 +39,10 @@ type Server struct {
 	mu        sync.Mutex
 	version   uint64
 	services  map[string]*api.Service
-	changedAt map[string]uint64 // the version at which each service last changed
-	changes   []change          // every change after floor, in version order
-	floor     uint64            // deltas can be computed from any version >= floor
-	snapshot  *api.Snapshot     // the full snapshot of the current version, built lazily
+	changedAt map[string]uint64  // the version at which each service last changed
+	changes   []change           // every change after floor, in version order
+	floor     uint64             // deltas can be computed from any version >= floor
+	snapshot  *api.Snapshot      // the full snapshot of the current version, built lazily
 	policies  map[string]*Policy // inbound policy by namespace
 	bundle    string             // the trust bundle, PEM
 	proxies   map[*proxyConn]struct{}
@@ -114,11 +114,11 @@ type proxyConn struct {
 	sent, acked       uint64
 	// wire is the version of the last snapshot actually sent: sent moves past it when
 	// later versions hold nothing for this proxy, and an ACK of wire then covers sent.
-	wire uint64
-	inbound           *api.Inbound // the inbound policy last sent
-	bundle            string       // the trust bundle last sent
-	nack              string // the error of the last rejected version, until a later ACK
-	nacked            uint64 // the version nack is about
+	wire    uint64
+	inbound *api.Inbound // the inbound policy last sent
+	bundle  string       // the trust bundle last sent
+	nack    string       // the error of the last rejected version, until a later ACK
+	nacked  uint64       // the version nack is about
 }
 
 // ProxyStatus describes one connected proxy.

@@ -180,77 +180,83 @@ func CompileAccess(in AccessInput) (NamespacePolicy, map[string]TargetVerdict) {
 func compileTarget(in AccessInput, t Target) (*api.Authorization, RefsVerdict) {
 	auth := &api.Authorization{Name: t.Key()}
 	for _, s := range t.Sources {
-		ns := s.Namespace
-		if ns == "" {
-			ns = t.Namespace
-		}
-		auth.Sources = append(auth.Sources, fmt.Sprintf("spiffe://%s/ns/%s/sa/%s", in.TrustDomain, ns, s.Name))
+		auth.Sources = append(auth.Sources, fmt.Sprintf("spiffe://%s/ns/%s/sa/%s", in.TrustDomain, cmpOr(s.Namespace, t.Namespace), s.Name))
 	}
 	slices.Sort(auth.Sources)
 	auth.Sources = slices.Compact(auth.Sources)
-
-	var problems []string
-	var reason string
-	hasHTTP, hasTCP, allTCP := false, false, false
+	rs := &ruleSet{}
 	for i, r := range t.Rules {
-		switch r.Kind {
-		case KindHTTPRouteGroup:
-			hasHTTP = true
-			g := in.RouteGroups[r.Name]
-			if g == nil {
-				reason = ReasonRouteNotFound
-				problems = append(problems, fmt.Sprintf("spec.rules[%d]: HTTPRouteGroup %q does not exist in namespace %s", i, r.Name, t.Namespace))
-				continue
-			}
-			matches, missing := groupMatches(g, r.Matches)
-			if len(missing) > 0 {
-				reason = cmpOr(reason, ReasonMatchNotFound)
-				problems = append(problems, fmt.Sprintf("spec.rules[%d]: HTTPRouteGroup %q has no match named %s", i, r.Name, strings.Join(missing, ", ")))
-			}
-			auth.HttpMatches = append(auth.HttpMatches, matches...)
-		case KindTCPRoute:
-			hasTCP = true
-			route := in.TCPRoutes[r.Name]
-			if route == nil {
-				reason = ReasonRouteNotFound
-				problems = append(problems, fmt.Sprintf("spec.rules[%d]: TCPRoute %q does not exist in namespace %s", i, r.Name, t.Namespace))
-				continue
-			}
-			if len(route.Ports) == 0 {
-				allTCP = true
-			}
-			auth.TcpPorts = appendPorts(auth.TcpPorts, route.Ports)
-		case KindUDPRoute:
-			route := in.UDPRoutes[r.Name]
-			if route == nil {
-				reason = ReasonRouteNotFound
-				problems = append(problems, fmt.Sprintf("spec.rules[%d]: UDPRoute %q does not exist in namespace %s", i, r.Name, t.Namespace))
-				continue
-			}
-			auth.UdpPorts = appendPorts(auth.UdpPorts, route.Ports)
-		}
+		rs.add(in, t.Namespace, i, r, auth)
 	}
-	if allTCP {
-		auth.TcpPorts = nil
-	}
-	switch {
-	case hasTCP && !hasHTTP:
-		// An L4 grant: everything on the ports. Without any resolvable TCPRoute it grants
-		// no port at all.
-		auth.AnyRequest = allTCP || len(auth.TcpPorts) > 0
-	case !hasTCP && hasHTTP:
-		// HTTP rules alone apply on every port.
-	case !hasTCP && !hasHTTP:
-		// Only UDP rules: the proxy carries no UDP, so nothing TCP is granted.
-		auth.TcpPorts = []uint32{0}
-	}
-	if hasTCP && !allTCP && len(auth.TcpPorts) == 0 {
-		auth.TcpPorts = []uint32{0} // the TCPRoutes resolved to no port: grant none
-	}
-	if len(problems) > 0 {
-		return auth, RefsVerdict{Reason: reason, Message: strings.Join(problems, "; ") + "; the other rules still apply"}
+	rs.finish(auth)
+	if len(rs.problems) > 0 {
+		return auth, RefsVerdict{Reason: rs.reason, Message: strings.Join(rs.problems, "; ") + "; the other rules still apply"}
 	}
 	return auth, RefsVerdict{Resolved: true, Reason: ReasonResolvedRefs, Message: "every rule references an existing route"}
+}
+
+// ruleSet accumulates what a target's rules grant.
+type ruleSet struct {
+	hasHTTP, hasTCP, allTCP bool
+	problems                []string
+	reason                  string
+}
+
+func (rs *ruleSet) problem(reason, format string, args ...any) {
+	rs.reason = cmpOr(rs.reason, reason)
+	rs.problems = append(rs.problems, fmt.Sprintf(format, args...))
+}
+
+// add folds rule i into auth.
+func (rs *ruleSet) add(in AccessInput, namespace string, i int, r TargetRule, auth *api.Authorization) {
+	switch r.Kind {
+	case KindHTTPRouteGroup:
+		rs.hasHTTP = true
+		g := in.RouteGroups[r.Name]
+		if g == nil {
+			rs.problem(ReasonRouteNotFound, "spec.rules[%d]: HTTPRouteGroup %q does not exist in namespace %s", i, r.Name, namespace)
+			return
+		}
+		matches, missing := groupMatches(g, r.Matches)
+		if len(missing) > 0 {
+			rs.problem(ReasonMatchNotFound, "spec.rules[%d]: HTTPRouteGroup %q has no match named %s", i, r.Name, strings.Join(missing, ", "))
+		}
+		auth.HttpMatches = append(auth.HttpMatches, matches...)
+	case KindTCPRoute:
+		rs.hasTCP = true
+		route := in.TCPRoutes[r.Name]
+		if route == nil {
+			rs.problem(ReasonRouteNotFound, "spec.rules[%d]: TCPRoute %q does not exist in namespace %s", i, r.Name, namespace)
+			return
+		}
+		rs.allTCP = rs.allTCP || len(route.Ports) == 0
+		auth.TcpPorts = appendPorts(auth.TcpPorts, route.Ports)
+	case KindUDPRoute:
+		route := in.UDPRoutes[r.Name]
+		if route == nil {
+			rs.problem(ReasonRouteNotFound, "spec.rules[%d]: UDPRoute %q does not exist in namespace %s", i, r.Name, namespace)
+			return
+		}
+		auth.UdpPorts = appendPorts(auth.UdpPorts, route.Ports)
+	}
+}
+
+// noPort is the port list of a grant that admits no TCP port: port 0 never carries traffic.
+var noPort = []uint32{0}
+
+// finish settles what the rules grant together: TCPRoutes restrict the ports (every port
+// when one has none), HTTPRouteGroups the requests; TCPRoutes alone grant everything on
+// their ports (an L4 grant); UDPRoutes alone grant nothing the proxy carries.
+func (rs *ruleSet) finish(auth *api.Authorization) {
+	switch {
+	case rs.allTCP:
+		auth.TcpPorts = nil
+	case rs.hasTCP && len(auth.TcpPorts) == 0:
+		auth.TcpPorts = noPort // the TCPRoutes resolved to no port
+	case !rs.hasTCP && !rs.hasHTTP:
+		auth.TcpPorts = noPort
+	}
+	auth.AnyRequest = rs.hasTCP && !rs.hasHTTP && (rs.allTCP || len(auth.TcpPorts) > 0 && auth.TcpPorts[0] != 0)
 }
 
 // groupMatches returns the wire form of the named matches of g (all of them when names
