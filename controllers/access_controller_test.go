@@ -2,11 +2,13 @@ package controllers_test
 
 import (
 	"context"
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -190,4 +192,61 @@ func TestUnacknowledgedPolicyIsPendingUntilTheProxyAcks(t *testing.T) {
 	}
 	nextInbound(t, stream) // acknowledges up to the grant
 	wantCondition(ctx, t, tt, "Programmed", metav1.ConditionTrue, "Programmed")
+}
+
+// Endpoints of injected pods are reached through their proxies, under the identity of
+// their ServiceAccount; the others in plaintext.
+func TestEndpointsOfMeshedPodsCarryTheirIdentity(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	ns := namespace(ctx, t)
+	mustCreate(ctx, t, harness.Service(ns, "reviews", 80))
+	pod := func(name, ip string, meshed bool) {
+		p := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+			Spec:       corev1.PodSpec{ServiceAccountName: "reviews", Containers: []corev1.Container{{Name: "app", Image: "app"}}},
+		}
+		if meshed {
+			p.Annotations = map[string]string{"braid.dev/injected": "true"}
+		}
+		mustCreate(ctx, t, p)
+		p.Status = corev1.PodStatus{PodIP: ip, PodIPs: []corev1.PodIP{{IP: ip}}}
+		if err := cp.Client.Status().Update(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pod("meshed", "198.18.9.1", true)
+	pod("plain", "198.18.9.2", false)
+	for _, s := range harness.EndpointSlices(ns, "reviews", netip.MustParseAddrPort("198.18.9.1:8080"), netip.MustParseAddrPort("198.18.9.2:8080")) {
+		for i := range s.Endpoints {
+			name := map[string]string{"198.18.9.1": "meshed", "198.18.9.2": "plain"}[s.Endpoints[i].Addresses[0]]
+			s.Endpoints[i].TargetRef = &corev1.ObjectReference{Kind: "Pod", Namespace: ns, Name: name}
+		}
+		mustCreate(ctx, t, s)
+	}
+	stream, err := harness.DialConfig(ctx, cp.ConfigAddr, t.Name(), ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = stream.Close() }()
+	view := map[string]*api.Endpoint{}
+	for len(view) < 2 {
+		snap, err := stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p := harness.FindPort(snap, ns, "reviews", 80); p != nil {
+			for _, b := range harness.Backends(p) {
+				for _, e := range b.GetEndpoints() {
+					view[e.GetIp()] = e
+				}
+			}
+		}
+	}
+	if e := view["198.18.9.1"]; e.GetIdentity() != "spiffe://cluster.local/ns/"+ns+"/sa/reviews" || e.GetProxyPort() != 15006 {
+		t.Errorf("the meshed pod's endpoint = %v, want its identity and proxy port 15006", e)
+	}
+	if e := view["198.18.9.2"]; e.GetIdentity() != "" || e.GetProxyPort() != 0 {
+		t.Errorf("the plain pod's endpoint = %v, want no identity", e)
+	}
 }

@@ -201,7 +201,7 @@ func (r *ServiceReconciler) input(ctx context.Context, svc *corev1.Service) (mes
 			return in, err
 		}
 	}
-	return in, nil
+	return in, r.workloads(ctx, &in)
 }
 
 // governs reports whether any port of a compiled Service was compiled from the split.

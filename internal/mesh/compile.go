@@ -34,7 +34,22 @@ type ServiceInput struct {
 	// RouteGroups holds, by name, the HTTPRouteGroups the split names; an absent name is a
 	// group that does not exist.
 	RouteGroups map[string]*RouteGroup
+	// Workloads holds, by pod IP, the pods behind the endpoints; meshed ones are reached
+	// through their proxy, over mTLS, under the identity of their ServiceAccount in
+	// TrustDomain.
+	Workloads   map[string]Workload
+	TrustDomain string
 }
+
+// Workload is a pod behind an endpoint, as the mesh sees it.
+type Workload struct {
+	ServiceAccount string
+	// Meshed says the pod runs a proxy (it was injected).
+	Meshed bool
+}
+
+// InboundPort is where a meshed pod's proxy accepts mTLS from other proxies.
+const InboundPort = 15006
 
 // maxWireWeight bounds the weights sent to proxies; relative shares are kept.
 const maxWireWeight = 1_000_000
@@ -57,7 +72,29 @@ func CompileService(in ServiceInput) *api.Service {
 		port.Protocol = PortProtocol(p, opaque)
 		out.Ports = append(out.Ports, port)
 	}
+	markMeshed(out, in.Workloads, in.TrustDomain)
 	return out
+}
+
+// markMeshed gives every endpoint served by a meshed pod its identity and proxy port.
+func markMeshed(svc *api.Service, workloads map[string]Workload, trustDomain string) {
+	if len(workloads) == 0 {
+		return
+	}
+	for _, p := range svc.GetPorts() {
+		for _, r := range p.GetRoutes() {
+			for _, b := range r.GetBackends() {
+				for _, e := range b.GetEndpoints() {
+					w, ok := workloads[e.GetIp()]
+					if !ok || !w.Meshed {
+						continue
+					}
+					e.Identity = fmt.Sprintf("spiffe://%s/ns/%s/sa/%s", trustDomain, svc.GetNamespace(), w.ServiceAccount)
+					e.ProxyPort = InboundPort
+				}
+			}
+		}
+	}
 }
 
 // clusterIPs returns the virtual IPs of a Service; a headless Service has none.

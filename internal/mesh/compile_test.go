@@ -56,6 +56,7 @@ func TestCompileService(t *testing.T) {
 	}{
 		{name: "no-split"},
 		{name: "protocols-and-cluster-ips"},
+		{name: "meshed-endpoints"},
 		{name: "named-target-port"},
 		{name: "dual-stack"},
 		{name: "split-80-20"},
@@ -229,6 +230,16 @@ type fixture struct {
 	splits          []Split
 	groups          map[string]*RouteGroup // by name
 	routes          []HTTPRoute
+	workloads       map[string]Workload // by pod IP
+	trustDomain     string
+}
+
+// workloadsDoc lists the pods behind endpoints, by IP: which are meshed, under which
+// ServiceAccount, and the trust domain of their identities.
+type workloadsDoc struct {
+	Kind        string              `json:"kind"`
+	TrustDomain string              `json:"trustDomain"`
+	Pods        map[string]Workload `json:"pods"`
 }
 
 // splitDoc is the short form of a TrafficSplit in input files.
@@ -316,6 +327,12 @@ func (f *fixture) add(doc []byte) error {
 		return f.addGroup(doc)
 	case head.Kind == "HTTPRoute":
 		return f.addRoute(doc)
+	case head.Kind == "Workloads":
+		var d workloadsDoc
+		if err := yaml.UnmarshalStrict(doc, &d); err != nil {
+			return err
+		}
+		f.workloads, f.trustDomain = d.Pods, d.TrustDomain
 	case head.Kind == "" && isBlank(doc):
 		// Comments only, such as the description at the top of a file.
 	default:
@@ -449,7 +466,7 @@ func (f *fixture) endpoints(name string) Endpoints {
 // rooted there must be accepted: the reconciler only hands accepted splits to the compiler.
 func (f *fixture) input(t *testing.T) ServiceInput {
 	t.Helper()
-	in := ServiceInput{Endpoints: f.endpoints(f.root), Backends: map[string]Endpoints{}}
+	in := ServiceInput{Endpoints: f.endpoints(f.root), Backends: map[string]Endpoints{}, Workloads: f.workloads, TrustDomain: f.trustDomain}
 	if in.Service == nil {
 		t.Fatalf("the Service to compile, %s/%s, is not in the input", f.namespace, f.root)
 	}
