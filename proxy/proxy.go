@@ -20,9 +20,12 @@ import (
 	"github.com/braidmesh/braid/proxy/api"
 	"github.com/braidmesh/braid/proxy/configfile"
 	"github.com/braidmesh/braid/proxy/controlplane"
+	"github.com/braidmesh/braid/proxy/identity"
+	"github.com/braidmesh/braid/proxy/inbound"
 	"github.com/braidmesh/braid/proxy/outbound"
 	"github.com/braidmesh/braid/proxy/router"
 	"github.com/braidmesh/braid/proxy/telemetry"
+	"github.com/braidmesh/braid/proxy/tlsid"
 )
 
 // Options configure a proxy.
@@ -35,16 +38,40 @@ type Options struct {
 	ConfigFile string
 	// ConfigPoll is how often the config file is checked for changes (1 s when zero).
 	ConfigPoll time.Duration
-	// OutboundAddr is where the explicit outbound listener listens.
+	// OutboundAddr is where the outbound listener listens: for explicit HTTP requests, and
+	// for the connections braid-proxy init redirects to it (see outbound.Listener).
 	OutboundAddr string
+	// DetectTimeout bounds protocol detection on transparent connections
+	// (outbound.DefaultDetectTimeout when zero).
+	DetectTimeout time.Duration
 	// AdminAddr is where /ready, /live, /config, /metrics and /debug/pprof/ are served.
 	AdminAddr string
 	// ProxyID, Namespace and ServiceAccount identify the proxy to the control plane.
 	ProxyID, Namespace, ServiceAccount string
 	// ClusterDomain completes service names (<svc>.<ns>.svc.<domain>).
 	ClusterDomain string
+	// IdentityAddr is the operator's identity service (host:port). Empty, the proxy runs
+	// without a workload certificate.
+	IdentityAddr string
+	// TokenFile is the projected ServiceAccount token (audience braid) proving the
+	// proxy's identity; TrustBundleFile the PEM roots the identity service must chain to.
+	TokenFile, TrustBundleFile string
+	// TrustDomain of the proxy's SPIFFE ID.
+	TrustDomain string
 	// DrainTimeout bounds how long shutdown waits for requests in flight.
 	DrainTimeout time.Duration
+	// InboundAddr is where the inbound listener listens: mTLS from peer proxies, and the
+	// plaintext connections braid-proxy init redirects to it. Empty: no inbound listener.
+	InboundAddr string
+	// AppHost is the address the application listens on, from the proxy's point of view
+	// (127.0.0.1 when empty).
+	AppHost string
+	// CertFile and KeyFile hold a workload certificate (chain) and key to use instead of
+	// asking the identity service; TrustBundleFile then holds the roots peers chain to.
+	CertFile, KeyFile string
+	// AppProbes is the JSON of the application probes the admin server answers on
+	// /app-probe/<container>/<kind> (admin.AppProbes; BRAID_APP_PROBES, set by the injector).
+	AppProbes string
 }
 
 // state is the configuration the proxy runs now.
@@ -53,16 +80,26 @@ type state struct {
 	snap    atomic.Pointer[api.Snapshot]
 	opts    *Options
 	metrics *telemetry.Metrics
+	ids     *tlsid.Store // the workload certificate and trust bundle of mTLS
+	mesh    meshState
 }
 
 // apply builds a table from snap and swaps it in atomically; a snapshot that does not
 // build leaves the current table in place, and counts as a rejection.
 func (s *state) apply(snap *api.Snapshot) error {
 	t, err := router.Build(snap, s.opts.Namespace, s.opts.ClusterDomain)
+	var policy *inbound.Policy
+	if err == nil {
+		policy, err = prepareInbound(snap)
+	}
+	if err == nil {
+		err = s.applyBundle(snap)
+	}
 	if err != nil {
 		s.metrics.ConfigRejected()
 		return fmt.Errorf("version %d: %w", snap.GetVersion(), err)
 	}
+	s.mesh.policy.Store(policy)
 	s.table.Store(t) // the table first: once /config shows a version, requests use it
 	s.snap.Store(snap)
 	s.metrics.ConfigApplied(t)
@@ -74,8 +111,15 @@ func Run(ctx context.Context, log logr.Logger, opts Options) error {
 	if opts.Namespace == "" {
 		return errors.New("the proxy's namespace is required (--namespace or POD_NAMESPACE)")
 	}
-	st := &state{opts: &opts, metrics: telemetry.New()}
+	st := &state{opts: &opts, metrics: telemetry.New(), ids: &tlsid.Store{}}
+	if err := loadStaticIdentity(log, st); err != nil {
+		return err
+	}
 	source, err := configSource(log, st)
+	if err != nil {
+		return err
+	}
+	in, err := startInbound(log, st)
 	if err != nil {
 		return err
 	}
@@ -88,26 +132,44 @@ func Run(ctx context.Context, log logr.Logger, opts Options) error {
 		_ = outLis.Close()
 		return fmt.Errorf("admin listener: %w", err)
 	}
+	out := outbound.NewListener(outLis, outbound.ListenerConfig{
+		Log: log.WithName("outbound"), Table: &st.table, Metrics: st.metrics, DetectTimeout: opts.DetectTimeout,
+		Dialer: outbound.MeshDialer{IDs: st.ids},
+	})
+	handler := outbound.New(log.WithName("outbound"), &st.table, st.metrics)
+	handler.UseMesh(st.ids)
 	outSrv := &http.Server{
-		Handler:           outbound.New(log.WithName("outbound"), &st.table, st.metrics),
+		Handler:           handler,
+		ConnContext:       outbound.ConnContext,
+		Protocols:         outbound.ServerProtocols(),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       5 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
 	}
-	adminSrv := &http.Server{Handler: admin.Handler(st.snap.Load, st.metrics.Registry()), ReadHeaderTimeout: 5 * time.Second}
+	adminSrv := &http.Server{Handler: admin.Handler(st.snap.Load, st.metrics.Registry(), admin.WithAppProbes(opts.AppProbes)), ReadHeaderTimeout: 5 * time.Second}
 	log.Info("Proxy starting", "outbound", outLis.Addr().String(), "admin", adminLis.Addr().String(),
 		"controlPlane", opts.ControlPlane, "configFile", opts.ConfigFile)
 
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return serve(outSrv, outLis) })
+	g.Go(func() error { return serve(outSrv, out) })
 	g.Go(func() error { return serve(adminSrv, adminLis) })
 	g.Go(func() error { return source(gctx) })
+	if in != nil {
+		g.Go(in.Serve)
+	}
+	if opts.IdentityAddr != "" {
+		g.Go(func() error { return identityClient(log, st).Run(gctx) })
+	}
 	g.Go(func() error {
 		<-gctx.Done()
 		drain, cancel := context.WithTimeout(context.WithoutCancel(gctx), opts.DrainTimeout)
 		defer cancel()
 		log.Info("Proxy stopping: draining requests in flight", "timeout", opts.DrainTimeout.String())
-		if err := errors.Join(outSrv.Shutdown(drain), adminSrv.Shutdown(drain)); err != nil {
+		var inErr error
+		if in != nil {
+			inErr = in.Shutdown(drain)
+		}
+		if err := errors.Join(outSrv.Shutdown(drain), out.Shutdown(drain), inErr, adminSrv.Shutdown(drain)); err != nil {
 			return fmt.Errorf("draining requests in flight: %w", err)
 		}
 		log.Info("Proxy stopped: every request in flight was answered")
@@ -138,6 +200,16 @@ func configSource(log logr.Logger, st *state) (func(ctx context.Context) error, 
 		MinBackoff: 100 * time.Millisecond, MaxBackoff: 5 * time.Second,
 	}
 	return cp.Run, nil
+}
+
+// identityClient keeps st.ids holding a workload certificate from the identity service.
+func identityClient(log logr.Logger, st *state) *identity.Client {
+	o := st.opts
+	return &identity.Client{
+		Address: o.IdentityAddr, TokenFile: o.TokenFile, TrustBundleFile: o.TrustBundleFile,
+		TrustDomain: o.TrustDomain, Namespace: o.Namespace, ServiceAccount: o.ServiceAccount,
+		Store: st.ids, Log: log.WithName("identity"),
+	}
 }
 
 func serve(srv *http.Server, lis net.Listener) error {

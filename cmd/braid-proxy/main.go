@@ -2,6 +2,7 @@
 //
 //	braid-proxy [flags]                    streams its configuration from the control plane
 //	braid-proxy run --config FILE [flags]  runs standalone from a config file (docs/proxy-config.md)
+//	braid-proxy init [flags]               redirects the pod's TCP to the proxy (nftables)
 package main
 
 import (
@@ -28,6 +29,12 @@ func main() {
 }
 
 func run(args []string) error {
+	if len(args) > 0 && args[0] == "init" {
+		return runInit(args[1:], os.Stdout)
+	}
+	if len(args) > 0 && args[0] == "await" {
+		return runAwait(args[1:])
+	}
 	standalone := len(args) > 0 && args[0] == "run"
 	name := "braid-proxy"
 	if standalone {
@@ -47,6 +54,9 @@ func run(args []string) error {
 		fs.StringVar(&opts.ControlPlane, "control-plane", envOr("BRAID_CONTROL_PLANE", "braid-operator.braid-system.svc:15010"), "address of the operator's config server")
 		fs.StringVar(&opts.ProxyID, "proxy-id", envOr("POD_NAME", fmt.Sprintf("%s-%d", host, os.Getpid())), "unique name of this proxy")
 		fs.StringVar(&opts.ServiceAccount, "service-account", envOr("POD_SERVICE_ACCOUNT", "default"), "service account of the workload the proxy serves")
+		fs.StringVar(&opts.IdentityAddr, "identity-address", os.Getenv("BRAID_IDENTITY_ADDRESS"), "address of the operator's identity service (host:port); empty runs without a workload certificate")
+		fs.StringVar(&opts.TokenFile, "token-file", os.Getenv("BRAID_TOKEN_FILE"), "projected ServiceAccount token (audience braid) proving the proxy's identity")
+		fs.StringVar(&opts.TrustDomain, "trust-domain", envOr("BRAID_TRUST_DOMAIN", "cluster.local"), "trust domain of the proxy's SPIFFE ID")
 	}
 	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
 		return nil
@@ -55,7 +65,7 @@ func run(args []string) error {
 	}
 	switch {
 	case fs.NArg() > 0:
-		return fmt.Errorf("unexpected arguments %q (the only subcommand is run)", fs.Args())
+		return fmt.Errorf("unexpected arguments %q (the subcommands are run and init)", fs.Args())
 	case standalone && opts.ConfigFile == "":
 		return errors.New("run needs --config FILE")
 	}
@@ -73,6 +83,12 @@ func commonFlags(fs *flag.FlagSet, opts *proxy.Options, namespace string) *int {
 	fs.StringVar(&opts.Namespace, "namespace", namespace, "namespace of the workload the proxy serves")
 	fs.StringVar(&opts.ClusterDomain, "cluster-domain", "cluster.local", "the cluster's DNS domain")
 	fs.DurationVar(&opts.DrainTimeout, "drain-timeout", 20*time.Second, "how long shutdown waits for requests in flight")
+	fs.StringVar(&opts.InboundAddr, "inbound-listen", "", "address of the inbound listener (mTLS from peer proxies, and redirected plaintext); empty: none")
+	fs.StringVar(&opts.AppHost, "app-host", "127.0.0.1", "address the application listens on, as the proxy reaches it")
+	fs.StringVar(&opts.CertFile, "cert-file", "", "PEM workload certificate chain to use instead of the identity service (with --key-file and --trust-bundle-file)")
+	fs.StringVar(&opts.KeyFile, "key-file", "", "PEM private key of --cert-file")
+	fs.StringVar(&opts.TrustBundleFile, "trust-bundle-file", os.Getenv("BRAID_TRUST_BUNDLE_FILE"), "PEM roots peers' certificates (and the identity service's) must chain to (the braid-trust-bundle ConfigMap)")
+	fs.StringVar(&opts.AppProbes, "app-probes", os.Getenv("BRAID_APP_PROBES"), "JSON of the application probes served on the admin port's /app-probe/ (set by the injector; docs/injection.md)")
 	return fs.Int("v", 0, "log verbosity: 0 or 1")
 }
 

@@ -1,5 +1,5 @@
-// Package admin serves the proxy's admin endpoints: /ready, /live, /config, /metrics and
-// /debug/pprof/.
+// Package admin serves the proxy's admin endpoints: /ready, /live, /config, /metrics,
+// /debug/pprof/ and the application probes the injector rewrites (/app-probe/, probes.go).
 package admin
 
 import (
@@ -18,9 +18,12 @@ import (
 type SnapshotFunc func() *api.Snapshot
 
 // Handler returns the admin HTTP handler. It serves the metrics gatherer has on /metrics,
-// unless gatherer is nil.
-func Handler(current SnapshotFunc, gatherer prometheus.Gatherer) http.Handler {
+// unless gatherer is nil, and what opts add (WithAppProbes).
+func Handler(current SnapshotFunc, gatherer prometheus.Gatherer, opts ...Option) http.Handler {
 	mux := http.NewServeMux()
+	for _, opt := range opts {
+		opt(mux)
+	}
 	mux.HandleFunc("GET /live", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = w.Write([]byte("live\n"))

@@ -141,7 +141,7 @@ func (h *Handler) route(w http.ResponseWriter, r *http.Request, x *exchange) {
 		x.fail(w, http.StatusServiceUnavailable, "the proxy has no configuration yet")
 		return
 	}
-	port, err := table.Resolve(r.Host)
+	port, err := resolve(table, r) // by Host, or by the original destination of a redirected connection
 	if err != nil {
 		x.fail(w, http.StatusNotFound, err.Error())
 		return

@@ -54,6 +54,7 @@ type Metrics struct {
 	latency          *prometheus.HistogramVec
 	configVersion    prometheus.Gauge
 	configRejections prometheus.Counter
+	tcp              tcpMetrics
 
 	// byPort caches each resolved *router.Port's Destination, so that a request finds
 	// its counters with one lock-free load and no allocation. It is emptied whenever a
@@ -94,10 +95,12 @@ func New() *Metrics {
 			Name: "braid_proxy_config_rejections_total",
 			Help: "Configurations the proxy rejected (NACKed, or a config file that did not load), keeping its last good one.",
 		}),
+		tcp:   newTCPMetrics(),
 		dests: map[destKey]*Destination{},
 	}
 	m.registry.MustRegister(m.requests, m.latency, m.configVersion, m.configRejections,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.registry.MustRegister(m.tcp.collectors()...)
 	m.unknown = m.newDestination(Unknown, Unknown)
 	return m
 }
@@ -125,6 +128,7 @@ func (m *Metrics) ConfigApplied(table *router.Table) {
 			delete(m.dests, key)
 			m.requests.DeletePartialMatch(d.labels)
 			m.latency.DeletePartialMatch(d.labels)
+			m.tcp.forget(d.labels)
 		}
 	}
 }

@@ -1,0 +1,363 @@
+// Package inbound is the proxy's inbound listener. Peer proxies reach it directly, over
+// mTLS: HTTP requests multiplexed on HTTP/2 (each naming its target port in a header) or
+// one opaque TCP connection per TLS session (preceded by its two-byte target port). Clients
+// without a proxy reach it through the pod's redirection rules, in plaintext, with their
+// original destination port. Every request and connection is authorised against the
+// workload's inbound policy before it reaches the application on 127.0.0.1.
+package inbound
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-logr/logr"
+
+	"github.com/braidmesh/braid/proxy/origdst"
+	"github.com/braidmesh/braid/proxy/tlsid"
+)
+
+// Headers between proxies and towards the application.
+const (
+	// TargetPortHeader carries, from the client proxy, the application port a request is for.
+	TargetPortHeader = "Braid-Target-Port"
+	// TargetProtocolHeader says "h2c" when the client application spoke HTTP/2, so that the
+	// request reaches the application over HTTP/2 too (gRPC).
+	TargetProtocolHeader = "Braid-Target-Protocol"
+	// ClientIDHeader tells the application the verified SPIFFE ID of its client; any value
+	// a client sets is replaced.
+	ClientIDHeader = "Braid-Client-Id"
+)
+
+// Config configures a Server.
+type Config struct {
+	Log logr.Logger
+	// IDs holds the proxy's certificate and trust bundle.
+	IDs *tlsid.Store
+	// Policy is the inbound policy in force; nil admits nothing.
+	Policy *atomic.Pointer[Policy]
+	// AppHost is where the application listens (127.0.0.1 when empty).
+	AppHost string
+	// HandshakeTimeout bounds a TLS handshake (10 s when zero).
+	HandshakeTimeout time.Duration
+}
+
+// Server serves the inbound listener.
+type Server struct {
+	cfg   Config
+	lis   net.Listener
+	port  uint16
+	h2    *http.Server
+	conns chan net.Conn // handshaken HTTP/2 sessions for h2
+	done  chan struct{} // closed by Shutdown
+	app   *http.Transport
+	appH2 *http.Transport
+
+	mu      sync.Mutex
+	tcp     map[net.Conn]struct{}
+	closing bool
+	wg      sync.WaitGroup
+}
+
+// New returns a Server for lis.
+func New(lis net.Listener, cfg Config) *Server {
+	if cfg.AppHost == "" {
+		cfg.AppHost = "127.0.0.1"
+	}
+	if cfg.HandshakeTimeout == 0 {
+		cfg.HandshakeTimeout = 10 * time.Second
+	}
+	s := &Server{cfg: cfg, lis: lis, conns: make(chan net.Conn), done: make(chan struct{}), tcp: map[net.Conn]struct{}{}}
+	if ap, err := netip.ParseAddrPort(lis.Addr().String()); err == nil {
+		s.port = ap.Port()
+	}
+	s.app = &http.Transport{
+		DialContext:         (&net.Dialer{Timeout: 3 * time.Second}).DialContext,
+		MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second,
+	}
+	s.appH2 = &http.Transport{DialContext: s.app.DialContext, IdleConnTimeout: 90 * time.Second}
+	s.appH2.Protocols = new(http.Protocols)
+	s.appH2.Protocols.SetUnencryptedHTTP2(true)
+	s.h2 = &http.Server{
+		Handler:           http.HandlerFunc(s.serveMeshHTTP),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       5 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		TLSConfig:         &tls.Config{NextProtos: []string{tlsid.ProtoHTTP2}, MinVersion: tls.VersionTLS13},
+	}
+	return s
+}
+
+// Serve accepts connections until Shutdown.
+func (s *Server) Serve() error {
+	served := make(chan error, 1)
+	go func() { served <- s.h2.Serve(chanListener{s}) }()
+	for {
+		c, err := s.lis.Accept()
+		if err != nil {
+			if s.isClosing() {
+				return nil
+			}
+			return fmt.Errorf("accepting inbound connections: %w", err)
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.dispatch(c)
+		}()
+	}
+}
+
+// Shutdown stops accepting, lets HTTP requests in flight finish, and closes opaque TCP
+// connections once ctx ends.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	if !s.closing {
+		close(s.done)
+	}
+	s.closing = true
+	s.mu.Unlock()
+	err := s.lis.Close()
+	herr := s.h2.Shutdown(ctx)
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		s.mu.Lock()
+		for c := range s.tcp {
+			_ = c.Close()
+		}
+		s.mu.Unlock()
+		<-done
+	}
+	if errors.Is(err, net.ErrClosed) {
+		err = nil
+	}
+	return errors.Join(err, herr)
+}
+
+func (s *Server) isClosing() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closing
+}
+
+// dispatch tells a peer proxy's connection (to the listener's own port) from a plaintext
+// client's redirected one (to an application port).
+func (s *Server) dispatch(c net.Conn) {
+	port := s.port
+	if tc, ok := c.(*net.TCPConn); ok {
+		if dst, err := origdst.Get(tc); err == nil {
+			port = dst.Port()
+		}
+	}
+	if port == s.port {
+		s.serveMesh(c)
+		return
+	}
+	s.servePlaintext(c, port)
+}
+
+func (s *Server) serveMesh(c net.Conn) {
+	tc := tls.Server(c, s.cfg.IDs.ServerConfig())
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.HandshakeTimeout)
+	err := tc.HandshakeContext(ctx)
+	cancel()
+	if err != nil {
+		s.cfg.Log.V(1).Info("Inbound TLS handshake failed", "peer", c.RemoteAddr().String(), "error", err.Error())
+		_ = c.Close()
+		return
+	}
+	switch tc.ConnectionState().NegotiatedProtocol {
+	case tlsid.ProtoHTTP2:
+		select {
+		case s.conns <- tc:
+		case <-s.done:
+			_ = tc.Close()
+		}
+	case tlsid.ProtoTCP:
+		s.serveMeshTCP(tc)
+	default:
+		_ = tc.Close()
+	}
+}
+
+// serveMeshTCP carries one opaque connection from a peer proxy: a two-byte target port,
+// then the bytes.
+func (s *Server) serveMeshTCP(tc *tls.Conn) {
+	var hdr [2]byte
+	_ = tc.SetReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
+	if _, err := io.ReadFull(tc, hdr[:]); err != nil {
+		_ = tc.Close()
+		return
+	}
+	_ = tc.SetReadDeadline(time.Time{})
+	port := binary.BigEndian.Uint16(hdr[:])
+	peer := tlsid.PeerID(tc.ConnectionState())
+	if d := s.cfg.Policy.Load().AuthorizeTCP(peer, uint32(port)); !d.Allowed {
+		s.cfg.Log.V(1).Info("Inbound connection refused", "peer", peer, "port", port, "reason", d.Reason)
+		_ = tc.Close()
+		return
+	}
+	s.splice(tc, port)
+}
+
+// servePlaintext serves a client without a proxy: admitted whole when the policy admits
+// everyone, otherwise refused (with a 403 when it speaks HTTP/1).
+func (s *Server) servePlaintext(c net.Conn, port uint16) {
+	pol := s.cfg.Policy.Load()
+	d := pol.AuthorizeTCP("", uint32(port))
+	if d.Allowed {
+		s.splice(c, port)
+		return
+	}
+	s.cfg.Log.V(1).Info("Plaintext inbound connection refused", "client", c.RemoteAddr().String(), "port", port, "reason", d.Reason)
+	refuseHTTP(c, d.Reason)
+}
+
+// refuseHTTP answers a refused plaintext client with a 403 if it sends an HTTP/1 request
+// within a short wait, and closes the connection.
+func refuseHTTP(c net.Conn, reason string) {
+	defer c.Close() //nolint:errcheck // best effort: the client is refused either way
+	_ = c.SetDeadline(time.Now().Add(time.Second))
+	buf := make([]byte, 8)
+	n, _ := io.ReadAtLeast(c, buf, 4)
+	if n < 4 || !looksLikeHTTP1(buf[:n]) {
+		return
+	}
+	body := "braid-proxy: " + reason + "\n"
+	_, _ = io.WriteString(c, "HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain; charset=utf-8\r\nBraid-Proxy-Error: Forbidden\r\nConnection: close\r\nContent-Length: "+
+		strconv.Itoa(len(body))+"\r\n\r\n"+body)
+}
+
+func looksLikeHTTP1(b []byte) bool {
+	for _, m := range []string{"GET ", "POST", "PUT ", "HEAD", "DELE", "PATC", "OPTI", "CONN", "TRAC"} {
+		if string(b[:4]) == m {
+			return true
+		}
+	}
+	return false
+}
+
+// splice connects c to the application's port and copies both ways until both sides close.
+func (s *Server) splice(c net.Conn, port uint16) {
+	app, err := net.DialTimeout("tcp", net.JoinHostPort(s.cfg.AppHost, strconv.Itoa(int(port))), 3*time.Second)
+	if err != nil {
+		s.cfg.Log.V(1).Info("Application refused the connection", "port", port, "error", err.Error())
+		_ = c.Close()
+		return
+	}
+	if !s.track(c, true) {
+		_ = c.Close()
+		_ = app.Close()
+		return
+	}
+	defer s.track(c, false)
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); copyThenCloseWrite(app, c) }()
+	go func() { defer wg.Done(); copyThenCloseWrite(c, app) }()
+	wg.Wait()
+	_ = c.Close()
+	_ = app.Close()
+}
+
+func (s *Server) track(c net.Conn, open bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if open {
+		if s.closing {
+			return false
+		}
+		s.tcp[c] = struct{}{}
+	} else {
+		delete(s.tcp, c)
+	}
+	return true
+}
+
+func copyThenCloseWrite(dst, src net.Conn) {
+	_, err := io.Copy(dst, src)
+	if cw, ok := dst.(interface{ CloseWrite() error }); ok && err == nil {
+		_ = cw.CloseWrite()
+		return
+	}
+	// An error on one side ends the exchange: close both so the other copy ends too.
+	_ = dst.Close()
+	_ = src.Close()
+}
+
+// serveMeshHTTP authorises one request from a peer proxy and forwards it to the app.
+func (s *Server) serveMeshHTTP(w http.ResponseWriter, r *http.Request) {
+	peer := ""
+	if r.TLS != nil {
+		peer = tlsid.PeerID(*r.TLS)
+	}
+	port, err := strconv.ParseUint(r.Header.Get(TargetPortHeader), 10, 16)
+	if err != nil || port == 0 {
+		forbid(w, http.StatusBadRequest, "the request names no valid "+TargetPortHeader)
+		return
+	}
+	if d := s.cfg.Policy.Load().AuthorizeHTTP(peer, uint32(port), r); !d.Allowed {
+		s.cfg.Log.V(1).Info("Inbound request refused", "peer", peer, "port", port, "method", r.Method, "path", r.URL.Path, "reason", d.Reason)
+		forbid(w, http.StatusForbidden, d.Reason)
+		return
+	}
+	transport := s.app
+	if r.Header.Get(TargetProtocolHeader) == "h2c" {
+		transport = s.appH2
+	}
+	target := net.JoinHostPort(s.cfg.AppHost, strconv.Itoa(int(port)))
+	rp := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.Out.URL.Scheme, pr.Out.URL.Host = "http", target
+			pr.Out.Host = pr.In.Host
+			pr.Out.Header.Del(TargetPortHeader)
+			pr.Out.Header.Del(TargetProtocolHeader)
+			pr.Out.Header.Set(ClientIDHeader, peer)
+		},
+		Transport: transport,
+		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) {
+			if errors.Is(err, context.Canceled) {
+				return
+			}
+			forbid(w, http.StatusBadGateway, fmt.Sprintf("the application on port %d failed: %v", port, err))
+		},
+	}
+	rp.ServeHTTP(w, r)
+}
+
+func forbid(w http.ResponseWriter, code int, msg string) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.Header().Set("Braid-Proxy-Error", http.StatusText(code))
+	w.WriteHeader(code)
+	_, _ = fmt.Fprintf(w, "braid-proxy: %s\n", msg)
+}
+
+// chanListener hands the HTTP/2 server the sessions serveMesh has handshaken.
+type chanListener struct{ s *Server }
+
+func (l chanListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.s.conns:
+		return c, nil
+	case <-l.s.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l chanListener) Close() error   { return nil }
+func (l chanListener) Addr() net.Addr { return l.s.lis.Addr() }

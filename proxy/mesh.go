@@ -1,0 +1,97 @@
+package proxy
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync/atomic"
+
+	"github.com/go-logr/logr"
+
+	"github.com/braidmesh/braid/proxy/api"
+	"github.com/braidmesh/braid/proxy/inbound"
+)
+
+// meshState is the part of the running configuration that concerns mTLS and access: the
+// inbound policy, compiled, and the trust bundle last applied.
+type meshState struct {
+	policy atomic.Pointer[inbound.Policy]
+	bundle atomic.Pointer[string]
+}
+
+// prepareInbound compiles the inbound policy a snapshot carries, without applying it.
+// A snapshot without one (standalone configurations that predate it) admits everyone
+// when the proxy has no identity, and no one otherwise.
+func prepareInbound(snap *api.Snapshot) (*inbound.Policy, error) {
+	in := snap.GetInbound()
+	if in == nil {
+		in = &api.Inbound{Mode: "Unconfigured"}
+	}
+	p, err := inbound.NewPolicy(in)
+	if err != nil {
+		return nil, fmt.Errorf("inbound policy: %w", err)
+	}
+	return p, nil
+}
+
+// applyBundle installs the trust bundle a snapshot carries, when it differs from the last.
+func (s *state) applyBundle(snap *api.Snapshot) error {
+	b := snap.GetTrustBundle()
+	if b == "" {
+		return nil
+	}
+	if cur := s.mesh.bundle.Load(); cur != nil && *cur == b {
+		return nil
+	}
+	if err := s.ids.SetTrustBundle([]byte(b)); err != nil {
+		return fmt.Errorf("trust bundle: %w", err)
+	}
+	s.mesh.bundle.Store(&b)
+	return nil
+}
+
+// loadStaticIdentity installs a certificate and trust bundle from files, for proxies run
+// without the identity service (standalone on VMs, tests and benchmarks).
+func loadStaticIdentity(log logr.Logger, st *state) error {
+	o := st.opts
+	switch {
+	case o.CertFile == "" && o.KeyFile == "":
+		return nil
+	case o.CertFile == "" || o.KeyFile == "":
+		return errors.New("--cert-file and --key-file go together")
+	case o.IdentityAddr != "":
+		return errors.New("--cert-file and --identity-address exclude each other: the certificate comes from files or from the identity service")
+	}
+	cert, err := tls.LoadX509KeyPair(o.CertFile, o.KeyFile)
+	if err != nil {
+		return fmt.Errorf("loading the workload certificate: %w", err)
+	}
+	if err := st.ids.SetCertificate(&cert); err != nil {
+		return fmt.Errorf("workload certificate %s: %w", o.CertFile, err)
+	}
+	if o.TrustBundleFile != "" {
+		b, err := os.ReadFile(o.TrustBundleFile)
+		if err != nil {
+			return fmt.Errorf("reading the trust bundle: %w", err)
+		}
+		if err := st.ids.SetTrustBundle(b); err != nil {
+			return fmt.Errorf("trust bundle %s: %w", o.TrustBundleFile, err)
+		}
+	}
+	log.Info("Workload identity loaded from files", "id", st.ids.ID())
+	return nil
+}
+
+// startInbound returns the inbound server for the configured address, or nil without one.
+func startInbound(log logr.Logger, st *state) (*inbound.Server, error) {
+	if st.opts.InboundAddr == "" {
+		return nil, nil
+	}
+	lis, err := net.Listen("tcp", st.opts.InboundAddr)
+	if err != nil {
+		return nil, fmt.Errorf("inbound listener: %w", err)
+	}
+	return inbound.New(lis, inbound.Config{Log: log.WithName("inbound"), IDs: st.ids, Policy: &st.mesh.policy, AppHost: st.opts.AppHost}), nil
+}

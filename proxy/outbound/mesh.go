@@ -1,0 +1,134 @@
+package outbound
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/binary"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/braidmesh/braid/proxy/router"
+	"github.com/braidmesh/braid/proxy/tlsid"
+)
+
+// Headers a client proxy sets for its peer (proxy/inbound reads them).
+const (
+	targetPortHeader     = "Braid-Target-Port"
+	targetProtocolHeader = "Braid-Target-Protocol"
+	clientIDHeader       = "Braid-Client-Id"
+)
+
+// MeshDialer dials meshed endpoints through their peer proxies, over mTLS, verifying that
+// the peer presents the endpoint's identity; other endpoints in plaintext.
+type MeshDialer struct {
+	IDs *tlsid.Store
+}
+
+// DialEndpoint opens one opaque connection to ep: for a meshed endpoint, a TLS session
+// with its peer proxy (ALPN braid.tcp/1) that starts with the two-byte target port.
+func (d MeshDialer) DialEndpoint(ctx context.Context, ep router.Endpoint) (net.Conn, error) {
+	if !ep.Meshed() {
+		return PlainDialer{}.DialEndpoint(ctx, ep)
+	}
+	tc, err := dialPeer(ctx, d.IDs, ep.ProxyAddr().String(), ep.Identity, tlsid.ProtoTCP)
+	if err != nil {
+		return nil, err
+	}
+	var hdr [2]byte
+	binary.BigEndian.PutUint16(hdr[:], ep.Addr.Port())
+	if _, err := tc.Write(hdr[:]); err != nil {
+		_ = tc.Close()
+		return nil, fmt.Errorf("opening a mesh connection to %s: %w", ep.Identity, err)
+	}
+	return tc, nil
+}
+
+// dialPeer connects to the peer proxy at addr, which must present identity, and completes
+// the mTLS handshake for proto.
+func dialPeer(ctx context.Context, ids *tlsid.Store, addr, identity, proto string) (*tls.Conn, error) {
+	if !ids.Ready() {
+		return nil, fmt.Errorf("cannot reach %s at %s: %w", identity, addr, tlsid.ErrNoIdentity)
+	}
+	raw, err := (&net.Dialer{Timeout: connectTimeout, KeepAlive: 30 * time.Second}).DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	tc := tls.Client(raw, ids.ClientConfig(identity, proto))
+	if err := tc.HandshakeContext(ctx); err != nil {
+		_ = raw.Close()
+		return nil, fmt.Errorf("mTLS with the proxy of %s at %s: %w", identity, addr, err)
+	}
+	if got := tc.ConnectionState().NegotiatedProtocol; got != proto {
+		_ = tc.Close()
+		return nil, fmt.Errorf("the proxy of %s at %s does not speak %s (it chose %q)", identity, addr, proto, got)
+	}
+	return tc, nil
+}
+
+// meshRoundTripper sends requests for meshed endpoints to their peer proxies over HTTP/2
+// and mTLS (one multiplexed connection pool per peer identity), and the others straight
+// to the endpoint.
+type meshRoundTripper struct {
+	ids   *tlsid.Store
+	plain http.RoundTripper
+	// plainH2 carries to unmeshed endpoints the requests the application sent over
+	// HTTP/2 with prior knowledge (gRPC): they stay HTTP/2.
+	plainH2 http.RoundTripper
+	mu      sync.Mutex
+	peers   map[string]*http.Transport // by identity
+}
+
+// UseMesh makes the handler reach meshed endpoints through their peer proxies over mTLS,
+// with the certificate and trust bundle ids holds.
+func (h *Handler) UseMesh(ids *tlsid.Store) {
+	h2c := newTransport()
+	h2c.Protocols = new(http.Protocols)
+	h2c.Protocols.SetUnencryptedHTTP2(true)
+	h.forward.Transport = &meshRoundTripper{ids: ids, plain: h.forward.Transport, plainH2: h2c, peers: map[string]*http.Transport{}}
+}
+
+func (m *meshRoundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
+	x, _ := req.Context().Value(exchangeKey{}).(*exchange)
+	if x == nil || !x.endpoint.Meshed() {
+		if req.ProtoMajor == 2 {
+			return m.plainH2.RoundTrip(req)
+		}
+		return m.plain.RoundTrip(req)
+	}
+	ep := x.endpoint
+	out := req.Clone(req.Context())
+	out.URL.Scheme, out.URL.Host = "https", ep.ProxyAddr().String()
+	out.Header.Set(targetPortHeader, strconv.Itoa(int(ep.Addr.Port())))
+	out.Header.Del(clientIDHeader) // only the server proxy says who the client is
+	if req.ProtoMajor == 2 {
+		out.Header.Set(targetProtocolHeader, "h2c")
+	} else {
+		out.Header.Del(targetProtocolHeader)
+	}
+	return m.transport(ep).RoundTrip(out)
+}
+
+func (m *meshRoundTripper) transport(ep router.Endpoint) *http.Transport {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if t, ok := m.peers[ep.Identity]; ok {
+		return t
+	}
+	identity := ep.Identity
+	t := &http.Transport{
+		DialTLSContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+			return dialPeer(ctx, m.ids, addr, identity, tlsid.ProtoHTTP2)
+		},
+		ForceAttemptHTTP2: true,
+		Proxy:             nil,
+		IdleConnTimeout:   90 * time.Second,
+	}
+	t.Protocols = new(http.Protocols)
+	t.Protocols.SetHTTP2(true)
+	m.peers[identity] = t
+	return t
+}
