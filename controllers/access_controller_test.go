@@ -105,6 +105,8 @@ func TestStrictNamespaceDeniesUntilATargetAllows(t *testing.T) {
 	}
 	route := harness.TCPRoute(ns, "all")
 	wantCondition(ctx, t, route, "Accepted", metav1.ConditionTrue, "Accepted")
+	wantCondition(ctx, t, route, "ResolvedRefs", metav1.ConditionTrue, "ResolvedRefs")
+	wantCondition(ctx, t, route, "Programmed", metav1.ConditionTrue, "Programmed")
 
 	// Deleting both denies again.
 	for _, o := range []client.Object{tt, route} {
@@ -124,6 +126,11 @@ func TestTargetedModeLocksOnlyTargetedDestinations(t *testing.T) {
 	mustCreate(ctx, t, harness.HTTPRouteGroup(ns, "routes", map[string]any{"name": "metrics", "pathRegex": "/metrics", "methods": []any{"GET"}}))
 	mustCreate(ctx, t, harness.TrafficTarget("access.smi-spec.io/v1alpha3", ns, "api", "api", []string{"prometheus"},
 		harness.TargetRule{Kind: "HTTPRouteGroup", Name: "routes"}))
+	wantCondition(ctx, t, harness.HTTPRouteGroup(ns, "routes"), "Programmed", metav1.ConditionTrue, "Programmed")
+	// Ports out of range never reach the reconciler: the CRD refuses them.
+	if err := cp.Client.Create(ctx, harness.TCPRoute(ns, "bad", 0, 70000)); err == nil || !strings.Contains(err.Error(), "70000") {
+		t.Errorf("creating a TCPRoute with ports 0 and 70000 = %v, want a refusal naming the port", err)
+	}
 	api1, _ := inboundOf(ctx, t, ns, "api")
 	other, _ := inboundOf(ctx, t, ns, "web")
 	if api1.GetAllowAll() || len(api1.GetAuthorizations()) != 1 || len(api1.GetAuthorizations()[0].GetHttpMatches()) != 1 {

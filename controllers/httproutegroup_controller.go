@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -31,10 +32,13 @@ func (r *HTTPRouteGroupReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	v := mesh.CheckRouteGroup(*toRouteGroup(&g))
-	cond := condition(ConditionAccepted, v.Accepted, v.Reason, v.Message)
-	cond.ObservedGeneration = g.Generation
 	before := g.DeepCopy()
-	if !meta.SetStatusCondition(&g.Status.Conditions, cond) {
+	changed := false
+	for _, cond := range specConditions(v, g.Namespace) {
+		cond.ObservedGeneration = g.Generation
+		changed = meta.SetStatusCondition(&g.Status.Conditions, cond) || changed
+	}
+	if !changed {
 		return ctrl.Result{}, nil
 	}
 	if err := r.Client.Status().Patch(ctx, &g, client.MergeFrom(before)); err != nil {
@@ -49,4 +53,20 @@ func (r *HTTPRouteGroupReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Named("httproutegroup").
 		For(&smi.HTTPRouteGroup{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Complete(r)
+}
+
+// specConditions are the conditions of a spec object (HTTPRouteGroup, TCPRoute, UDPRoute):
+// it references nothing, and once accepted it is available to the splits and targets of
+// its namespace, whose own Programmed conditions say when proxies run them.
+func specConditions(v mesh.Verdict, namespace string) []metav1.Condition {
+	programmed := condition(ConditionProgrammed, true, ReasonProgrammed, fmt.Sprintf(
+		"available to the TrafficSplits and TrafficTargets of namespace %s; their Programmed conditions say when proxies run them", namespace))
+	if !v.Accepted {
+		programmed = condition(ConditionProgrammed, false, ReasonNotAccepted, "not accepted (see Accepted): the parts that cannot run are never programmed")
+	}
+	return []metav1.Condition{
+		condition(ConditionAccepted, v.Accepted, v.Reason, v.Message),
+		condition(ConditionResolvedRefs, true, ReasonResolvedRefs, "a spec references no other object"),
+		programmed,
+	}
 }

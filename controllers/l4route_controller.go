@@ -13,6 +13,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 
+	"github.com/braidmesh/braid/internal/mesh"
 	"github.com/braidmesh/braid/internal/smi"
 )
 
@@ -45,14 +46,14 @@ func (r *L4RouteReconciler[T]) Reconcile(ctx context.Context, req ctrl.Request) 
 			bad = append(bad, fmt.Sprintf("spec.matches.ports[%d]: %d is not a port number (1-65535)", i, p))
 		}
 	}
-	accepted := condition(ConditionAccepted, true, ReasonAccepted, describePorts(r.Ports(route)))
+	v := mesh.Verdict{Accepted: true, Reason: ReasonAccepted, Message: describePorts(r.Ports(route))}
 	if len(bad) > 0 {
-		accepted = condition(ConditionAccepted, false, ReasonInvalidPort, strings.Join(bad, "; ")+"; TrafficTargets get no port from them")
+		v = mesh.Verdict{Reason: ReasonInvalidPort, Message: strings.Join(bad, "; ") + "; TrafficTargets get no port from them"}
 	}
 	before := route.DeepCopyObject().(client.Object)
 	beforeStatus := *r.Status(route)
 	beforeStatus.Conditions = append([]metav1.Condition(nil), beforeStatus.Conditions...)
-	for _, c := range []metav1.Condition{accepted, condition(ConditionResolvedRefs, true, ReasonResolvedRefs, "a route references nothing")} {
+	for _, c := range specConditions(v, route.GetNamespace()) {
 		c.ObservedGeneration = route.GetGeneration()
 		meta.SetStatusCondition(&r.Status(route).Conditions, c)
 	}
