@@ -63,7 +63,7 @@ generate: $(CONTROLLER_GEN) $(BUF) $(PROTOC_GEN_GO) $(PROTOC_GEN_GO_GRPC) ## Reg
 .PHONY: manifests
 manifests: $(CONTROLLER_GEN) ## Regenerate the MeshConfig CRD, the operator's RBAC role and the webhook configuration.
 	$(CONTROLLER_GEN) crd paths=./api/... output:crd:dir=config/crd/bases
-	$(CONTROLLER_GEN) rbac:roleName=braid-operator paths=./controllers/... paths=./internal/... output:rbac:dir=config/rbac
+	$(CONTROLLER_GEN) rbac:roleName=braid-operator paths=./controllers/... paths=./internal/... paths=./webhooks/... output:rbac:dir=config/rbac
 	$(CONTROLLER_GEN) webhook paths=./webhooks/... output:webhook:dir=config/webhook
 
 .PHONY: verify
@@ -83,8 +83,12 @@ bench-control-plane: ## Control plane: 1000 services and splits, 1000 proxies; w
 bench-identity: ## Certificate issuance: signed per second on one core vs raw ECDSA, Certify latency over gRPC.
 	$(GO) run ./hack/bench/identity $(BENCH_FLAGS)
 
+.PHONY: bench-inject
+bench-inject: ## Sidecar injection webhook: latency p50/p90/p99/max and allocations per admission request.
+	$(GO) run ./hack/bench/inject $(BENCH_FLAGS)
+
 .PHONY: bench
-bench: bench-control-plane bench-identity ## Every benchmark.
+bench: bench-control-plane bench-identity bench-inject ## Every benchmark.
 
 .PHONY: envtest-assets
 envtest-assets: ## Build (once) kube-apiserver and etcd for envtest and print their folder.

@@ -9,7 +9,6 @@ import (
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"sigs.k8s.io/yaml"
-
 )
 
 // TestCompileAccess compiles each testdata/access/<case>.input.yaml (a AccessInput in
@@ -76,7 +75,7 @@ func TestCheckTargetRejectsWhatSMIForbids(t *testing.T) {
 		mutate func(*Target)
 		reason string
 	}{
-		"destination in another namespace": {func(t *Target) { t.Destination.Namespace = "other" }, ReasonInvalidDestination},
+		"destination in another namespace":  {func(t *Target) { t.Destination.Namespace = "other" }, ReasonInvalidDestination},
 		"destination not a service account": {func(t *Target) { t.Destination.Kind = "Group" }, ReasonInvalidDestination},
 		"no sources":                        {func(t *Target) { t.Sources = nil }, ReasonNoSources},
 		"no rules":                          {func(t *Target) { t.Rules = nil }, ReasonNoRules},

@@ -125,6 +125,12 @@ func StartControlPlaneWith(ctx context.Context, log logr.Logger, opts Options) (
 	}
 	if opts.Webhooks {
 		webhooks.Setup(mgr.GetWebhookServer())
+		// The pod injector is installed with the other webhooks (failurePolicy Fail): it
+		// must be served, or every pod creation would be refused.
+		if err := webhooks.SetupInjector(mctx, mgr, webhooks.InjectorOptions{OperatorNamespace: "braid-system", DefaultProxyImage: "braid-proxy:dev"}); err != nil {
+			cancel()
+			return nil, err
+		}
 	}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
