@@ -5,6 +5,8 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/braidmesh/braid/internal/identity"
@@ -66,4 +68,21 @@ func (c *TestCA) Issue(namespace, serviceAccount string, lifetime time.Duration)
 		return nil, err
 	}
 	return &Workload{ID: id.String(), ChainPEM: chain, KeyPEM: keyPEM, TLS: &cert}, nil
+}
+
+// ProxyArgs issues a certificate for namespace/serviceAccount, writes it with its key and
+// the trust bundle into dir, and returns the braid-proxy flags that use them.
+func (c *TestCA) ProxyArgs(dir, namespace, serviceAccount string) ([]string, error) {
+	w, err := c.Issue(namespace, serviceAccount, time.Hour)
+	if err != nil {
+		return nil, err
+	}
+	files := map[string][]byte{"tls.crt": w.ChainPEM, "tls.key": w.KeyPEM, "ca.crt": c.Bundle}
+	for name, data := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+			return nil, fmt.Errorf("writing %s: %w", name, err)
+		}
+	}
+	return []string{"--cert-file", filepath.Join(dir, "tls.crt"), "--key-file", filepath.Join(dir, "tls.key"),
+		"--trust-bundle-file", filepath.Join(dir, "ca.crt")}, nil
 }

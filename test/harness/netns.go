@@ -83,7 +83,7 @@ func SetupIsolatedNetwork() error {
 	if err := netlink.LinkSetUp(lo); err != nil {
 		return fmt.Errorf("bringing up the loopback interface: %w", err)
 	}
-	for i := 1; i <= 32; i++ {
+	for i := 1; i <= 48; i++ {
 		ip := net.ParseIP(MeshAddr(i)).To4()
 		addr := &netlink.Addr{IPNet: &net.IPNet{IP: ip, Mask: net.CIDRMask(32, 32)}}
 		if err := netlink.AddrAdd(lo, addr); err != nil {

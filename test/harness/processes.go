@@ -73,10 +73,11 @@ type Proxy struct {
 }
 
 // StartProxy starts the braid-proxy binary bin for a workload in namespace, streaming
-// config from controlPlane; its logs go to logs. It returns once the admin port answers.
-func StartProxy(ctx context.Context, bin, controlPlane, namespace string, logs io.Writer) (*Proxy, error) {
-	return startProxy(ctx, bin, logs, "", "--control-plane", controlPlane, "--namespace", namespace,
-		"--proxy-id", "harness-proxy")
+// config from controlPlane; extraArgs are added to its command line (a later flag overrides
+// an earlier one); its logs go to logs. It returns once the admin port answers.
+func StartProxy(ctx context.Context, bin, controlPlane, namespace string, logs io.Writer, extraArgs ...string) (*Proxy, error) {
+	args := append([]string{"--control-plane", controlPlane, "--namespace", namespace, "--proxy-id", "harness-proxy"}, extraArgs...)
+	return startProxy(ctx, bin, logs, "", args...)
 }
 
 // StartStandaloneProxy starts the braid-proxy binary bin without a control plane

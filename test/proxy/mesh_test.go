@@ -6,8 +6,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -32,18 +30,11 @@ type meshPair struct {
 // identityArgs writes a workload certificate for shop/sa and returns the proxy flags to use it.
 func identityArgs(t *testing.T, ca *harness.TestCA, sa string) []string {
 	t.Helper()
-	w, err := ca.Issue("shop", sa, time.Hour)
+	args, err := ca.ProxyArgs(t.TempDir(), "shop", sa)
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
-	files := map[string][]byte{"tls.crt": w.ChainPEM, "tls.key": w.KeyPEM, "ca.crt": ca.Bundle}
-	for name, data := range files {
-		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return []string{"--cert-file", filepath.Join(dir, "tls.crt"), "--key-file", filepath.Join(dir, "tls.key"), "--trust-bundle-file", filepath.Join(dir, "ca.crt")}
+	return args
 }
 
 func freePort(t *testing.T) int {
