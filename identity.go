@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/go-logr/logr"
+	"k8s.io/utils/clock"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 
@@ -13,14 +15,36 @@ import (
 	"github.com/braidmesh/braid/internal/ca"
 )
 
-// setupIdentity runs the mesh CA and, unless addr is "0", serves the identity service
-// on addr over TLS. The operator's namespace and ServiceAccount come from the downward
-// API (POD_NAMESPACE, POD_SERVICE_ACCOUNT). The returned Holder gives the trust bundle.
-func setupIdentity(mgr manager.Manager, addr string, bundles bundleSink) (*ca.Holder, error) {
-	ns := cmp.Or(os.Getenv("POD_NAMESPACE"), "braid-system")
+// operatorNamespace and operatorServiceAccount come from the downward API
+// (POD_NAMESPACE, POD_SERVICE_ACCOUNT).
+func operatorNamespace() string { return cmp.Or(os.Getenv("POD_NAMESPACE"), "braid-system") }
+func operatorServiceAccount() string {
+	return cmp.Or(os.Getenv("POD_SERVICE_ACCOUNT"), "braid-operator")
+}
+
+// newServingCert is the operator's one serving certificate, for the Service
+// braid-operator.<ns>.svc: the identity server and the webhook server present it.
+// setupIdentity gives it the CA and runs it.
+func newServingCert(log logr.Logger) *ca.ServingCert {
+	ns := operatorNamespace()
+	return &ca.ServingCert{
+		Namespace: ns, ServiceAccount: operatorServiceAccount(), DNSNames: ca.ServingDNSNames(ns),
+		Clock: clock.RealClock{}, Log: log.WithName("serving-cert"),
+	}
+}
+
+// setupIdentity runs the mesh CA and the serving certificate signed from it (on every
+// replica) and, unless addr is "0", serves the identity service on addr over TLS with
+// that certificate. The returned Holder gives the trust bundle.
+func setupIdentity(mgr manager.Manager, addr string, bundles bundleSink, serving *ca.ServingCert) (*ca.Holder, error) {
+	ns := operatorNamespace()
 	holder, err := controllers.SetupIdentity(mgr, controllers.IdentityOptions{Namespace: ns})
 	if err != nil {
 		return nil, err
+	}
+	serving.Holder = holder
+	if err := mgr.Add(serving); err != nil {
+		return nil, fmt.Errorf("adding the serving certificate: %w", err)
 	}
 	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error { feedTrustBundle(ctx, holder, bundles); return nil })); err != nil {
 		return nil, fmt.Errorf("adding the trust bundle feed: %w", err)
@@ -30,8 +54,8 @@ func setupIdentity(mgr manager.Manager, addr string, bundles bundleSink) (*ca.Ho
 		return holder, nil
 	}
 	_, err = ca.AddServer(mgr, holder, ca.ServerOptions{
-		Address: addr, Namespace: ns, ServiceAccount: cmp.Or(os.Getenv("POD_SERVICE_ACCOUNT"), "braid-operator"),
-		Registry: metrics.Registry,
+		Address: addr, Namespace: ns, ServiceAccount: serving.ServiceAccount,
+		Registry: metrics.Registry, Serving: serving,
 	})
 	return holder, err
 }

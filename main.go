@@ -32,13 +32,20 @@ func main() {
 		debounce                           time.Duration
 		webhookCertDir                     string
 		identityAddr                       string
+		webhookCerts                       string
+		webhookPort                        int
+		validatingWebhook, mutatingWebhook string
 	)
 	flag.StringVar(&identityAddr, "identity-server-address", ":15011", "address proxies get their certificates from (TLS, on every replica); 0 disables it")
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "address of the metrics endpoint; 0 disables it")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address of /healthz and /readyz")
 	flag.StringVar(&configAddr, "config-server-address", ":15010", "address proxies stream their configuration from")
 	flag.BoolVar(&leaderElect, "leader-elect", false, "run one active operator among replicas (lease braid-operator)")
-	flag.StringVar(&webhookCertDir, "webhook-cert-dir", "", "serve the validating webhooks on :9443 with tls.crt and tls.key from this folder; empty serves none")
+	flag.StringVar(&webhookCertDir, "webhook-cert-dir", "", "a folder where OLM or cert-manager mounts the webhooks' tls.crt and tls.key (see --webhook-certs)")
+	flag.StringVar(&webhookCerts, "webhook-certs", webhookCertsAuto, "the webhooks' serving certificate: self (the operator's own, from the mesh CA; it keeps the webhook configurations' caBundle), dir (from --webhook-cert-dir, caBundle left to whoever mounted it), off (no webhooks), auto (dir if --webhook-cert-dir holds tls.crt and tls.key, else self in a pod, else off)")
+	flag.IntVar(&webhookPort, "webhook-port", 9443, "port the webhooks are served on, on every replica")
+	flag.StringVar(&validatingWebhook, "validating-webhook-configuration", controllers.DefaultValidatingWebhookConfiguration, "ValidatingWebhookConfiguration whose caBundle the operator keeps with --webhook-certs=self; empty keeps none")
+	flag.StringVar(&mutatingWebhook, "mutating-webhook-configuration", controllers.DefaultMutatingWebhookConfiguration, "MutatingWebhookConfiguration whose caBundle the operator keeps with --webhook-certs=self; empty keeps none")
 	flag.DurationVar(&debounce, "config-debounce", 10*time.Millisecond, "how long a configuration change waits for others before proxies get it")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(flag.CommandLine)
@@ -48,7 +55,8 @@ func main() {
 
 	if err := run(ctrl.SetupSignalHandler(), log, options{
 		metricsAddr: metricsAddr, probeAddr: probeAddr, configAddr: configAddr, leaderElect: leaderElect, debounce: debounce, webhookCertDir: webhookCertDir,
-		identityAddr: identityAddr,
+		identityAddr: identityAddr, webhookCerts: webhookCerts, webhookPort: webhookPort,
+		caBundles: controllers.CABundleOptions{ValidatingWebhookConfiguration: validatingWebhook, MutatingWebhookConfiguration: mutatingWebhook},
 	}); err != nil {
 		log.Error(err, "Operator failed")
 		os.Exit(1)
@@ -61,6 +69,9 @@ type options struct {
 	debounce                           time.Duration
 	webhookCertDir                     string
 	identityAddr                       string
+	webhookCerts                       string
+	webhookPort                        int
+	caBundles                          controllers.CABundleOptions
 }
 
 func run(ctx context.Context, log logr.Logger, o options) error {
@@ -72,8 +83,14 @@ func run(ctx context.Context, log logr.Logger, o options) error {
 	if err := srv.RegisterMetrics(metrics.Registry); err != nil {
 		return err
 	}
+	plan, err := planWebhooks(o.webhookCerts, o.webhookCertDir, configuredInCluster())
+	if err != nil {
+		return err
+	}
+	serving := newServingCert(log)
 	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), ctrl.Options{
 		Scheme: scheme,
+		Cache:  controllers.CacheOptions(),
 		Metrics: metricsserver.Options{
 			BindAddress:   o.metricsAddr,
 			ExtraHandlers: map[string]http.Handler{"/debug/proxies": srv.DebugHandler()},
@@ -82,7 +99,7 @@ func run(ctx context.Context, log logr.Logger, o options) error {
 		LeaderElection:                o.leaderElect,
 		LeaderElectionID:              "braid-operator",
 		LeaderElectionReleaseOnCancel: true,
-		WebhookServer:                 webhook.NewServer(webhook.Options{Port: 9443, CertDir: o.webhookCertDir}),
+		WebhookServer:                 webhook.NewServer(webhookServerOptions(plan, o.webhookPort, o.webhookCertDir, serving)),
 	})
 	if err != nil {
 		return fmt.Errorf("creating the manager: %w", err)
@@ -90,13 +107,23 @@ func run(ctx context.Context, log logr.Logger, o options) error {
 	if err := controllers.Setup(ctx, mgr, srv); err != nil {
 		return err
 	}
-	if _, err := setupIdentity(mgr, o.identityAddr, srv); err != nil {
+	holder, err := setupIdentity(mgr, o.identityAddr, srv, serving)
+	if err != nil {
 		return err
 	}
-	if o.webhookCertDir != "" {
+	if plan.mode != webhookCertsOff {
+		log.Info("Serving the webhooks", "certificate", plan.mode, "reason", plan.reason, "port", o.webhookPort)
 		webhooks.Setup(mgr.GetWebhookServer())
+		if err := webhooks.SetupInjector(ctx, mgr, webhooks.InjectorOptionsFromEnv()); err != nil {
+			return err
+		}
+		if plan.mode == webhookCertsSelf {
+			if err := controllers.SetupCABundles(mgr, holder, o.caBundles); err != nil {
+				return err
+			}
+		}
 	} else {
-		log.Info("Validating webhooks are off: no --webhook-cert-dir; invalid SMI objects are reported by their status conditions only")
+		log.Info("Webhooks are off; invalid SMI objects are reported by their status conditions only, and pods get no sidecar", "reason", plan.reason)
 	}
 	if err := mgr.Add(configServerRunnable(srv, o.configAddr)); err != nil {
 		return fmt.Errorf("adding the config server: %w", err)

@@ -44,6 +44,10 @@ type ServerOptions struct {
 	Registry prometheus.Registerer
 	// Listener, when set, is used instead of listening on Address (tests).
 	Listener net.Listener
+	// Serving, when set, is the serving certificate presented, shared with the
+	// operator's other servers; the caller runs it (adds it to the manager). When nil,
+	// AddServer makes one for the Service names of Namespace and runs it.
+	Serving *ServingCert
 }
 
 // Server serves the identity service over TLS with the operator's serving certificate.
@@ -70,13 +74,17 @@ func AddServer(mgr manager.Manager, holder *Holder, o ServerOptions) (*Server, e
 		return nil, fmt.Errorf("creating the TokenReview client: %w", err)
 	}
 	log := mgr.GetLogger().WithName("identity")
-	s := &Server{
-		Certifier: NewCertifier(log, identityserver.KubeTokenReviewer{Client: c}, clk),
-		Serving: &ServingCert{
+	serving, own := o.Serving, o.Serving == nil
+	if own {
+		serving = &ServingCert{
 			Holder: holder, Namespace: o.Namespace, ServiceAccount: o.ServiceAccount,
 			DNSNames: ServingDNSNames(o.Namespace), Clock: clk, Log: log.WithName("serving-cert"),
-		},
-		Address: o.Address, Listener: o.Listener, Log: log,
+		}
+	}
+	s := &Server{
+		Certifier: NewCertifier(log, identityserver.KubeTokenReviewer{Client: c}, clk),
+		Serving:   serving,
+		Address:   o.Address, Listener: o.Listener, Log: log,
 	}
 	if o.Registry != nil {
 		for _, col := range []prometheus.Collector{s.Certifier, NewExpiryCollector(holder, s.Serving)} {
@@ -85,8 +93,10 @@ func AddServer(mgr manager.Manager, holder *Holder, o ServerOptions) (*Server, e
 			}
 		}
 	}
-	if err := mgr.Add(s.Serving); err != nil {
-		return nil, fmt.Errorf("adding the serving certificate: %w", err)
+	if own {
+		if err := mgr.Add(s.Serving); err != nil {
+			return nil, fmt.Errorf("adding the serving certificate: %w", err)
+		}
 	}
 	if err := mgr.Add(s); err != nil {
 		return nil, fmt.Errorf("adding the identity server: %w", err)

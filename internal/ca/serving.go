@@ -49,6 +49,10 @@ func (s *ServingCert) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, er
 	return nil, ErrNoServingCert
 }
 
+// ConfigureTLS makes c present the certificate in use at each handshake; it fits
+// controller-runtime's webhook.Options.TLSOpts.
+func (s *ServingCert) ConfigureTLS(c *tls.Config) { c.GetCertificate = s.GetCertificate }
+
 // Certificate returns the certificate in use, or nil.
 func (s *ServingCert) Certificate() *tls.Certificate { return s.cert.Load() }
 
