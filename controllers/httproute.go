@@ -58,7 +58,23 @@ func toMeshRule(namespace string, rule gatewayv1.HTTPRouteRule) mesh.HTTPRouteRu
 	for _, b := range rule.BackendRefs {
 		out.Backends = append(out.Backends, toMeshBackend(namespace, b.BackendRef))
 	}
+	if t := rule.Timeouts; t != nil {
+		out.Timeouts = mesh.HTTPRouteTimeouts{Request: durationString(t.Request), BackendRequest: durationString(t.BackendRequest)}
+	}
+	if r := rule.Retry; r != nil {
+		out.Retry = &mesh.HTTPRouteRetry{Attempts: r.Attempts, Backoff: durationString(r.Backoff)}
+		for _, c := range r.Codes {
+			out.Retry.Codes = append(out.Retry.Codes, int(c))
+		}
+	}
 	return out
+}
+
+func durationString(d *gatewayv1.Duration) string {
+	if d == nil {
+		return ""
+	}
+	return string(*d)
 }
 
 func toMeshMatch(m gatewayv1.HTTPRouteMatch) mesh.HTTPRouteMatch {
@@ -108,12 +124,6 @@ func toMeshBackend(namespace string, b gatewayv1.BackendRef) mesh.HTTPBackendRef
 // unsupportedFeatures names what a rule sets that proxies cannot do yet.
 func unsupportedFeatures(rule gatewayv1.HTTPRouteRule) []string {
 	var out []string
-	if rule.Timeouts != nil {
-		out = append(out, "timeouts")
-	}
-	if rule.Retry != nil {
-		out = append(out, "retry")
-	}
 	if rule.SessionPersistence != nil {
 		out = append(out, "sessionPersistence")
 	}

@@ -199,3 +199,31 @@ func TestConsumerHTTPRouteIsNotSupportedYet(t *testing.T) {
 		t.Errorf("the message should say consumer routes are not supported: %q", c.Message)
 	}
 }
+
+// GAMMA timeouts reach the proxies' routes, and the route is accepted without a note
+// about them. (Retries map the same way, from the experimental channel's CRDs.)
+func TestHTTPRouteTimeoutsAreProgrammed(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	ns := namespace(ctx, t)
+	mustCreate(ctx, t, harness.Service(ns, "web", 80))
+	mustCreate(ctx, t, harness.Service(ns, "web-v1", 80))
+	parent := harness.ServiceParentRef("web")
+	rule := harness.Rule(nil, harness.BackendRef("web-v1", 80, 1))
+	rule.Timeouts = &gatewayv1.HTTPRouteTimeouts{Request: ptr.To(gatewayv1.Duration("2s")), BackendRequest: ptr.To(gatewayv1.Duration("500ms"))}
+	// retry is in Gateway API's experimental channel: the standard CRDs prune it.
+	route := harness.HTTPRoute(ns, "web", []gatewayv1.ParentReference{parent}, rule)
+	mustCreate(ctx, t, route)
+	p := waitRouteCondition(ctx, t, client.ObjectKeyFromObject(route), parent, gatewayv1.RouteConditionAccepted, metav1.ConditionTrue, gatewayv1.RouteReasonAccepted)
+	if c := harness.RouteCondition(p, gatewayv1.RouteConditionAccepted); strings.Contains(c.Message, "timeouts") {
+		t.Errorf("timeouts are supported; the Accepted message must not say otherwise: %q", c.Message)
+	}
+	waitSnapshot(ctx, t, func(s *api.Snapshot) bool {
+		port := harness.FindPort(s, ns, "web", 80)
+		if port == nil || len(port.GetRoutes()) == 0 {
+			return false
+		}
+		r := port.GetRoutes()[0]
+		return r.GetTimeout().AsDuration() == 2*time.Second && r.GetBackendRequestTimeout().AsDuration() == 500*time.Millisecond
+	})
+}

@@ -36,7 +36,9 @@ func prepareInbound(snap *api.Snapshot) (*inbound.Policy, error) {
 	return p, nil
 }
 
-// applyBundle installs the trust bundle a snapshot carries, when it differs from the last.
+// applyBundle installs the trust bundle a snapshot carries, when it differs from the last,
+// and hands it to the identity client, which renews the certificate when the bundle
+// names a new issuing root (its first).
 func (s *state) applyBundle(snap *api.Snapshot) error {
 	b := snap.GetTrustBundle()
 	if b == "" {
@@ -49,6 +51,9 @@ func (s *state) applyBundle(snap *api.Snapshot) error {
 		return fmt.Errorf("trust bundle: %w", err)
 	}
 	s.mesh.bundle.Store(&b)
+	if s.idc != nil {
+		s.idc.SetMeshBundle([]byte(b))
+	}
 	return nil
 }
 

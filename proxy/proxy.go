@@ -81,13 +81,18 @@ type state struct {
 	opts    *Options
 	metrics *telemetry.Metrics
 	ids     *tlsid.Store // the workload certificate and trust bundle of mTLS
-	mesh    meshState
+	// idc gets the certificate from the identity service; nil without one.
+	idc  *identity.Client
+	mesh meshState
+	// endpoints keeps the live state of endpoints (latency, ejections) and retry
+	// budgets across the tables of successive configurations.
+	endpoints *router.Registry
 }
 
 // apply builds a table from snap and swaps it in atomically; a snapshot that does not
 // build leaves the current table in place, and counts as a rejection.
 func (s *state) apply(snap *api.Snapshot) error {
-	t, err := router.Build(snap, s.opts.Namespace, s.opts.ClusterDomain)
+	t, err := s.endpoints.Build(snap, s.opts.Namespace, s.opts.ClusterDomain)
 	var policy *inbound.Policy
 	if err == nil {
 		policy, err = prepareInbound(snap)
@@ -111,9 +116,12 @@ func Run(ctx context.Context, log logr.Logger, opts Options) error {
 	if opts.Namespace == "" {
 		return errors.New("the proxy's namespace is required (--namespace or POD_NAMESPACE)")
 	}
-	st := &state{opts: &opts, metrics: telemetry.New(), ids: &tlsid.Store{}}
+	st := &state{opts: &opts, metrics: telemetry.New(), ids: &tlsid.Store{}, endpoints: router.NewRegistry(nil)}
 	if err := loadStaticIdentity(log, st); err != nil {
 		return err
+	}
+	if opts.IdentityAddr != "" {
+		st.idc = identityClient(log, st)
 	}
 	source, err := configSource(log, st)
 	if err != nil {
@@ -157,8 +165,8 @@ func Run(ctx context.Context, log logr.Logger, opts Options) error {
 	if in != nil {
 		g.Go(in.Serve)
 	}
-	if opts.IdentityAddr != "" {
-		g.Go(func() error { return identityClient(log, st).Run(gctx) })
+	if st.idc != nil {
+		g.Go(func() error { return st.idc.Run(gctx) })
 	}
 	g.Go(func() error {
 		<-gctx.Done()
@@ -198,6 +206,9 @@ func configSource(log logr.Logger, st *state) (func(ctx context.Context) error, 
 		Apply:      st.apply,
 		Log:        log.WithName("control-plane"),
 		MinBackoff: 100 * time.Millisecond, MaxBackoff: 5 * time.Second,
+	}
+	if st.idc != nil { // the Acks report the root the certificate chains to (root rotation)
+		cp.CertificateRoot, cp.RootChanged = st.idc.CertificateRoot, st.idc.RootChanged()
 	}
 	return cp.Run, nil
 }

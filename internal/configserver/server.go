@@ -45,6 +45,7 @@ type Server struct {
 	snapshot  *api.Snapshot      // the full snapshot of the current version, built lazily
 	policies  map[string]*Policy // inbound policy by namespace
 	bundle    string             // the trust bundle, PEM
+	bundleAt  uint64             // the version from which proxies run bundle
 	proxies   map[*proxyConn]struct{}
 	wakeArmed bool // a debounce timer will wake the streams
 
@@ -119,6 +120,9 @@ type proxyConn struct {
 	bundle  string       // the trust bundle last sent
 	nack    string       // the error of the last rejected version, until a later ACK
 	nacked  uint64       // the version nack is about
+	// certRoot is the fingerprint of the root the proxy's certificate chains to, as its
+	// last Ack said.
+	certRoot string
 }
 
 // ProxyStatus describes one connected proxy.
@@ -135,6 +139,9 @@ type ProxyStatus struct {
 	Nacked uint64
 	// Synced is true when the proxy runs the server's current version.
 	Synced bool
+	// CertificateRoot is the SHA-256 fingerprint of the root the proxy's workload
+	// certificate chains to, as the proxy last reported it; empty when it did not.
+	CertificateRoot string
 }
 
 // State is SYNCED, STALE (behind the current version) or REJECTED (its last answer was
@@ -229,15 +236,54 @@ func (s *Server) SetPolicy(namespace string, p *Policy) uint64 {
 	return s.bump(change{key: namespace, policy: true})
 }
 
-// SetTrustBundle sets the PEM roots proxies verify their peers against.
+// SetTrustBundle sets the PEM roots proxies verify their peers against. It returns the
+// version from which proxies run it.
 func (s *Server) SetTrustBundle(bundle string) uint64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if bundle == s.bundle {
-		return s.version
+		return s.bundleAt
 	}
 	s.bundle = bundle
-	return s.bump(change{policy: true})
+	s.bundleAt = s.bump(change{policy: true})
+	return s.bundleAt
+}
+
+// TrustBundleStatus counts the connected proxies that run the trust bundle bundle (they
+// acknowledged the version that carries it, or a later one), those that rejected it, and
+// the connected proxies; current is false when bundle is not the bundle the server
+// sends (not handed to it yet, or replaced since), and then acked is 0.
+func (s *Server) TrustBundleStatus(bundle string) (acked, rejected, connected int, current bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if bundle == "" || bundle != s.bundle {
+		return 0, 0, len(s.proxies), false
+	}
+	for p := range s.proxies {
+		switch {
+		case p.ackedAny && p.acked >= s.bundleAt:
+			acked++
+		case p.nack != "" && p.nacked >= s.bundleAt:
+			rejected++
+		}
+	}
+	return acked, rejected, len(s.proxies), true
+}
+
+// CertificateRootStatus counts the connected proxies whose workload certificate chains
+// to the root of SHA-256 fingerprint root, as their last Ack reported, and the connected
+// proxies; other names one proxy that is not on it yet ("" when all are).
+func (s *Server) CertificateRootStatus(root string) (on, connected int, other string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for p := range s.proxies {
+		if p.certRoot == root {
+			on++
+			continue
+		}
+		other = p.hello.GetProxyId()
+	}
+	return on, len(s.proxies), other
 }
 
 // policyVersion is the version the namespace's policy last changed at; callers hold s.mu.
@@ -417,7 +463,8 @@ func (s *Server) Proxies() []ProxyStatus {
 		out = append(out, ProxyStatus{
 			ID: p.hello.GetProxyId(), Namespace: p.hello.GetNamespace(), ServiceAccount: p.hello.GetServiceAccount(),
 			Connected: p.connected, Sent: p.sent, Acked: p.acked, Nack: p.nack, Nacked: p.nacked,
-			Synced: p.ackedAny && p.acked == s.version && p.nack == "",
+			Synced:          p.ackedAny && p.acked == s.version && p.nack == "",
+			CertificateRoot: p.certRoot,
 		})
 	}
 	slices.SortFunc(out, func(a, b ProxyStatus) int { return strings.Compare(a.ID, b.ID) })
@@ -547,6 +594,7 @@ func (s *Server) receiveAcks(stream api.ConfigService_StreamServer, p *proxyConn
 			s.mu.Unlock()
 			return status.Errorf(codes.InvalidArgument, "ack for version %d, which was never sent on this stream", ack.GetVersion())
 		}
+		p.certRoot = ack.GetCertificateRoot()
 		if ack.GetError() == "" {
 			v := ack.GetVersion()
 			if v == p.wire {

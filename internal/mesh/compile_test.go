@@ -79,6 +79,7 @@ func TestCompileService(t *testing.T) {
 		{name: "httproute-section-name"},
 		{name: "httproute-beats-split"},
 		{name: "httproute-missing-backend"},
+		{name: "httproute-timeouts-and-retry"},
 	}
 	listed := map[string]bool{}
 	for _, tc := range cases {
@@ -328,11 +329,7 @@ func (f *fixture) add(doc []byte) error {
 	case head.Kind == "HTTPRoute":
 		return f.addRoute(doc)
 	case head.Kind == "Workloads":
-		var d workloadsDoc
-		if err := yaml.UnmarshalStrict(doc, &d); err != nil {
-			return err
-		}
-		f.workloads, f.trustDomain = d.Pods, d.TrustDomain
+		return f.addWorkloads(doc)
 	case head.Kind == "" && isBlank(doc):
 		// Comments only, such as the description at the top of a file.
 	default:
@@ -397,7 +394,9 @@ type routeDoc struct {
 			Port      int32  `json:"port,omitempty"`
 			Weight    *int32 `json:"weight,omitempty"`
 		} `json:"backends,omitempty"`
-		Unsupported []string `json:"unsupported,omitempty"`
+		Timeouts    HTTPRouteTimeouts `json:"timeouts,omitzero"`
+		Retry       *HTTPRouteRetry   `json:"retry,omitempty"`
+		Unsupported []string          `json:"unsupported,omitempty"`
 	} `json:"rules"`
 }
 
@@ -407,7 +406,7 @@ func (d routeDoc) route() HTTPRoute {
 		r.Parents = append(r.Parents, ServiceParent{Namespace: cmp.Or(p.Namespace, d.Namespace), Name: p.Name, SectionName: p.SectionName, Port: p.Port})
 	}
 	for _, dr := range d.Rules {
-		rule := HTTPRouteRule{Name: dr.Name, Unsupported: dr.Unsupported}
+		rule := HTTPRouteRule{Name: dr.Name, Timeouts: dr.Timeouts, Retry: dr.Retry, Unsupported: dr.Unsupported}
 		for _, m := range dr.Matches {
 			rm := HTTPRouteMatch{Method: m.Method, Headers: m.Headers, QueryParams: m.QueryParams}
 			if m.Path != nil {
@@ -521,4 +520,13 @@ func allBackends(p *api.ServicePort) []*api.Backend {
 		out = append(out, r.GetBackends()...)
 	}
 	return out
+}
+
+func (f *fixture) addWorkloads(doc []byte) error {
+	var d workloadsDoc
+	if err := yaml.UnmarshalStrict(doc, &d); err != nil {
+		return err
+	}
+	f.workloads, f.trustDomain = d.Pods, d.TrustDomain
+	return nil
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"golang.org/x/net/http/httpguts"
+	"google.golang.org/protobuf/types/known/durationpb"
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/braidmesh/braid/proxy/api"
@@ -49,10 +50,35 @@ type HTTPRouteRule struct {
 	// Matches are alternatives; none means every request (Gateway API: PathPrefix "/").
 	Matches  []HTTPRouteMatch
 	Backends []HTTPBackendRef
-	// Unsupported names what the rule asks for that proxies cannot do yet (timeouts,
-	// filters, retries): the rule is programmed without it, and the route's Accepted
+	// Timeouts are the rule's timeouts (Gateway API's HTTPRouteTimeouts).
+	Timeouts HTTPRouteTimeouts
+	// Retry is the rule's retry policy (Gateway API's HTTPRouteRetry); nil when unset,
+	// and proxies then retry connection failures once.
+	Retry *HTTPRouteRetry
+	// Unsupported names what the rule asks for that proxies cannot do yet (filters,
+	// session persistence): the rule is programmed without it, and the route's Accepted
 	// condition says so.
 	Unsupported []string
+}
+
+// HTTPRouteTimeouts are a rule's timeouts, in Gateway API's duration format ("10s",
+// "500ms", "1h30m"); empty when unset, and "0s" disables one.
+type HTTPRouteTimeouts struct {
+	// Request bounds the whole request, from its arrival at the client's proxy to the
+	// end of its response, retries included.
+	Request string
+	// BackendRequest bounds each attempt at an endpoint.
+	BackendRequest string
+}
+
+// HTTPRouteRetry is a rule's retry policy.
+type HTTPRouteRetry struct {
+	// Codes are the response statuses retried; connection failures always are.
+	Codes []int
+	// Attempts is the most times a request is retried; nil for the proxies' default (1).
+	Attempts *int
+	// Backoff is the wait between attempts, which proxies do not support yet: ignored.
+	Backoff string
 }
 
 // Path match types of Gateway API.
@@ -190,6 +216,7 @@ func CheckHTTPRouteParent(r HTTPRoute, p ServiceParent, svc *corev1.Service) Ver
 	}
 	notes := []string{fmt.Sprintf("attached to service %s on %s", p.Name, describePorts(ports))}
 	notes = append(notes, unsupportedNotes(r)...)
+	notes = append(notes, policyNotes(r)...)
 	return Verdict{Accepted: true, Reason: ReasonAccepted, Message: strings.Join(notes, "; ")}
 }
 
@@ -346,7 +373,13 @@ func httpRouteRoutes(routes []HTTPRoute, services map[string]Endpoints) []*api.R
 			continue
 		}
 		r := routes[m.route]
-		out = append(out, &api.Route{Matches: []*api.HTTPMatch{m.wire}, Backends: ruleBackends(r.Namespace, r.Rules[m.rule].Backends, services)})
+		route := &api.Route{
+			Name:     fmt.Sprintf("%s/rules[%d]", r.Key(), m.rule),
+			Matches:  []*api.HTTPMatch{m.wire},
+			Backends: ruleBackends(r.Namespace, r.Rules[m.rule].Backends, services),
+		}
+		rulePolicies(r.Rules[m.rule], route)
+		out = append(out, route)
 	}
 	return out
 }
@@ -480,6 +513,86 @@ func RoutedPorts(svc *corev1.Service, routes []HTTPRoute) []int32 {
 		if slices.ContainsFunc(routes, func(r HTTPRoute) bool { return r.attachesTo(svc, sp) }) {
 			out = append(out, sp.Port)
 		}
+	}
+	return out
+}
+
+// gatewayDuration is Gateway API's duration format (GEP-2257): one to four numbers of
+// at most five digits, each with a unit among h, m, s and ms.
+var gatewayDuration = regexp.MustCompile(`^([0-9]{1,5}(h|m|s|ms)){1,4}$`)
+
+// maxRetryAttempts is the most retries a proxy route takes.
+const maxRetryAttempts = 10
+
+// parseGatewayDuration parses a Gateway API duration.
+func parseGatewayDuration(s string) (time.Duration, error) {
+	if !gatewayDuration.MatchString(s) {
+		return 0, fmt.Errorf("%q is not a Gateway API duration (such as 10s, 500ms or 1h30m)", s)
+	}
+	return time.ParseDuration(s)
+}
+
+// rulePolicies sets a proxy route's timeouts and retry policy from its rule's. What does
+// not parse is left out, and policyNotes says so.
+func rulePolicies(rule HTTPRouteRule, out *api.Route) {
+	if d, err := parseGatewayDuration(rule.Timeouts.Request); err == nil && d > 0 {
+		out.Timeout = durationpb.New(d)
+	}
+	if d, err := parseGatewayDuration(rule.Timeouts.BackendRequest); err == nil && d > 0 {
+		out.BackendRequestTimeout = durationpb.New(d)
+	}
+	if rule.Retry == nil {
+		return
+	}
+	rp := &api.RetryPolicy{}
+	for _, code := range rule.Retry.Codes {
+		if code >= 400 && code <= 599 {
+			rp.RetryOn = append(rp.RetryOn, uint32(code))
+		}
+	}
+	if a := rule.Retry.Attempts; a != nil {
+		n := uint32(min(max(*a, 0), maxRetryAttempts))
+		rp.Retries = &n
+	}
+	out.Retry = rp
+}
+
+// policyNotes describes what of the rules' timeouts and retries proxies leave out.
+func policyNotes(r HTTPRoute) []string {
+	var out []string
+	for i, rule := range r.Rules {
+		request, errReq := parseGatewayDuration(rule.Timeouts.Request)
+		backend, errBackend := parseGatewayDuration(rule.Timeouts.BackendRequest)
+		if rule.Timeouts.Request != "" && errReq != nil {
+			out = append(out, fmt.Sprintf("spec.rules[%d].timeouts.request: %v, ignored", i, errReq))
+		}
+		if rule.Timeouts.BackendRequest != "" && errBackend != nil {
+			out = append(out, fmt.Sprintf("spec.rules[%d].timeouts.backendRequest: %v, ignored", i, errBackend))
+		}
+		if errReq == nil && errBackend == nil && request > 0 && backend > request {
+			out = append(out, fmt.Sprintf("spec.rules[%d].timeouts: backendRequest %s is longer than request %s, which ends the request first",
+				i, rule.Timeouts.BackendRequest, rule.Timeouts.Request))
+		}
+		out = append(out, retryNotes(i, rule.Retry)...)
+	}
+	return out
+}
+
+func retryNotes(i int, retry *HTTPRouteRetry) []string {
+	if retry == nil {
+		return nil
+	}
+	var out []string
+	for _, code := range retry.Codes {
+		if code < 400 || code > 599 {
+			out = append(out, fmt.Sprintf("spec.rules[%d].retry.codes: %d is not a 4xx or 5xx status, ignored", i, code))
+		}
+	}
+	if a := retry.Attempts; a != nil && *a > maxRetryAttempts {
+		out = append(out, fmt.Sprintf("spec.rules[%d].retry.attempts: %d, capped at %d", i, *a, maxRetryAttempts))
+	}
+	if retry.Backoff != "" {
+		out = append(out, fmt.Sprintf("spec.rules[%d].retry.backoff: not supported yet, ignored (retries go at once, to another endpoint)", i))
 	}
 	return out
 }

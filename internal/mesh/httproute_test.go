@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -159,5 +160,61 @@ func TestDroppedMatches(t *testing.T) {
 	if len(got) != 4 || !strings.HasPrefix(got[0], "spec.rules[0].matches[1]") || !strings.Contains(got[1], "query parameter") ||
 		!strings.Contains(got[3], "Host header") {
 		t.Errorf("DroppedMatches = %q", got)
+	}
+}
+
+func TestRulePoliciesFromGatewayAPI(t *testing.T) {
+	two, twenty := 2, 20
+	cases := []struct {
+		name               string
+		rule               HTTPRouteRule
+		timeout, backendTO time.Duration
+		retries            *uint32
+		retryOn            []uint32
+		note               string
+	}{
+		{name: "none", rule: HTTPRouteRule{}},
+		{name: "both timeouts", rule: HTTPRouteRule{Timeouts: HTTPRouteTimeouts{Request: "10s", BackendRequest: "500ms"}}, timeout: 10 * time.Second, backendTO: 500 * time.Millisecond},
+		{name: "compound", rule: HTTPRouteRule{Timeouts: HTTPRouteTimeouts{Request: "1h30m"}}, timeout: 90 * time.Minute},
+		{name: "zero disables", rule: HTTPRouteRule{Timeouts: HTTPRouteTimeouts{Request: "0s"}}},
+		{name: "not a gateway duration", rule: HTTPRouteRule{Timeouts: HTTPRouteTimeouts{Request: "1.5s", BackendRequest: "-1s"}},
+			note: `spec.rules[0].timeouts.request: "1.5s" is not a Gateway API duration`},
+		{name: "backend longer", rule: HTTPRouteRule{Timeouts: HTTPRouteTimeouts{Request: "1s", BackendRequest: "2s"}}, timeout: time.Second, backendTO: 2 * time.Second,
+			note: "backendRequest 2s is longer than request 1s"},
+		{name: "retry", rule: HTTPRouteRule{Retry: &HTTPRouteRetry{Codes: []int{502, 503}, Attempts: &two}}, retries: new(uint32(2)), retryOn: []uint32{502, 503}},
+		{name: "retry capped", rule: HTTPRouteRule{Retry: &HTTPRouteRetry{Codes: []int{200}, Attempts: &twenty, Backoff: "100ms"}}, retries: new(uint32(10)),
+			note: "spec.rules[0].retry.attempts: 20, capped at 10"},
+	}
+	for _, tc := range cases {
+		route := HTTPRoute{Namespace: "shop", Name: "r", Rules: []HTTPRouteRule{tc.rule}}
+		out := &api.Route{}
+		rulePolicies(tc.rule, out)
+		if got := out.GetTimeout().AsDuration(); got != tc.timeout {
+			t.Errorf("%s: timeout %s, want %s", tc.name, got, tc.timeout)
+		}
+		if got := out.GetBackendRequestTimeout().AsDuration(); got != tc.backendTO {
+			t.Errorf("%s: backend request timeout %s, want %s", tc.name, got, tc.backendTO)
+		}
+		if (tc.retries == nil) != (out.GetRetry().GetRetries() == 0) || (tc.retries != nil && *tc.retries != out.GetRetry().GetRetries()) ||
+			!slices.Equal(out.GetRetry().GetRetryOn(), tc.retryOn) {
+			t.Errorf("%s: retry %v, want %v retries on %v", tc.name, out.GetRetry(), tc.retries, tc.retryOn)
+		}
+		notes := strings.Join(policyNotes(route), "; ")
+		if (tc.note == "") != (notes == "") || !strings.Contains(notes, tc.note) {
+			t.Errorf("%s: notes %q, want %q", tc.name, notes, tc.note)
+		}
+	}
+}
+
+// Timeouts and retries are programmed, so the route's Accepted message no longer calls
+// them unsupported; what is left out (a retry backoff) is named.
+func TestAcceptedMessageNamesIgnoredPolicies(t *testing.T) {
+	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "reviews"}, Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80}}}}
+	route := HTTPRoute{Namespace: "shop", Name: "r", Rules: []HTTPRouteRule{{
+		Timeouts: HTTPRouteTimeouts{Request: "10s"}, Retry: &HTTPRouteRetry{Codes: []int{503}, Backoff: "1s"},
+	}}}
+	v := CheckHTTPRouteParent(route, ServiceParent{Namespace: "shop", Name: "reviews"}, svc)
+	if !v.Accepted || strings.Contains(v.Message, "timeouts") || !strings.Contains(v.Message, "retry.backoff: not supported yet") {
+		t.Errorf("verdict %+v", v)
 	}
 }

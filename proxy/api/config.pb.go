@@ -16,6 +16,7 @@ package api
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -237,9 +238,16 @@ type Ack struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Version uint64                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
 	// error is empty when the proxy applied the version; otherwise it says why not (NACK).
-	Error         string `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Error string `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
+	// certificate_root is the SHA-256 fingerprint (colon-separated upper-case hex, as
+	// `openssl x509 -fingerprint -sha256` prints it) of the root of the trust bundle the
+	// proxy's workload certificate chains to; empty without a certificate, or when it
+	// chains to no root of the bundle. A proxy whose certificate changes root sends the
+	// Ack of the version it runs again, with the new root: the operator waits for every
+	// proxy to be on the new root before it drops the old one (root rotation).
+	CertificateRoot string `protobuf:"bytes,3,opt,name=certificate_root,json=certificateRoot,proto3" json:"certificate_root,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Ack) Reset() {
@@ -282,6 +290,13 @@ func (x *Ack) GetVersion() uint64 {
 func (x *Ack) GetError() string {
 	if x != nil {
 		return x.Error
+	}
+	return ""
+}
+
+func (x *Ack) GetCertificateRoot() string {
+	if x != nil {
+		return x.CertificateRoot
 	}
 	return ""
 }
@@ -703,13 +718,35 @@ func (x *ServicePort) GetProtocol() Protocol {
 }
 
 // Route sends the requests it matches to its backends, shared by weight (weight / sum).
+// Within the backend picked, each request (each opaque connection) goes to one of two
+// endpoints drawn at random: the one with the lower latency (a decaying average) times
+// requests in flight.
 type Route struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// matches are alternatives (OR); a route without matches takes every request.
-	Matches       []*HTTPMatch `protobuf:"bytes,1,rep,name=matches,proto3" json:"matches,omitempty"`
-	Backends      []*Backend   `protobuf:"bytes,2,rep,name=backends,proto3" json:"backends,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Matches  []*HTTPMatch `protobuf:"bytes,1,rep,name=matches,proto3" json:"matches,omitempty"`
+	Backends []*Backend   `protobuf:"bytes,2,rep,name=backends,proto3" json:"backends,omitempty"`
+	// name identifies the route in the proxy's own answers (a 504 names the route whose
+	// timeout fired), for humans; empty: "<service> port <n> route <index>".
+	Name string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	// timeout bounds a whole request: from its arrival at the proxy to the end of its
+	// response, retries included. When it fires before the response has started, the
+	// proxy answers 504; after, the response is cut off. Unset or zero: no timeout.
+	Timeout *durationpb.Duration `protobuf:"bytes,4,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	// backend_request_timeout bounds each attempt at an endpoint, from when the proxy
+	// starts sending it to the end of its response. Unset or zero: no timeout.
+	BackendRequestTimeout *durationpb.Duration `protobuf:"bytes,5,opt,name=backend_request_timeout,json=backendRequestTimeout,proto3" json:"backend_request_timeout,omitempty"`
+	// retry says which failed requests are tried again on another endpoint. Unset: the
+	// defaults of RetryPolicy (one retry, on connection failures only).
+	Retry *RetryPolicy `protobuf:"bytes,6,opt,name=retry,proto3" json:"retry,omitempty"`
+	// outlier_detection ejects failing endpoints for a while. Unset: its defaults.
+	OutlierDetection *OutlierDetection `protobuf:"bytes,7,opt,name=outlier_detection,json=outlierDetection,proto3" json:"outlier_detection,omitempty"`
+	// max_requests_per_endpoint caps the requests (and opaque connections) in flight to
+	// one endpoint, beyond which the proxy picks another endpoint, or answers 503 when
+	// every endpoint of the backend is at the cap. 0: 10000.
+	MaxRequestsPerEndpoint uint32 `protobuf:"varint,8,opt,name=max_requests_per_endpoint,json=maxRequestsPerEndpoint,proto3" json:"max_requests_per_endpoint,omitempty"`
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
 }
 
 func (x *Route) Reset() {
@@ -756,6 +793,200 @@ func (x *Route) GetBackends() []*Backend {
 	return nil
 }
 
+func (x *Route) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Route) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
+func (x *Route) GetBackendRequestTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.BackendRequestTimeout
+	}
+	return nil
+}
+
+func (x *Route) GetRetry() *RetryPolicy {
+	if x != nil {
+		return x.Retry
+	}
+	return nil
+}
+
+func (x *Route) GetOutlierDetection() *OutlierDetection {
+	if x != nil {
+		return x.OutlierDetection
+	}
+	return nil
+}
+
+func (x *Route) GetMaxRequestsPerEndpoint() uint32 {
+	if x != nil {
+		return x.MaxRequestsPerEndpoint
+	}
+	return 0
+}
+
+// RetryPolicy retries failed requests on another endpoint of the same backend when the
+// backend has one, within a retry budget. A request is retried when:
+//   - the connection to the endpoint failed (refused, timed out, TLS handshake): any
+//     method, since nothing reached the application;
+//   - or the endpoint answered one of retry_on, or the connection broke after the
+//     request was sent: only idempotent methods (GET, HEAD, OPTIONS, PUT, DELETE, TRACE)
+//     and requests without a body.
+//
+// A request body is replayed only when it is known to be at most 64 KiB (the proxy
+// buffers it); a longer or streamed body (gRPC) is retried only on connection failures.
+type RetryPolicy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// retries is the most times one request is retried after its first attempt. Unset: 1.
+	Retries *uint32 `protobuf:"varint,1,opt,name=retries,proto3,oneof" json:"retries,omitempty"`
+	// retry_on lists the response statuses retried (for example 502, 503). Unset: none,
+	// only connection failures are retried.
+	RetryOn []uint32 `protobuf:"varint,2,rep,packed,name=retry_on,json=retryOn,proto3" json:"retry_on,omitempty"`
+	// The retry budget: over the last 10 seconds, retries may add at most budget_percent
+	// of the requests, plus min_retries_per_second × 10. Unset: 20 and 10. The budget is
+	// per destination Service port and route, shared by the proxy's requests there.
+	BudgetPercent       *uint32 `protobuf:"varint,3,opt,name=budget_percent,json=budgetPercent,proto3,oneof" json:"budget_percent,omitempty"`
+	MinRetriesPerSecond *uint32 `protobuf:"varint,4,opt,name=min_retries_per_second,json=minRetriesPerSecond,proto3,oneof" json:"min_retries_per_second,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
+func (x *RetryPolicy) Reset() {
+	*x = RetryPolicy{}
+	mi := &file_config_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryPolicy) ProtoMessage() {}
+
+func (x *RetryPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_config_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryPolicy.ProtoReflect.Descriptor instead.
+func (*RetryPolicy) Descriptor() ([]byte, []int) {
+	return file_config_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *RetryPolicy) GetRetries() uint32 {
+	if x != nil && x.Retries != nil {
+		return *x.Retries
+	}
+	return 0
+}
+
+func (x *RetryPolicy) GetRetryOn() []uint32 {
+	if x != nil {
+		return x.RetryOn
+	}
+	return nil
+}
+
+func (x *RetryPolicy) GetBudgetPercent() uint32 {
+	if x != nil && x.BudgetPercent != nil {
+		return *x.BudgetPercent
+	}
+	return 0
+}
+
+func (x *RetryPolicy) GetMinRetriesPerSecond() uint32 {
+	if x != nil && x.MinRetriesPerSecond != nil {
+		return *x.MinRetriesPerSecond
+	}
+	return 0
+}
+
+// OutlierDetection ejects an endpoint after consecutive failures (connection failures
+// and 5xx answers): it gets no requests until its ejection ends. The ejection lasts
+// base_ejection_time times the number of times it was ejected in a row (at most 10
+// times); at most max_ejection_percent of a backend's endpoints are ejected at once.
+type OutlierDetection struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// consecutive_failures ejects an endpoint after this many failures in a row.
+	// Unset: 5; 0: never eject.
+	ConsecutiveFailures *uint32 `protobuf:"varint,1,opt,name=consecutive_failures,json=consecutiveFailures,proto3,oneof" json:"consecutive_failures,omitempty"`
+	// base_ejection_time is the first ejection's length. Unset: 30 s.
+	BaseEjectionTime *durationpb.Duration `protobuf:"bytes,2,opt,name=base_ejection_time,json=baseEjectionTime,proto3" json:"base_ejection_time,omitempty"`
+	// max_ejection_percent of a backend's endpoints may be ejected at once. Unset: 50.
+	MaxEjectionPercent *uint32 `protobuf:"varint,3,opt,name=max_ejection_percent,json=maxEjectionPercent,proto3,oneof" json:"max_ejection_percent,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *OutlierDetection) Reset() {
+	*x = OutlierDetection{}
+	mi := &file_config_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OutlierDetection) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OutlierDetection) ProtoMessage() {}
+
+func (x *OutlierDetection) ProtoReflect() protoreflect.Message {
+	mi := &file_config_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OutlierDetection.ProtoReflect.Descriptor instead.
+func (*OutlierDetection) Descriptor() ([]byte, []int) {
+	return file_config_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *OutlierDetection) GetConsecutiveFailures() uint32 {
+	if x != nil && x.ConsecutiveFailures != nil {
+		return *x.ConsecutiveFailures
+	}
+	return 0
+}
+
+func (x *OutlierDetection) GetBaseEjectionTime() *durationpb.Duration {
+	if x != nil {
+		return x.BaseEjectionTime
+	}
+	return nil
+}
+
+func (x *OutlierDetection) GetMaxEjectionPercent() uint32 {
+	if x != nil && x.MaxEjectionPercent != nil {
+		return *x.MaxEjectionPercent
+	}
+	return 0
+}
+
 // HTTPMatch admits a request when every field it sets matches (AND).
 type HTTPMatch struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -773,7 +1004,7 @@ type HTTPMatch struct {
 
 func (x *HTTPMatch) Reset() {
 	*x = HTTPMatch{}
-	mi := &file_config_proto_msgTypes[9]
+	mi := &file_config_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -785,7 +1016,7 @@ func (x *HTTPMatch) String() string {
 func (*HTTPMatch) ProtoMessage() {}
 
 func (x *HTTPMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[9]
+	mi := &file_config_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -798,7 +1029,7 @@ func (x *HTTPMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HTTPMatch.ProtoReflect.Descriptor instead.
 func (*HTTPMatch) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{9}
+	return file_config_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *HTTPMatch) GetName() string {
@@ -840,7 +1071,7 @@ type HeaderMatch struct {
 
 func (x *HeaderMatch) Reset() {
 	*x = HeaderMatch{}
-	mi := &file_config_proto_msgTypes[10]
+	mi := &file_config_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -852,7 +1083,7 @@ func (x *HeaderMatch) String() string {
 func (*HeaderMatch) ProtoMessage() {}
 
 func (x *HeaderMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[10]
+	mi := &file_config_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -865,7 +1096,7 @@ func (x *HeaderMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeaderMatch.ProtoReflect.Descriptor instead.
 func (*HeaderMatch) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{10}
+	return file_config_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *HeaderMatch) GetName() string {
@@ -897,7 +1128,7 @@ type Backend struct {
 
 func (x *Backend) Reset() {
 	*x = Backend{}
-	mi := &file_config_proto_msgTypes[11]
+	mi := &file_config_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -909,7 +1140,7 @@ func (x *Backend) String() string {
 func (*Backend) ProtoMessage() {}
 
 func (x *Backend) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[11]
+	mi := &file_config_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -922,7 +1153,7 @@ func (x *Backend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Backend.ProtoReflect.Descriptor instead.
 func (*Backend) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{11}
+	return file_config_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Backend) GetService() string {
@@ -970,7 +1201,7 @@ type Endpoint struct {
 
 func (x *Endpoint) Reset() {
 	*x = Endpoint{}
-	mi := &file_config_proto_msgTypes[12]
+	mi := &file_config_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -982,7 +1213,7 @@ func (x *Endpoint) String() string {
 func (*Endpoint) ProtoMessage() {}
 
 func (x *Endpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[12]
+	mi := &file_config_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -995,7 +1226,7 @@ func (x *Endpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Endpoint.ProtoReflect.Descriptor instead.
 func (*Endpoint) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{12}
+	return file_config_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Endpoint) GetIp() string {
@@ -1030,7 +1261,7 @@ var File_config_proto protoreflect.FileDescriptor
 
 const file_config_proto_rawDesc = "" +
 	"\n" +
-	"\fconfig.proto\x12\x0ebraid.proxy.v1\"o\n" +
+	"\fconfig.proto\x12\x0ebraid.proxy.v1\x1a\x1egoogle/protobuf/duration.proto\"o\n" +
 	"\rStreamRequest\x12-\n" +
 	"\x05hello\x18\x01 \x01(\v2\x15.braid.proxy.v1.HelloH\x00R\x05hello\x12'\n" +
 	"\x03ack\x18\x02 \x01(\v2\x13.braid.proxy.v1.AckH\x00R\x03ackB\x06\n" +
@@ -1038,10 +1269,11 @@ const file_config_proto_rawDesc = "" +
 	"\x05Hello\x12\x19\n" +
 	"\bproxy_id\x18\x01 \x01(\tR\aproxyId\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12'\n" +
-	"\x0fservice_account\x18\x03 \x01(\tR\x0eserviceAccount\"5\n" +
+	"\x0fservice_account\x18\x03 \x01(\tR\x0eserviceAccount\"`\n" +
 	"\x03Ack\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x12\x14\n" +
-	"\x05error\x18\x02 \x01(\tR\x05error\"\xdd\x01\n" +
+	"\x05error\x18\x02 \x01(\tR\x05error\x12)\n" +
+	"\x10certificate_root\x18\x03 \x01(\tR\x0fcertificateRoot\"\xdd\x01\n" +
 	"\bSnapshot\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x123\n" +
 	"\bservices\x18\x02 \x03(\v2\x17.braid.proxy.v1.ServiceR\bservices\x12\x12\n" +
@@ -1077,10 +1309,31 @@ const file_config_proto_rawDesc = "" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12-\n" +
 	"\x06routes\x18\x03 \x03(\v2\x15.braid.proxy.v1.RouteR\x06routes\x12\x14\n" +
 	"\x05split\x18\x04 \x01(\tR\x05split\x124\n" +
-	"\bprotocol\x18\x05 \x01(\x0e2\x18.braid.proxy.v1.ProtocolR\bprotocol\"q\n" +
+	"\bprotocol\x18\x05 \x01(\x0e2\x18.braid.proxy.v1.ProtocolR\bprotocol\"\xca\x03\n" +
 	"\x05Route\x123\n" +
 	"\amatches\x18\x01 \x03(\v2\x19.braid.proxy.v1.HTTPMatchR\amatches\x123\n" +
-	"\bbackends\x18\x02 \x03(\v2\x17.braid.proxy.v1.BackendR\bbackends\"\x8f\x01\n" +
+	"\bbackends\x18\x02 \x03(\v2\x17.braid.proxy.v1.BackendR\bbackends\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\x123\n" +
+	"\atimeout\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12Q\n" +
+	"\x17backend_request_timeout\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x15backendRequestTimeout\x121\n" +
+	"\x05retry\x18\x06 \x01(\v2\x1b.braid.proxy.v1.RetryPolicyR\x05retry\x12M\n" +
+	"\x11outlier_detection\x18\a \x01(\v2 .braid.proxy.v1.OutlierDetectionR\x10outlierDetection\x129\n" +
+	"\x19max_requests_per_endpoint\x18\b \x01(\rR\x16maxRequestsPerEndpoint\"\xe7\x01\n" +
+	"\vRetryPolicy\x12\x1d\n" +
+	"\aretries\x18\x01 \x01(\rH\x00R\aretries\x88\x01\x01\x12\x19\n" +
+	"\bretry_on\x18\x02 \x03(\rR\aretryOn\x12*\n" +
+	"\x0ebudget_percent\x18\x03 \x01(\rH\x01R\rbudgetPercent\x88\x01\x01\x128\n" +
+	"\x16min_retries_per_second\x18\x04 \x01(\rH\x02R\x13minRetriesPerSecond\x88\x01\x01B\n" +
+	"\n" +
+	"\b_retriesB\x11\n" +
+	"\x0f_budget_percentB\x19\n" +
+	"\x17_min_retries_per_second\"\xfc\x01\n" +
+	"\x10OutlierDetection\x126\n" +
+	"\x14consecutive_failures\x18\x01 \x01(\rH\x00R\x13consecutiveFailures\x88\x01\x01\x12G\n" +
+	"\x12base_ejection_time\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x10baseEjectionTime\x125\n" +
+	"\x14max_ejection_percent\x18\x03 \x01(\rH\x01R\x12maxEjectionPercent\x88\x01\x01B\x17\n" +
+	"\x15_consecutive_failuresB\x17\n" +
+	"\x15_max_ejection_percent\"\x8f\x01\n" +
 	"\tHTTPMatch\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
 	"\n" +
@@ -1123,23 +1376,26 @@ func file_config_proto_rawDescGZIP() []byte {
 }
 
 var file_config_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_config_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_config_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_config_proto_goTypes = []any{
-	(Protocol)(0),         // 0: braid.proxy.v1.Protocol
-	(*StreamRequest)(nil), // 1: braid.proxy.v1.StreamRequest
-	(*Hello)(nil),         // 2: braid.proxy.v1.Hello
-	(*Ack)(nil),           // 3: braid.proxy.v1.Ack
-	(*Snapshot)(nil),      // 4: braid.proxy.v1.Snapshot
-	(*Inbound)(nil),       // 5: braid.proxy.v1.Inbound
-	(*Authorization)(nil), // 6: braid.proxy.v1.Authorization
-	(*Service)(nil),       // 7: braid.proxy.v1.Service
-	(*ServicePort)(nil),   // 8: braid.proxy.v1.ServicePort
-	(*Route)(nil),         // 9: braid.proxy.v1.Route
-	(*HTTPMatch)(nil),     // 10: braid.proxy.v1.HTTPMatch
-	(*HeaderMatch)(nil),   // 11: braid.proxy.v1.HeaderMatch
-	(*Backend)(nil),       // 12: braid.proxy.v1.Backend
-	(*Endpoint)(nil),      // 13: braid.proxy.v1.Endpoint
-	nil,                   // 14: braid.proxy.v1.Inbound.PortsEntry
+	(Protocol)(0),               // 0: braid.proxy.v1.Protocol
+	(*StreamRequest)(nil),       // 1: braid.proxy.v1.StreamRequest
+	(*Hello)(nil),               // 2: braid.proxy.v1.Hello
+	(*Ack)(nil),                 // 3: braid.proxy.v1.Ack
+	(*Snapshot)(nil),            // 4: braid.proxy.v1.Snapshot
+	(*Inbound)(nil),             // 5: braid.proxy.v1.Inbound
+	(*Authorization)(nil),       // 6: braid.proxy.v1.Authorization
+	(*Service)(nil),             // 7: braid.proxy.v1.Service
+	(*ServicePort)(nil),         // 8: braid.proxy.v1.ServicePort
+	(*Route)(nil),               // 9: braid.proxy.v1.Route
+	(*RetryPolicy)(nil),         // 10: braid.proxy.v1.RetryPolicy
+	(*OutlierDetection)(nil),    // 11: braid.proxy.v1.OutlierDetection
+	(*HTTPMatch)(nil),           // 12: braid.proxy.v1.HTTPMatch
+	(*HeaderMatch)(nil),         // 13: braid.proxy.v1.HeaderMatch
+	(*Backend)(nil),             // 14: braid.proxy.v1.Backend
+	(*Endpoint)(nil),            // 15: braid.proxy.v1.Endpoint
+	nil,                         // 16: braid.proxy.v1.Inbound.PortsEntry
+	(*durationpb.Duration)(nil), // 17: google.protobuf.Duration
 }
 var file_config_proto_depIdxs = []int32{
 	2,  // 0: braid.proxy.v1.StreamRequest.hello:type_name -> braid.proxy.v1.Hello
@@ -1147,23 +1403,28 @@ var file_config_proto_depIdxs = []int32{
 	7,  // 2: braid.proxy.v1.Snapshot.services:type_name -> braid.proxy.v1.Service
 	5,  // 3: braid.proxy.v1.Snapshot.inbound:type_name -> braid.proxy.v1.Inbound
 	6,  // 4: braid.proxy.v1.Inbound.authorizations:type_name -> braid.proxy.v1.Authorization
-	14, // 5: braid.proxy.v1.Inbound.ports:type_name -> braid.proxy.v1.Inbound.PortsEntry
-	10, // 6: braid.proxy.v1.Authorization.http_matches:type_name -> braid.proxy.v1.HTTPMatch
+	16, // 5: braid.proxy.v1.Inbound.ports:type_name -> braid.proxy.v1.Inbound.PortsEntry
+	12, // 6: braid.proxy.v1.Authorization.http_matches:type_name -> braid.proxy.v1.HTTPMatch
 	8,  // 7: braid.proxy.v1.Service.ports:type_name -> braid.proxy.v1.ServicePort
 	9,  // 8: braid.proxy.v1.ServicePort.routes:type_name -> braid.proxy.v1.Route
 	0,  // 9: braid.proxy.v1.ServicePort.protocol:type_name -> braid.proxy.v1.Protocol
-	10, // 10: braid.proxy.v1.Route.matches:type_name -> braid.proxy.v1.HTTPMatch
-	12, // 11: braid.proxy.v1.Route.backends:type_name -> braid.proxy.v1.Backend
-	11, // 12: braid.proxy.v1.HTTPMatch.headers:type_name -> braid.proxy.v1.HeaderMatch
-	13, // 13: braid.proxy.v1.Backend.endpoints:type_name -> braid.proxy.v1.Endpoint
-	0,  // 14: braid.proxy.v1.Inbound.PortsEntry.value:type_name -> braid.proxy.v1.Protocol
-	1,  // 15: braid.proxy.v1.ConfigService.Stream:input_type -> braid.proxy.v1.StreamRequest
-	4,  // 16: braid.proxy.v1.ConfigService.Stream:output_type -> braid.proxy.v1.Snapshot
-	16, // [16:17] is the sub-list for method output_type
-	15, // [15:16] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	12, // 10: braid.proxy.v1.Route.matches:type_name -> braid.proxy.v1.HTTPMatch
+	14, // 11: braid.proxy.v1.Route.backends:type_name -> braid.proxy.v1.Backend
+	17, // 12: braid.proxy.v1.Route.timeout:type_name -> google.protobuf.Duration
+	17, // 13: braid.proxy.v1.Route.backend_request_timeout:type_name -> google.protobuf.Duration
+	10, // 14: braid.proxy.v1.Route.retry:type_name -> braid.proxy.v1.RetryPolicy
+	11, // 15: braid.proxy.v1.Route.outlier_detection:type_name -> braid.proxy.v1.OutlierDetection
+	17, // 16: braid.proxy.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
+	13, // 17: braid.proxy.v1.HTTPMatch.headers:type_name -> braid.proxy.v1.HeaderMatch
+	15, // 18: braid.proxy.v1.Backend.endpoints:type_name -> braid.proxy.v1.Endpoint
+	0,  // 19: braid.proxy.v1.Inbound.PortsEntry.value:type_name -> braid.proxy.v1.Protocol
+	1,  // 20: braid.proxy.v1.ConfigService.Stream:input_type -> braid.proxy.v1.StreamRequest
+	4,  // 21: braid.proxy.v1.ConfigService.Stream:output_type -> braid.proxy.v1.Snapshot
+	21, // [21:22] is the sub-list for method output_type
+	20, // [20:21] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_config_proto_init() }
@@ -1175,13 +1436,15 @@ func file_config_proto_init() {
 		(*StreamRequest_Hello)(nil),
 		(*StreamRequest_Ack)(nil),
 	}
+	file_config_proto_msgTypes[9].OneofWrappers = []any{}
+	file_config_proto_msgTypes[10].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_config_proto_rawDesc), len(file_config_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   14,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

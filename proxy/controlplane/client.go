@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"sync"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -29,6 +30,12 @@ type Client struct {
 	Log     logr.Logger
 	// MinBackoff and MaxBackoff bound the wait between reconnection attempts.
 	MinBackoff, MaxBackoff time.Duration
+	// CertificateRoot, when set, gives the fingerprint of the root the proxy's
+	// certificate chains to, reported in every Ack.
+	CertificateRoot func() string
+	// RootChanged, when set, says that CertificateRoot changed: the Ack of the version
+	// the proxy runs is sent again, so the operator learns the new root.
+	RootChanged <-chan struct{}
 }
 
 // Run streams configuration until ctx ends.
@@ -73,6 +80,10 @@ func (c *Client) stream(ctx context.Context, client api.ConfigServiceClient) (re
 	if err := s.Send(&api.StreamRequest{Kind: &api.StreamRequest_Hello{Hello: c.Hello}}); err != nil {
 		return false, fmt.Errorf("sending hello: %w", err)
 	}
+	acks := &acker{stream: s, root: c.CertificateRoot}
+	if c.RootChanged != nil {
+		go acks.resendOnChange(ctx, c.RootChanged)
+	}
 	var seen view
 	for {
 		msg, err := s.Recv()
@@ -88,8 +99,51 @@ func (c *Client) stream(ctx context.Context, client api.ConfigServiceClient) (re
 		} else {
 			c.Log.V(1).Info("Applied configuration", "version", snap.GetVersion(), "services", len(snap.GetServices()))
 		}
-		if err := s.Send(&api.StreamRequest{Kind: &api.StreamRequest_Ack{Ack: ack}}); err != nil {
+		if err := acks.send(ack); err != nil {
 			return received, fmt.Errorf("acknowledging version %d: %w", snap.GetVersion(), err)
+		}
+	}
+}
+
+// acker sends the Acks of one stream: each in answer to a Snapshot, and the last one
+// again when the certificate's root changes.
+type acker struct {
+	stream api.ConfigService_StreamClient
+	root   func() string
+
+	mu   sync.Mutex // one Send at a time; guards last
+	last *api.Ack
+}
+
+func (a *acker) send(ack *api.Ack) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.root != nil {
+		ack.CertificateRoot = a.root()
+	}
+	a.last = ack
+	return a.stream.Send(&api.StreamRequest{Kind: &api.StreamRequest_Ack{Ack: ack}})
+}
+
+// resendOnChange sends the last Ack again, with the current root, whenever changed
+// fires, until ctx ends. Before the first Ack there is nothing to resend: the first
+// one carries the root.
+func (a *acker) resendOnChange(ctx context.Context, changed <-chan struct{}) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		}
+		a.mu.Lock()
+		last := a.last
+		a.mu.Unlock()
+		if last == nil {
+			continue
+		}
+		again := &api.Ack{Version: last.GetVersion(), Error: last.GetError()}
+		if err := a.send(again); err != nil {
+			return // the stream is broken: Recv fails too, and the next stream reports the root
 		}
 	}
 }

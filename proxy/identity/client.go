@@ -4,7 +4,10 @@
 // account>, proved by the pod's projected ServiceAccount token, over TLS verified
 // against the mesh trust bundle. The certificate and bundle go into a *tlsid.Store;
 // renewal comes at about 70% of the lifetime, and a failed one keeps the certificate in
-// use and retries with capped backoff. It imports no Kubernetes code.
+// use and retries with capped backoff. When the mesh trust bundle puts another root
+// first (the operator issues from a new root: a root rotation), the client renews at
+// once, within a random spread, and reports the root its certificate chains to, so the
+// operator knows when every proxy has moved. It imports no Kubernetes code.
 package identity
 
 import (
@@ -12,8 +15,10 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	crand "crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -23,6 +28,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -38,6 +44,10 @@ const (
 	RenewFraction = 0.7
 	RenewJitter   = 0.1
 )
+
+// DefaultRecertifySpread bounds the random wait before a renewal caused by a new
+// issuing root, so that a mesh's proxies do not all ask at once.
+const DefaultRecertifySpread = 10 * time.Second
 
 // Clock is the time the client runs on; tests use a fake one.
 type Clock interface {
@@ -77,9 +87,22 @@ type Client struct {
 	RequestTimeout time.Duration
 	// Random returns numbers in [0, 1) for the jitter; math/rand/v2 when nil.
 	Random func() float64
+	// RecertifySpread bounds the random wait before renewing when the mesh trust bundle
+	// names a new issuing root (DefaultRecertifySpread when zero).
+	RecertifySpread time.Duration
 
 	once  sync.Once
 	ready chan struct{}
+	// moved wakes Run when the mesh bundle's issuing root is not the certificate's.
+	moved chan struct{}
+	// rootChanged tells the reporter that CertificateRoot may have changed.
+	rootChanged chan struct{}
+	// meshRoots are the roots of the last trust bundle from the control plane, the
+	// issuing one first.
+	meshRoots atomic.Pointer[[]*x509.Certificate]
+	// issuedRoots are the roots of the trust bundle of the last Certify response.
+	issuedRoots atomic.Pointer[[]*x509.Certificate]
+	reported    atomic.Pointer[string] // the CertificateRoot last signalled
 }
 
 // ID returns the SPIFFE ID the client asks for.
@@ -89,8 +112,131 @@ func (c *Client) ID() *url.URL {
 
 // Ready is closed once the Store holds a first certificate and trust bundle.
 func (c *Client) Ready() <-chan struct{} {
-	c.once.Do(func() { c.ready = make(chan struct{}) })
+	c.init()
 	return c.ready
+}
+
+func (c *Client) init() {
+	c.once.Do(func() {
+		c.ready = make(chan struct{})
+		c.moved = make(chan struct{}, 1)
+		c.rootChanged = make(chan struct{}, 1)
+	})
+}
+
+// RootChanged receives when CertificateRoot may have changed (wake-ups coalesce).
+func (c *Client) RootChanged() <-chan struct{} {
+	c.init()
+	return c.rootChanged
+}
+
+// SetMeshBundle takes the trust bundle the control plane sent (PEM, the issuing root
+// first; the caller has installed it in the Store). When its first root is not the one
+// the certificate chains to, the certificate is renewed within RecertifySpread.
+func (c *Client) SetMeshBundle(bundle []byte) {
+	c.init()
+	roots, err := parseRoots(bundle)
+	if err != nil || len(roots) == 0 {
+		return // the Store refused it already; the caller reports that
+	}
+	c.meshRoots.Store(&roots)
+	c.signalRoot()
+	if !c.offIssuingRoot() {
+		return
+	}
+	select {
+	case c.moved <- struct{}{}:
+	default:
+	}
+}
+
+// offIssuingRoot says whether the certificate in use does not chain to the first root
+// of the mesh bundle; false without either (the first certificate is on its way).
+func (c *Client) offIssuingRoot() bool {
+	cert, roots := c.Store.Certificate(), c.meshRoots.Load()
+	return cert != nil && roots != nil && chainRoot(cert, (*roots)[:1]) == nil
+}
+
+// CertificateRoot returns the SHA-256 fingerprint (colon-separated upper-case hex) of
+// the root of the trust bundle the certificate in use chains to, or "".
+func (c *Client) CertificateRoot() string {
+	cert := c.Store.Certificate()
+	if cert == nil {
+		return ""
+	}
+	var roots []*x509.Certificate
+	if r := c.meshRoots.Load(); r != nil {
+		roots = *r
+	} else if r := c.issuedRoots.Load(); r != nil {
+		roots = *r // no bundle from the control plane yet: the identity service's
+	}
+	if root := chainRoot(cert, roots); root != nil {
+		return Fingerprint(root)
+	}
+	return ""
+}
+
+// signalRoot wakes RootChanged when CertificateRoot differs from what it last said.
+func (c *Client) signalRoot() {
+	root := c.CertificateRoot()
+	if prev := c.reported.Swap(&root); prev != nil && *prev == root {
+		return
+	}
+	select {
+	case c.rootChanged <- struct{}{}:
+	default:
+	}
+}
+
+// chainRoot returns the root among roots that signed the last certificate of cert's
+// chain (or is it), or nil.
+func chainRoot(cert *tls.Certificate, roots []*x509.Certificate) *x509.Certificate {
+	if len(cert.Certificate) == 0 {
+		return nil
+	}
+	top, err := x509.ParseCertificate(cert.Certificate[len(cert.Certificate)-1])
+	if err != nil {
+		return nil
+	}
+	for _, r := range roots {
+		if r.Equal(top) || top.CheckSignatureFrom(r) == nil {
+			return r
+		}
+	}
+	return nil
+}
+
+func parseRoots(bundle []byte) ([]*x509.Certificate, error) {
+	var roots []*x509.Certificate
+	for rest := bundle; ; {
+		var block *pem.Block
+		if block, rest = pem.Decode(rest); block == nil {
+			return roots, nil
+		}
+		if block.Type != "CERTIFICATE" {
+			continue
+		}
+		r, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, err
+		}
+		roots = append(roots, r)
+	}
+}
+
+// Fingerprint is the SHA-256 fingerprint of c as colon-separated upper-case hex, as
+// `openssl x509 -fingerprint -sha256` prints it and the operator reports roots.
+func Fingerprint(c *x509.Certificate) string {
+	sum := sha256.Sum256(c.Raw)
+	h := strings.ToUpper(hex.EncodeToString(sum[:]))
+	var b strings.Builder
+	for i := 0; i < len(h); i += 2 {
+		if i > 0 {
+			b.WriteByte(':')
+		}
+		b.WriteString(h[i : i+2])
+	}
+	return b.String()
 }
 
 // Run gets a certificate, then renews it, until ctx ends.
@@ -119,18 +265,48 @@ func (c *Client) Run(ctx context.Context) error {
 			c.Log.Error(err, "Workload certificate was not renewed; the current one stays in use", "retryIn", wait.String(), "id", c.ID().String())
 		} else {
 			backoff = 0
+			c.signalRoot()
 			select {
 			case <-ready:
 			default:
 				close(c.ready)
 			}
 		}
-		select {
-		case <-ctx.Done():
+		if !c.sleep(ctx, clk, wait) {
 			return nil
-		case <-clk.After(wait):
 		}
 	}
+}
+
+// sleep waits for wait, or less when the mesh moves to another issuing root: then a
+// random part of RecertifySpread. It returns false when ctx ends.
+func (c *Client) sleep(ctx context.Context, clk Clock, wait time.Duration) bool {
+	deadline := clk.Now().Add(wait)
+	timer := clk.After(wait)
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-timer:
+			return true
+		case <-c.moved:
+			if !c.offIssuingRoot() {
+				continue // a renewal since already chains to it
+			}
+			d := time.Duration(c.random() * float64(orDefault(c.RecertifySpread, DefaultRecertifySpread)))
+			if now := clk.Now(); now.Add(d).Before(deadline) {
+				c.Log.Info("Workload certificate renewal brought forward: the mesh issues from a new root", "renewIn", d.String())
+				deadline, timer = now.Add(d), clk.After(d)
+			}
+		}
+	}
+}
+
+func (c *Client) random() float64 {
+	if c.Random != nil {
+		return c.Random()
+	}
+	return rand.Float64()
 }
 
 // renew asks for a certificate, stores it, and returns when to renew it.
@@ -156,16 +332,15 @@ func (c *Client) renew(ctx context.Context, svc api.IdentityServiceClient) (time
 	if err := c.Store.SetTrustBundle(resp.GetTrustBundle()); err != nil {
 		return 0, fmt.Errorf("the identity service's trust bundle: %w", err)
 	}
+	if roots, err := parseRoots(resp.GetTrustBundle()); err == nil {
+		c.issuedRoots.Store(&roots)
+	}
 	if err := c.Store.SetCertificate(cert); err != nil {
 		return 0, fmt.Errorf("the identity service's certificate: %w", err)
 	}
 	now := c.clock().Now()
 	lifetime := cert.Leaf.NotAfter.Sub(now)
-	random := c.Random
-	if random == nil {
-		random = rand.Float64
-	}
-	frac := RenewFraction * (1 + RenewJitter*(2*random()-1))
+	frac := RenewFraction * (1 + RenewJitter*(2*c.random()-1))
 	next := time.Duration(float64(lifetime) * frac)
 	c.Log.Info("Workload certificate installed", "id", c.ID().String(), "notAfter", cert.Leaf.NotAfter, "renewIn", next.String())
 	return next, nil

@@ -94,7 +94,7 @@ func New(lis net.Listener, cfg Config) *Server {
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       5 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
-		TLSConfig:         &tls.Config{NextProtos: []string{tlsid.ProtoHTTP2}, MinVersion: tls.VersionTLS13},
+		TLSConfig:         &tls.Config{NextProtos: []string{tlsid.ProtoHTTP2, tlsid.ProtoHTTP1}, MinVersion: tls.VersionTLS13},
 	}
 	return s
 }
@@ -181,7 +181,7 @@ func (s *Server) serveMesh(c net.Conn) {
 		return
 	}
 	switch tc.ConnectionState().NegotiatedProtocol {
-	case tlsid.ProtoHTTP2:
+	case tlsid.ProtoHTTP2, tlsid.ProtoHTTP1:
 		select {
 		case s.conns <- tc:
 		case <-s.done:

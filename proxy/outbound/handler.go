@@ -28,18 +28,37 @@ type Handler struct {
 	table   *atomic.Pointer[router.Table]
 	metrics *telemetry.Metrics
 	forward *httputil.ReverseProxy
-	rngs    sync.Pool
+	// upstream carries each attempt of a request to its endpoint.
+	upstream http.RoundTripper
+	rngs     sync.Pool
 }
 
 // exchange is what the handler and its reverse proxy share about one forwarded request.
 type exchange struct {
-	port     *router.Port // nil until the request resolves to a Service port
+	port    *router.Port // nil until the request resolves to a Service port
+	route   *router.Route
+	backend *router.Backend
+	dest    *telemetry.Destination
+	// ctx is the request's context, with the route's timeout.
+	ctx context.Context
+	// endpoint is the endpoint of the current attempt.
 	endpoint router.Endpoint
+	// call is the attempt whose answer is forwarded, held until the exchange ends.
+	call    router.Call
+	hasCall bool
+	// attemptCtx is the context of the current attempt, with the backend request
+	// timeout, and cancelAttempt ends it.
+	attemptCtx    context.Context
+	cancelAttempt context.CancelFunc
+	body          requestBody
+	tried         []*router.EndpointState
+	triedArray    [4]*router.EndpointState
 	// status is the status of the answer, once the backend gave one or the proxy failed.
 	status     int
 	proxyError bool
 	// answered says that the answer went out whole: route returned rather than panicked.
 	answered bool
+	timedOut bool // a timeout was counted
 }
 
 type exchangeKey struct{}
@@ -48,20 +67,18 @@ type exchangeKey struct{}
 // new table applies to the next request without disturbing requests in flight. It
 // records every request in metrics, unless metrics is nil.
 func New(log logr.Logger, table *atomic.Pointer[router.Table], metrics *telemetry.Metrics) *Handler {
-	h := &Handler{log: log, table: table, metrics: metrics}
+	h := &Handler{log: log, table: table, metrics: metrics, upstream: newTransport()}
 	h.rngs.New = func() any { return rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())) }
 	h.forward = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
-			x := pr.In.Context().Value(exchangeKey{}).(*exchange)
-			pr.Out.URL.Scheme = "http"
-			pr.Out.URL.Host = x.endpoint.Addr.String()
-			pr.Out.Host = pr.In.Host // the application sees the authority its client used
+			pr.Out.URL.Scheme = "http" // the host is the endpoint of each attempt
+			pr.Out.Host = pr.In.Host   // the application sees the authority its client used
 		},
 		ModifyResponse: func(resp *http.Response) error {
 			resp.Request.Context().Value(exchangeKey{}).(*exchange).status = resp.StatusCode
 			return nil
 		},
-		Transport:    newTransport(),
+		Transport:    attempts{h},
 		ErrorHandler: h.upstreamError,
 		ErrorLog:     nil,
 		BufferPool:   &bufferPool{},
@@ -102,7 +119,7 @@ func newTransport() *http.Transport {
 		MaxIdleConns:          1024,
 		MaxIdleConnsPerHost:   128,
 		IdleConnTimeout:       90 * time.Second,
-		ResponseHeaderTimeout: 0, // per-route timeouts come with route configuration
+		ResponseHeaderTimeout: 0, // per-route timeouts: see Handler.route
 		ForceAttemptHTTP2:     false,
 	}
 }
@@ -153,26 +170,65 @@ func (h *Handler) route(w http.ResponseWriter, r *http.Request, x *exchange) {
 		return
 	}
 	backend := route.Pick()
-	ok := false
-	if backend != nil {
-		rng := h.rngs.Get().(*rand.Rand)
-		x.endpoint, ok = backend.Endpoint(rng)
-		h.rngs.Put(rng)
-	}
 	switch {
 	case backend == nil:
 		x.fail(w, http.StatusServiceUnavailable, fmt.Sprintf("service %s port %d has no backend with a weight above 0", port.Service, port.Number))
 	case backend.Unavailable != "":
 		x.fail(w, http.StatusServiceUnavailable, backend.Unavailable)
-	case !ok:
+	case len(backend.Endpoints()) == 0:
 		x.fail(w, http.StatusServiceUnavailable, fmt.Sprintf("backend %s of service %s port %d has no ready endpoints", backend.Service, port.Service, port.Number))
 	default:
-		h.forward.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), exchangeKey{}, x)))
+		h.forwardTo(w, r, x, route, backend)
+	}
+}
+
+// forwardTo forwards a request to an endpoint of backend, under the route's timeout and
+// retry policy.
+func (h *Handler) forwardTo(w http.ResponseWriter, r *http.Request, x *exchange, route *router.Route, backend *router.Backend) {
+	x.route, x.backend, x.dest = route, backend, h.metrics.Destination(x.port)
+	x.tried = x.triedArray[:0]
+	ctx := context.WithValue(r.Context(), exchangeKey{}, x)
+	if route.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeoutCause(ctx, route.Timeout, &timeoutError{route: route.Name, after: route.Timeout, kind: requestTimeout})
+		defer cancel()
+	}
+	x.ctx = ctx
+	out := r.WithContext(ctx)
+	x.body = prepareBody(out, route)
+	defer x.finish()
+	h.forward.ServeHTTP(w, out)
+}
+
+// finish ends the exchange's last attempt, and counts a timeout that cut its answer off.
+func (x *exchange) finish() {
+	if x.hasCall {
+		x.call.End()
+		x.hasCall = false
+	}
+	if x.cancelAttempt != nil {
+		x.cancelAttempt()
+	}
+	if !x.timedOut {
+		if te := x.timeout(); te != nil {
+			x.dest.TimedOut(te.kind.String())
+		}
 	}
 }
 
 func (h *Handler) upstreamError(w http.ResponseWriter, r *http.Request, err error) {
 	x := r.Context().Value(exchangeKey{}).(*exchange)
+	var pf *proxyFailure
+	if errors.As(err, &pf) {
+		x.fail(w, pf.status, pf.msg)
+		return
+	}
+	if te := x.timeout(); te != nil {
+		x.timedOut = true
+		x.dest.TimedOut(te.kind.String())
+		x.fail(w, http.StatusGatewayTimeout, te.Error())
+		return
+	}
 	if errors.Is(err, context.Canceled) {
 		return // the client went away; nobody reads the answer
 	}

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/net/http/httpguts"
+
 	"github.com/braidmesh/braid/proxy/router"
 	"github.com/braidmesh/braid/proxy/tlsid"
 )
@@ -48,8 +50,16 @@ func (d MeshDialer) DialEndpoint(ctx context.Context, ep router.Endpoint) (net.C
 }
 
 // dialPeer connects to the peer proxy at addr, which must present identity, and completes
-// the mTLS handshake for proto.
+// the mTLS handshake for proto. Its errors are connectErrors.
 func dialPeer(ctx context.Context, ids *tlsid.Store, addr, identity, proto string) (*tls.Conn, error) {
+	tc, err := handshakePeer(ctx, ids, addr, identity, proto)
+	if err != nil {
+		return nil, &connectError{err}
+	}
+	return tc, nil
+}
+
+func handshakePeer(ctx context.Context, ids *tlsid.Store, addr, identity, proto string) (*tls.Conn, error) {
 	if !ids.Ready() {
 		return nil, fmt.Errorf("cannot reach %s at %s: %w", identity, addr, tlsid.ErrNoIdentity)
 	}
@@ -80,6 +90,9 @@ type meshRoundTripper struct {
 	plainH2 http.RoundTripper
 	mu      sync.Mutex
 	peers   map[string]*http.Transport // by identity
+	// upgrades holds, by identity, the HTTP/1.1 transports of protocol upgrades
+	// (WebSocket), which HTTP/2 cannot carry.
+	upgrades map[string]*http.Transport
 }
 
 // UseMesh makes the handler reach meshed endpoints through their peer proxies over mTLS,
@@ -88,10 +101,14 @@ func (h *Handler) UseMesh(ids *tlsid.Store) {
 	h2c := newTransport()
 	h2c.Protocols = new(http.Protocols)
 	h2c.Protocols.SetUnencryptedHTTP2(true)
-	h.forward.Transport = &meshRoundTripper{ids: ids, plain: h.forward.Transport, plainH2: h2c, peers: map[string]*http.Transport{}}
+	h.upstream = &meshRoundTripper{
+		ids: ids, plain: h.upstream, plainH2: h2c,
+		peers: map[string]*http.Transport{}, upgrades: map[string]*http.Transport{},
+	}
 }
 
 func (m *meshRoundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
+	continueTrace(req.Header) // the outgoing request's headers: ReverseProxy cloned them
 	x, _ := req.Context().Value(exchangeKey{}).(*exchange)
 	if x == nil || !x.endpoint.Meshed() {
 		if req.ProtoMajor == 2 {
@@ -109,12 +126,20 @@ func (m *meshRoundTripper) RoundTrip(req *http.Request) (*http.Response, error) 
 	} else {
 		out.Header.Del(targetProtocolHeader)
 	}
-	return m.transport(ep).RoundTrip(out)
+	return m.transport(ep, isUpgrade(req)).RoundTrip(out)
 }
 
-func (m *meshRoundTripper) transport(ep router.Endpoint) *http.Transport {
+// isUpgrade reports whether a request asks to switch protocols (WebSocket and the like).
+func isUpgrade(r *http.Request) bool {
+	return r.Header.Get("Upgrade") != "" && httpguts.HeaderValuesContainsToken(r.Header["Connection"], "Upgrade")
+}
+
+func (m *meshRoundTripper) transport(ep router.Endpoint, upgrade bool) *http.Transport {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if upgrade {
+		return m.upgradeTransport(ep.Identity)
+	}
 	if t, ok := m.peers[ep.Identity]; ok {
 		return t
 	}
@@ -130,5 +155,22 @@ func (m *meshRoundTripper) transport(ep router.Endpoint) *http.Transport {
 	t.Protocols = new(http.Protocols)
 	t.Protocols.SetHTTP2(true)
 	m.peers[identity] = t
+	return t
+}
+
+// upgradeTransport returns the HTTP/1.1-over-mTLS transport to the peers of identity;
+// callers hold m.mu.
+func (m *meshRoundTripper) upgradeTransport(identity string) *http.Transport {
+	if t, ok := m.upgrades[identity]; ok {
+		return t
+	}
+	t := &http.Transport{
+		DialTLSContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+			return dialPeer(ctx, m.ids, addr, identity, tlsid.ProtoHTTP1)
+		},
+		Proxy:           nil,
+		IdleConnTimeout: 90 * time.Second,
+	}
+	m.upgrades[identity] = t
 	return t
 }

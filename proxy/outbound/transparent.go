@@ -193,7 +193,10 @@ func (l *Listener) dispatch(c net.Conn) {
 	port, ok := table.ResolveAddr(dst)
 	if !ok {
 		log.V(1).Info("Passing a connection through: its destination is no Service port of the mesh")
-		l.forward(tc, nil, nil, router.Endpoint{Addr: dst}, log)
+		l.forward(tc, nil, nil, log, func() (net.Conn, func(), error) {
+			up, err := l.dial(router.Endpoint{Addr: dst})
+			return up, func() {}, err
+		})
 		return
 	}
 	log = log.WithValues("service", port.Service, "port", port.Number)
@@ -223,9 +226,9 @@ func (l *Listener) detectAndServe(tc *net.TCPConn, dst netip.AddrPort, port *rou
 }
 
 // forwardToService forwards an opaque connection to an endpoint of the port's opaque
-// route, picked by weight.
+// route: a backend picked by weight, an endpoint of it by latency and connections open.
 func (l *Listener) forwardToService(tc *net.TCPConn, peeked []byte, port *router.Port, log logr.Logger) {
-	ep, why := l.pick(port)
+	route, backend, why := opaqueBackend(port)
 	if why != "" {
 		log.V(1).Info("Refused an opaque connection", "reason", why)
 		rec := l.cfg.Metrics.OpenTCP(port)
@@ -233,34 +236,79 @@ func (l *Listener) forwardToService(tc *net.TCPConn, peeked []byte, port *router
 		refuse(tc)
 		return
 	}
-	l.forward(tc, peeked, port, ep, log)
+	l.forward(tc, peeked, port, log, func() (net.Conn, func(), error) {
+		return l.dialService(port, route, backend)
+	})
 }
 
-// pick chooses the endpoint of an opaque connection, or says why there is none.
-func (l *Listener) pick(port *router.Port) (router.Endpoint, string) {
+// opaqueBackend chooses the backend of an opaque connection, or says why there is none.
+func opaqueBackend(port *router.Port) (*router.Route, *router.Backend, string) {
 	route := port.OpaqueRoute()
 	if route == nil {
-		return router.Endpoint{}, "every route of the port has HTTP matches, which a TCP connection cannot meet"
+		return nil, nil, "every route of the port has HTTP matches, which a TCP connection cannot meet"
 	}
 	backend := route.Pick()
 	switch {
 	case backend == nil:
-		return router.Endpoint{}, "no backend has a weight above 0"
+		return nil, nil, "no backend has a weight above 0"
 	case backend.Unavailable != "":
-		return router.Endpoint{}, backend.Unavailable
+		return nil, nil, backend.Unavailable
+	case len(backend.Endpoints()) == 0:
+		return nil, nil, fmt.Sprintf("backend %s has no ready endpoints", backend.Service)
 	}
-	rng := l.rngs.Get().(*rand.Rand)
-	ep, ok := backend.Endpoint(rng)
-	l.rngs.Put(rng)
-	if !ok {
-		return router.Endpoint{}, fmt.Sprintf("backend %s has no ready endpoints", backend.Service)
-	}
-	return ep, ""
+	return route, backend, ""
 }
 
-// forward connects to ep and copies the connection there and back, peeked bytes first.
-// port is the Service port (nil: passthrough), for metrics.
-func (l *Listener) forward(tc *net.TCPConn, peeked []byte, port *router.Port, ep router.Endpoint, log logr.Logger) {
+// dialService connects to an endpoint of backend, and to another when that fails, as
+// the route's retry policy and budget allow. It returns the connection and what ends
+// its call on the endpoint.
+func (l *Listener) dialService(port *router.Port, route *router.Route, backend *router.Backend) (net.Conn, func(), error) {
+	rng := l.rngs.Get().(*rand.Rand)
+	defer l.rngs.Put(rng)
+	dest := l.cfg.Metrics.Destination(port)
+	call, err := backend.Pick(rng, nil)
+	var tried []*router.EndpointState
+	for n := 0; err == nil; n++ {
+		var up net.Conn
+		up, err = l.dial(call.Endpoint())
+		if call.Responded(err != nil) {
+			dest.Ejected()
+		}
+		if err == nil {
+			return up, call.End, nil
+		}
+		call.End()
+		l.cfg.Log.V(1).Info("Upstream connection failed", "endpoint", call.Endpoint().Addr.String(), "error", err.Error())
+		if n >= route.Retries {
+			break
+		}
+		tried = append(tried, call.State)
+		next, perr := backend.Pick(rng, tried)
+		if perr != nil {
+			break
+		}
+		if !route.Budget.Withdraw() {
+			next.End()
+			dest.RetrySkipped()
+			break
+		}
+		dest.Retried()
+		call = next
+	}
+	return nil, nil, err
+}
+
+// dial connects to ep within the connect timeout.
+func (l *Listener) dial(ep router.Endpoint) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(l.ctx, l.cfg.ConnectTimeout)
+	defer cancel()
+	return l.cfg.Dialer.DialEndpoint(ctx, ep)
+}
+
+// forward connects upstream with dial and copies the connection there and back, peeked
+// bytes first; done, which dial returns, runs when the connection ends. port is the
+// Service port (nil: passthrough), for metrics.
+func (l *Listener) forward(tc *net.TCPConn, peeked []byte, port *router.Port, log logr.Logger, dial func() (net.Conn, func(), error)) {
 	rec := l.cfg.Metrics.OpenTCP(port)
 	defer rec.Closed()
 	if !l.track(tc, true) {
@@ -268,14 +316,13 @@ func (l *Listener) forward(tc *net.TCPConn, peeked []byte, port *router.Port, ep
 		return
 	}
 	defer l.track(tc, false)
-	ctx, cancel := context.WithTimeout(l.ctx, l.cfg.ConnectTimeout)
-	up, err := l.cfg.Dialer.DialEndpoint(ctx, ep)
-	cancel()
+	up, done, err := dial()
 	if err != nil {
-		log.V(1).Info("Upstream connection failed", "endpoint", ep.Addr.String(), "error", err.Error())
+		log.V(1).Info("Upstream connection failed", "error", err.Error())
 		refuse(tc)
 		return
 	}
+	defer done()
 	local := addrPort(up.LocalAddr())
 	l.upstreams.Store(local, struct{}{})
 	defer l.upstreams.Delete(local)

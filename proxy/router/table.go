@@ -15,7 +15,9 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/braidmesh/braid/proxy/api"
 )
@@ -50,12 +52,28 @@ type Port struct {
 // Route carries the requests its matches admit (all of them when it has none) to its
 // backends, by weight.
 type Route struct {
+	// Name names the route in the proxy's answers: its configured name, or
+	// "<service> port <n> route <index>".
+	Name string
+	// Timeout bounds a whole request, retries included; BackendRequestTimeout each
+	// attempt at an endpoint. Zero: none.
+	Timeout, BackendRequestTimeout time.Duration
+	// Retries is the most times a request is retried; RetryOn the statuses retried
+	// (connection failures always are).
+	Retries int
+	RetryOn []int
+	// Budget limits the route's retries.
+	Budget *Budget
+
 	matches  []match
 	backends []*Backend
 	total    uint64
 	// picks counts the backend choices made on this route: see Pick.
 	picks atomic.Uint64
 }
+
+// RetriesStatus reports whether the route retries answers with status code.
+func (r *Route) RetriesStatus(code int) bool { return slices.Contains(r.RetryOn, code) }
 
 type match struct {
 	name    string
@@ -74,7 +92,13 @@ type Backend struct {
 	Service     string
 	Weight      uint32
 	Unavailable string
-	endpoints   []Endpoint
+	endpoints   []*EndpointState
+	// limit caps the requests in flight to each endpoint; outlier says when one is
+	// ejected (the route's policies).
+	limit   int64
+	outlier outlierConfig
+	budget  *Budget    // the route's
+	ejectMu sync.Mutex // one ejection decision at a time, so that the cap holds
 }
 
 // Endpoint is one ready address of a backend.
@@ -94,9 +118,50 @@ func (e Endpoint) Meshed() bool { return e.Identity != "" && e.ProxyPort != 0 }
 // ProxyAddr is the address of the endpoint's peer proxy.
 func (e Endpoint) ProxyAddr() netip.AddrPort { return netip.AddrPortFrom(e.Addr.Addr(), e.ProxyPort) }
 
-// Build validates a snapshot and builds its table. namespace is the proxy's own namespace,
-// which a bare service name resolves in; domain is the cluster domain (cluster.local).
+// Build validates a snapshot and builds its table, with endpoint state of its own (see
+// Registry.Build). namespace is the proxy's own namespace, which a bare service name
+// resolves in; domain is the cluster domain (cluster.local).
 func Build(snap *api.Snapshot, namespace, domain string) (*Table, error) {
+	return NewRegistry(nil).Build(snap, namespace, domain)
+}
+
+// builder builds one table, taking endpoint state and budgets from a registry and
+// noting which it used.
+type builder struct {
+	reg       *Registry
+	endpoints map[Endpoint]*EndpointState
+	budgets   map[budgetKey]*Budget
+}
+
+// Build validates a snapshot and builds its table, like the package's Build, with the
+// live state the registry holds for the endpoints and routes the table shares with the
+// tables built before it. Once the table is built, the registry forgets the state that
+// it does not use.
+func (r *Registry) Build(snap *api.Snapshot, namespace, domain string) (*Table, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	b := &builder{reg: r, endpoints: map[Endpoint]*EndpointState{}, budgets: map[budgetKey]*Budget{}}
+	t, err := b.build(snap, namespace, domain)
+	if err != nil {
+		return nil, err
+	}
+	r.endpoints, r.budgets = b.endpoints, b.budgets
+	return t, nil
+}
+
+func (b *builder) endpoint(ep Endpoint) *EndpointState {
+	s := b.reg.endpoint(ep)
+	b.endpoints[ep] = s
+	return s
+}
+
+func (b *builder) budget(key budgetKey) *Budget {
+	s := b.reg.budget(key)
+	b.budgets[key] = s
+	return s
+}
+
+func (b *builder) build(snap *api.Snapshot, namespace, domain string) (*Table, error) {
 	t := &Table{
 		version: snap.GetVersion(), namespace: namespace, domain: domain,
 		services: map[serviceKey]*service{}, byAddr: map[netip.AddrPort]*Port{},
@@ -111,7 +176,7 @@ func Build(snap *api.Snapshot, namespace, domain string) (*Table, error) {
 		}
 		svc := &service{namespace: key.namespace, name: key.name, ports: map[uint32]*Port{}}
 		for _, p := range s.GetPorts() {
-			port, err := buildPort(svc, p)
+			port, err := b.buildPort(svc, p)
 			if err != nil {
 				return nil, fmt.Errorf("service %s/%s: %w", key.namespace, key.name, err)
 			}
@@ -149,7 +214,7 @@ func (t *Table) ResolveAddr(dst netip.AddrPort) (*Port, bool) {
 	return p, ok
 }
 
-func buildPort(svc *service, p *api.ServicePort) (*Port, error) {
+func (b *builder) buildPort(svc *service, p *api.ServicePort) (*Port, error) {
 	if p.GetPort() < 1 || p.GetPort() > 65535 {
 		return nil, fmt.Errorf("port %d is out of range", p.GetPort())
 	}
@@ -158,7 +223,7 @@ func buildPort(svc *service, p *api.ServicePort) (*Port, error) {
 	}
 	out := &Port{Service: svc.namespace + "/" + svc.name, Number: p.GetPort(), Split: p.GetSplit(), Protocol: p.GetProtocol()}
 	for i, r := range p.GetRoutes() {
-		route, err := buildRoute(r)
+		route, err := b.buildRoute(out, i, r)
 		if err != nil {
 			return nil, fmt.Errorf("port %d route %d: %w", p.GetPort(), i, err)
 		}
@@ -167,8 +232,11 @@ func buildPort(svc *service, p *api.ServicePort) (*Port, error) {
 	return out, nil
 }
 
-func buildRoute(r *api.Route) (*Route, error) {
-	out := &Route{}
+func (b *builder) buildRoute(port *Port, index int, r *api.Route) (*Route, error) {
+	out := &Route{Name: r.GetName()}
+	if out.Name == "" {
+		out.Name = fmt.Sprintf("%s port %d route %d", port.Service, port.Number, index)
+	}
 	out.picks.Store(rand.Uint64()) // proxies do not start in step
 	for _, m := range r.GetMatches() {
 		built, err := buildMatch(m)
@@ -177,26 +245,39 @@ func buildRoute(r *api.Route) (*Route, error) {
 		}
 		out.matches = append(out.matches, built)
 	}
-	for _, b := range r.GetBackends() {
-		be := &Backend{Service: b.GetService(), Weight: b.GetWeight(), Unavailable: b.GetUnavailable()}
-		for _, e := range b.GetEndpoints() {
-			ip, err := netip.ParseAddr(e.GetIp())
-			if err != nil || e.GetPort() < 1 || e.GetPort() > 65535 {
-				return nil, fmt.Errorf("backend %s: invalid endpoint %s:%d", b.GetService(), e.GetIp(), e.GetPort())
+	outlier, err := b.policies(port, index, r, out)
+	if err != nil {
+		return nil, err
+	}
+	limit := int64(cmpOr(r.GetMaxRequestsPerEndpoint(), DefaultMaxRequestsPerEndpoint))
+	for _, be := range r.GetBackends() {
+		built := &Backend{Service: be.GetService(), Weight: be.GetWeight(), Unavailable: be.GetUnavailable(), limit: limit, outlier: outlier, budget: out.Budget}
+		for _, e := range be.GetEndpoints() {
+			ep, err := buildEndpoint(be.GetService(), e)
+			if err != nil {
+				return nil, err
 			}
-			ep := Endpoint{Addr: netip.AddrPortFrom(ip, uint16(e.GetPort())), Identity: e.GetIdentity()}
-			if e.GetIdentity() != "" {
-				if e.GetProxyPort() < 1 || e.GetProxyPort() > 65535 {
-					return nil, fmt.Errorf("backend %s: meshed endpoint %s:%d has no valid proxy port", b.GetService(), e.GetIp(), e.GetPort())
-				}
-				ep.ProxyPort = uint16(e.GetProxyPort())
-			}
-			be.endpoints = append(be.endpoints, ep)
+			built.endpoints = append(built.endpoints, b.endpoint(ep))
 		}
-		out.total += uint64(be.Weight)
-		out.backends = append(out.backends, be)
+		out.total += uint64(built.Weight)
+		out.backends = append(out.backends, built)
 	}
 	return out, nil
+}
+
+func buildEndpoint(backend string, e *api.Endpoint) (Endpoint, error) {
+	ip, err := netip.ParseAddr(e.GetIp())
+	if err != nil || e.GetPort() < 1 || e.GetPort() > 65535 {
+		return Endpoint{}, fmt.Errorf("backend %s: invalid endpoint %s:%d", backend, e.GetIp(), e.GetPort())
+	}
+	ep := Endpoint{Addr: netip.AddrPortFrom(ip, uint16(e.GetPort())), Identity: e.GetIdentity()}
+	if e.GetIdentity() != "" {
+		if e.GetProxyPort() < 1 || e.GetProxyPort() > 65535 {
+			return Endpoint{}, fmt.Errorf("backend %s: meshed endpoint %s:%d has no valid proxy port", backend, e.GetIp(), e.GetPort())
+		}
+		ep.ProxyPort = uint16(e.GetProxyPort())
+	}
+	return ep, nil
 }
 
 func buildMatch(m *api.HTTPMatch) (match, error) {
@@ -354,10 +435,5 @@ func (r *Route) Pick() *Backend {
 	return nil // unreachable: total is the sum of the weights
 }
 
-// Endpoint chooses one of the backend's endpoints, or reports that it has none.
-func (b *Backend) Endpoint(rng *rand.Rand) (Endpoint, bool) {
-	if len(b.endpoints) == 0 {
-		return Endpoint{}, false
-	}
-	return b.endpoints[rng.IntN(len(b.endpoints))], true
-}
+// Endpoints returns the state of the backend's endpoints, in configuration order.
+func (b *Backend) Endpoints() []*EndpointState { return b.endpoints }

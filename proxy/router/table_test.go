@@ -341,8 +341,8 @@ func TestBackendCarriesConfig(t *testing.T) {
 	if b == nil || b.Service != "web-v2" || b.Weight != 9 || b.Unavailable != "service shop/web-v2 does not exist" {
 		t.Fatalf("Pick = %+v, want web-v2 with weight 9 and its unavailable reason", b)
 	}
-	if e, ok := b.Endpoint(rand.New(rand.NewPCG(1, 2))); ok {
-		t.Errorf("Endpoint of a backend without endpoints = %v, true; want false", e)
+	if c, err := b.Pick(rand.New(rand.NewPCG(1, 2)), nil); !errors.Is(err, router.ErrNoEndpoints) {
+		t.Errorf("Pick of a backend without endpoints = %v, %v; want ErrNoEndpoints", c.State, err)
 	}
 }
 
@@ -359,14 +359,18 @@ func TestEndpoint(t *testing.T) {
 	b := anyRoute(t, p).Pick()
 	seen := map[netip.AddrPort]int{}
 	for range 3000 {
-		e, ok := b.Endpoint(rng)
-		if !ok || !want[e.Addr] || e.Meshed() {
-			t.Fatalf("Endpoint = %v, %v; want one of %v, unmeshed", e, ok, want)
+		c, err := b.Pick(rng, nil) // never ended: requests in flight pile up
+		if err != nil || !want[c.Endpoint().Addr] || c.Endpoint().Meshed() {
+			t.Fatalf("Pick = %v, %v; want one of %v, unmeshed", c.State, err, want)
 		}
-		seen[e.Addr]++
+		seen[c.Endpoint().Addr]++
 	}
-	if len(seen) != len(want) {
-		t.Errorf("3000 draws reached only %v", seen)
+	// With equal latencies, requests in flight decide: they spread evenly.
+	for addr := range want {
+		if seen[addr] < 900 || seen[addr] > 1100 {
+			t.Errorf("3000 picks with every request in flight: %v, want about 1000 each", seen)
+			break
+		}
 	}
 }
 
@@ -449,7 +453,8 @@ func TestMeshedEndpointNeedsProxyPort(t *testing.T) {
 	}
 	e.ProxyPort = 15006
 	p := resolve(t, mustBuild(t, bad), "web")
-	got, ok := anyRoute(t, p).Pick().Endpoint(rand.New(rand.NewPCG(1, 2)))
+	c, err := anyRoute(t, p).Pick().Pick(rand.New(rand.NewPCG(1, 2)), nil)
+	got, ok := c.Endpoint(), err == nil
 	if !ok || !got.Meshed() || got.ProxyAddr() != netip.MustParseAddrPort("10.0.0.1:15006") || got.Identity != e.Identity {
 		t.Errorf("Endpoint = %+v, %v; want meshed via 10.0.0.1:15006", got, ok)
 	}

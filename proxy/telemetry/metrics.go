@@ -55,6 +55,7 @@ type Metrics struct {
 	configVersion    prometheus.Gauge
 	configRejections prometheus.Counter
 	tcp              tcpMetrics
+	resilience       resilienceMetrics
 
 	// byPort caches each resolved *router.Port's Destination, so that a request finds
 	// its counters with one lock-free load and no allocation. It is emptied whenever a
@@ -95,12 +96,14 @@ func New() *Metrics {
 			Name: "braid_proxy_config_rejections_total",
 			Help: "Configurations the proxy rejected (NACKed, or a config file that did not load), keeping its last good one.",
 		}),
-		tcp:   newTCPMetrics(),
-		dests: map[destKey]*Destination{},
+		tcp:        newTCPMetrics(),
+		resilience: newResilienceMetrics(),
+		dests:      map[destKey]*Destination{},
 	}
 	m.registry.MustRegister(m.requests, m.latency, m.configVersion, m.configRejections,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.registry.MustRegister(m.tcp.collectors()...)
+	m.registry.MustRegister(m.resilience.collectors()...)
 	m.unknown = m.newDestination(Unknown, Unknown)
 	return m
 }
@@ -129,6 +132,7 @@ func (m *Metrics) ConfigApplied(table *router.Table) {
 			m.requests.DeletePartialMatch(d.labels)
 			m.latency.DeletePartialMatch(d.labels)
 			m.tcp.forget(d.labels)
+			m.resilience.forget(d.labels)
 		}
 	}
 }
@@ -168,9 +172,10 @@ func (m *Metrics) Destination(port *router.Port) *Destination {
 func (m *Metrics) newDestination(service, port string) *Destination {
 	labels := prometheus.Labels{"direction": DirectionOutbound, "dst_service": service, "dst_port": port}
 	return &Destination{
-		labels:   labels,
-		requests: m.requests.MustCurryWith(labels),
-		latency:  m.latency.With(labels),
+		labels:     labels,
+		requests:   m.requests.MustCurryWith(labels),
+		latency:    m.latency.With(labels),
+		resilience: m.newDestinationResilience(labels),
 	}
 }
 
@@ -181,7 +186,8 @@ type Destination struct {
 	latency  prometheus.Observer
 	// counters holds the counter of each (code class, result) pair once a request has
 	// had it: series appear when they first count, not as zeros for every pair.
-	counters [len(codeClasses) * len(results)]atomic.Pointer[counter]
+	counters   [len(codeClasses) * len(results)]atomic.Pointer[counter]
+	resilience destinationResilience
 }
 
 type counter struct{ prometheus.Counter }

@@ -14,6 +14,9 @@ const (
 	ProtoHTTP2 = "h2"
 	// ProtoTCP carries one opaque TCP connection, preceded by a two-byte target port.
 	ProtoTCP = "braid.tcp/1"
+	// ProtoHTTP1 carries HTTP/1.1 requests that HTTP/2 cannot: protocol upgrades such as
+	// WebSocket. Each names its target port like an HTTP/2 request.
+	ProtoHTTP1 = "http/1.1"
 )
 
 // ServerConfig returns the configuration of the proxy's mTLS listener: it presents the
@@ -22,7 +25,7 @@ const (
 func (s *Store) ServerConfig() *tls.Config {
 	return &tls.Config{
 		MinVersion: tls.VersionTLS13,
-		NextProtos: []string{ProtoHTTP2, ProtoTCP},
+		NextProtos: []string{ProtoHTTP2, ProtoTCP, ProtoHTTP1},
 		ClientAuth: tls.RequireAnyClientCert, // verified below, against the bundle of the moment
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 			if c := s.cert.Load(); c != nil {

@@ -39,6 +39,8 @@ type pair struct {
 	app      netip.AddrPort
 	seen     chan http.Header // what the app saw of each request
 	echo     netip.AddrPort   // a TCP echo server beside the app
+	// upgradeApp, when set, answers the app's requests that ask for an upgrade.
+	upgradeApp http.HandlerFunc
 }
 
 func newPair(t *testing.T) *pair {
@@ -50,6 +52,10 @@ func newPair(t *testing.T) *pair {
 	p := &pair{t: t, ca: ca, clientID: store(t, ca, "shop", "web"), serverID: store(t, ca, "shop", "reviews"), seen: make(chan http.Header, 16)}
 	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p.seen <- r.Header.Clone()
+		if p.upgradeApp != nil && r.Header.Get("Upgrade") != "" {
+			p.upgradeApp(w, r)
+			return
+		}
 		_, _ = io.WriteString(w, "app: "+r.Method+" "+r.URL.Path)
 	}))
 	t.Cleanup(app.Close)
