@@ -28,14 +28,35 @@ PROTOC_GEN_GO_GRPC := $(LOCALBIN)/protoc-gen-go-grpc-$(PROTOC_GEN_GO_GRPC_VERSIO
 FORTIO := $(LOCALBIN)/fortio-$(FORTIO_VERSION)
 
 ENVTEST_ASSETS = $(shell K8S_VERSION=$(K8S_VERSION) ETCD_VERSION=$(ETCD_VERSION) hack/envtest-assets.sh)
+# The real single-node cluster (braid up): binaries built by hack/cluster-binaries.sh,
+# images by hack/images, all state in BRAID_STATE_DIR.
+COREDNS_VERSION ?= 1.15.0
+CLUSTER_BIN = $(shell K8S_VERSION=$(K8S_VERSION) ETCD_VERSION=$(ETCD_VERSION) COREDNS_VERSION=$(COREDNS_VERSION) hack/cluster-binaries.sh)
+IMAGES_DIR ?= $(LOCALBIN)/images
+BRAID := $(LOCALBIN)/braid
+BRAID_STATE_DIR ?= /var/lib/braid-cluster
 
 TEST_FLAGS ?= -race -count=1 -timeout 20m
 
 ##@ Newcomers
 
 .PHONY: demo
-demo: ## Run the mesh locally: apiserver+etcd, operator, two backends, a proxy, and a canary 90/10 -> 50/50 -> 0/100.
+demo: ## Canary 90/10 -> 50/50 -> 0/100 with Braid: on a real local cluster as root, else on apiserver+etcd with the proxy as a process.
+	@if [ "$$(id -u)" = 0 ]; then \
+	  $(MAKE) --no-print-directory demo-cluster; \
+	else \
+	  echo "make demo: not root, so no real cluster (braid up needs root for its bridge, nftables, cgroups and containerd)."; \
+	  echo "Running the envtest demo instead: a real API server and etcd, the operator, and braid-proxy as a process."; \
+	  $(MAKE) --no-print-directory demo-envtest; \
+	fi
+
+.PHONY: demo-envtest
+demo-envtest: ## The demo without root or a cluster: apiserver+etcd, the operator, two backends and a proxy as processes.
 	KUBEBUILDER_ASSETS="$(ENVTEST_ASSETS)" $(GO) run ./hack/demo
+
+.PHONY: demo-cluster
+demo-cluster: up ## The demo on the real local cluster (root): installs Braid, deploys frontend + reviews v1/v2, shifts the canary.
+	KUBECONFIG=$(BRAID_STATE_DIR)/admin.kubeconfig $(GO) run ./hack/cluster-demo
 
 .PHONY: test
 test: lint verify unit ## Everything CI checks: lint, generated-code drift, unit + envtest + e2e tests.
@@ -72,6 +93,33 @@ verify: $(KUSTOMIZE) ## Fail if generated code or manifests drift from their sou
 	$(KUSTOMIZE) build config/crd >/dev/null
 	$(KUSTOMIZE) build config/rbac >/dev/null
 	$(KUSTOMIZE) build config/webhook >/dev/null
+	$(KUSTOMIZE) build config/default >/dev/null
+
+##@ Real cluster (root; docs/cluster.md)
+
+.PHONY: cluster-binaries
+cluster-binaries: ## Build (once) kube-*, kubelet, kubectl, etcd and CoreDNS for braid up and print their folder.
+	@echo "$(CLUSTER_BIN)"
+
+.PHONY: images
+images: ## Build the pause, operator, proxy and demo-app images (static binaries, no Docker) as tarballs in bin/images.
+	$(GO) run ./hack/images --out $(IMAGES_DIR)
+
+.PHONY: braid
+braid: ## Build the braid CLI (up, down, status) into bin/.
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BRAID) ./cmd/braid
+
+.PHONY: up
+up: braid images ## Start a single-node Kubernetes cluster on this machine (or reuse it) and import the images: braid up.
+	$(BRAID) up --state-dir $(BRAID_STATE_DIR) --bin-dir "$(CLUSTER_BIN)" --images $(IMAGES_DIR)
+
+.PHONY: down
+down: braid ## Stop the cluster and undo every change it made to the host: braid down.
+	$(BRAID) down --state-dir $(BRAID_STATE_DIR)
+
+.PHONY: e2e-cluster
+e2e-cluster: up ## Install Braid into the local cluster and check injection, traffic, canary, mTLS, access, uninstall.
+	KUBECONFIG=$(BRAID_STATE_DIR)/admin.kubeconfig $(GO) run ./hack/e2e-cluster
 
 ##@ Benchmarks
 
@@ -87,8 +135,13 @@ bench-identity: ## Certificate issuance: signed per second on one core vs raw EC
 bench-inject: ## Sidecar injection webhook: latency p50/p90/p99/max and allocations per admission request.
 	$(GO) run ./hack/bench/inject $(BENCH_FLAGS)
 
+.PHONY: bench-proxy
+bench-proxy: $(FORTIO) ## Proxy pair over mTLS vs nginx and haproxy pairs (apt-get installs them): latency, max rps, CPU, RSS.
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(LOCALBIN)/braid-proxy ./cmd/braid-proxy
+	$(GO) run ./hack/bench/proxy -fortio $(FORTIO) -proxy $(LOCALBIN)/braid-proxy $(BENCH_FLAGS)
+
 .PHONY: bench
-bench: bench-control-plane bench-identity bench-inject ## Every benchmark.
+bench: bench-control-plane bench-identity bench-inject bench-proxy ## Every benchmark.
 
 .PHONY: envtest-assets
 envtest-assets: ## Build (once) kube-apiserver and etcd for envtest and print their folder.
@@ -99,7 +152,7 @@ tools: $(CONTROLLER_GEN) $(KUSTOMIZE) $(GOLANGCI_LINT) $(BUF) $(PROTOC_GEN_GO) $
 
 .PHONY: clean
 clean: ## Remove build outputs (keeps the cached tools and envtest binaries).
-	rm -f $(LOCALBIN)/braid-operator $(LOCALBIN)/braid-proxy
+	rm -f $(LOCALBIN)/braid-operator $(LOCALBIN)/braid-proxy $(LOCALBIN)/braid
 
 .PHONY: help
 help: ## Show this help.
