@@ -98,5 +98,7 @@ func startInbound(log logr.Logger, st *state) (*inbound.Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("inbound listener: %w", err)
 	}
-	return inbound.New(lis, inbound.Config{Log: log.WithName("inbound"), IDs: st.ids, Policy: &st.mesh.policy, AppHost: st.opts.AppHost}), nil
+	return inbound.New(lis, inbound.Config{
+		Log: log.WithName("inbound"), IDs: st.ids, Policy: &st.mesh.policy, AppHost: st.opts.AppHost, Metrics: st.metrics.Inbound(),
+	}), nil
 }

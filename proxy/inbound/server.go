@@ -25,6 +25,7 @@ import (
 	"github.com/go-logr/logr"
 
 	"github.com/braidmesh/braid/proxy/origdst"
+	"github.com/braidmesh/braid/proxy/telemetry"
 	"github.com/braidmesh/braid/proxy/tlsid"
 )
 
@@ -51,6 +52,8 @@ type Config struct {
 	AppHost string
 	// HandshakeTimeout bounds a TLS handshake (10 s when zero).
 	HandshakeTimeout time.Duration
+	// Metrics records requests and connections; nil records nothing.
+	Metrics *telemetry.Inbound
 }
 
 // Server serves the inbound listener.
@@ -208,9 +211,11 @@ func (s *Server) serveMeshTCP(tc *tls.Conn) {
 	peer := tlsid.PeerID(tc.ConnectionState())
 	if d := s.cfg.Policy.Load().AuthorizeTCP(peer, uint32(port)); !d.Allowed {
 		s.cfg.Log.V(1).Info("Inbound connection refused", "peer", peer, "port", port, "reason", d.Reason)
+		s.cfg.Metrics.Connection(peer, uint32(port), telemetry.InboundDenied)
 		_ = tc.Close()
 		return
 	}
+	s.cfg.Metrics.Connection(peer, uint32(port), telemetry.InboundSuccess)
 	s.splice(tc, port)
 }
 
@@ -220,9 +225,11 @@ func (s *Server) servePlaintext(c net.Conn, port uint16) {
 	pol := s.cfg.Policy.Load()
 	d := pol.AuthorizeTCP("", uint32(port))
 	if d.Allowed {
+		s.cfg.Metrics.Connection("", uint32(port), telemetry.InboundSuccess)
 		s.splice(c, port)
 		return
 	}
+	s.cfg.Metrics.Connection("", uint32(port), telemetry.InboundDenied)
 	s.cfg.Log.V(1).Info("Plaintext inbound connection refused", "client", c.RemoteAddr().String(), "port", port, "reason", d.Reason)
 	refuseHTTP(c, d.Reason)
 }
@@ -301,6 +308,7 @@ func copyThenCloseWrite(dst, src net.Conn) {
 
 // serveMeshHTTP authorises one request from a peer proxy and forwards it to the app.
 func (s *Server) serveMeshHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
 	peer := ""
 	if r.TLS != nil {
 		peer = tlsid.PeerID(*r.TLS)
@@ -313,8 +321,17 @@ func (s *Server) serveMeshHTTP(w http.ResponseWriter, r *http.Request) {
 	if d := s.cfg.Policy.Load().AuthorizeHTTP(peer, uint32(port), r); !d.Allowed {
 		s.cfg.Log.V(1).Info("Inbound request refused", "peer", peer, "port", port, "method", r.Method, "path", r.URL.Path, "reason", d.Reason)
 		forbid(w, http.StatusForbidden, d.Reason)
+		s.cfg.Metrics.Request(peer, uint32(port), http.StatusForbidden, telemetry.InboundDenied, time.Since(start))
 		return
 	}
+	status := 0
+	defer func() {
+		result := telemetry.InboundSuccess
+		if status == 0 || status >= 500 {
+			result = telemetry.InboundFailure
+		}
+		s.cfg.Metrics.Request(peer, uint32(port), status, result, time.Since(start))
+	}()
 	transport := s.app
 	if r.Header.Get(TargetProtocolHeader) == "h2c" {
 		transport = s.appH2
@@ -329,10 +346,15 @@ func (s *Server) serveMeshHTTP(w http.ResponseWriter, r *http.Request) {
 			pr.Out.Header.Set(ClientIDHeader, peer)
 		},
 		Transport: transport,
+		ModifyResponse: func(resp *http.Response) error {
+			status = resp.StatusCode
+			return nil
+		},
 		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) {
 			if errors.Is(err, context.Canceled) {
 				return
 			}
+			status = http.StatusBadGateway
 			forbid(w, http.StatusBadGateway, fmt.Sprintf("the application on port %d failed: %v", port, err))
 		},
 	}

@@ -65,6 +65,9 @@ type Metrics struct {
 	mu      sync.Mutex
 	dests   map[destKey]*Destination // guarded by mu
 	unknown *Destination
+
+	inboundOnce sync.Once
+	inbound     *Inbound
 }
 
 type destKey struct {

@@ -120,6 +120,11 @@ inbound:
 	if err != nil || res.Status != http.StatusForbidden || !strings.Contains(res.Body, "no TrafficTarget allows spiffe://cluster.local/ns/shop/sa/web") {
 		t.Errorf("GET /echo without a grant: %+v, %v; want a 403 naming the client", res, err)
 	}
+
+	// The server proxy counts what it served by the client's verified identity.
+	web, port := "spiffe://cluster.local/ns/shop/sa/web", fmt.Sprint(appPort)
+	metric(ctx, t, mp.server, "braid_proxy_inbound_requests_total", map[string]string{"src_identity": web, "dst_port": port, "code_class": "2xx", "result": "success"}, 2)
+	metric(ctx, t, mp.server, "braid_proxy_inbound_requests_total", map[string]string{"src_identity": web, "dst_port": port, "code_class": "4xx", "result": "denied"}, 1)
 }
 
 // gRPC streaming crosses the pair: h2c from the client application, HTTP/2 over mTLS
