@@ -10,6 +10,7 @@ import (
 
 	"github.com/go-logr/logr"
 
+	"github.com/braidmesh/braid/proxy/admin"
 	"github.com/braidmesh/braid/proxy/api"
 	"github.com/braidmesh/braid/proxy/inbound"
 )
@@ -101,4 +102,19 @@ func startInbound(log logr.Logger, st *state) (*inbound.Server, error) {
 	return inbound.New(lis, inbound.Config{
 		Log: log.WithName("inbound"), IDs: st.ids, Policy: &st.mesh.policy, AppHost: st.opts.AppHost, Metrics: st.metrics.Inbound(),
 	}), nil
+}
+
+// identityReadiness makes a proxy that has a workload identity (from the identity service
+// or files) ready only once it holds its certificate and the trust bundle: before, it
+// could neither accept nor make mTLS connections.
+func (s *state) identityReadiness() admin.ReadinessFunc {
+	if s.opts.IdentityAddr == "" && s.opts.CertFile == "" {
+		return nil
+	}
+	return func() string {
+		if !s.ids.Ready() {
+			return "no workload certificate and trust bundle yet"
+		}
+		return ""
+	}
 }

@@ -154,7 +154,10 @@ func Run(ctx context.Context, log logr.Logger, opts Options) error {
 		IdleTimeout:       5 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
 	}
-	adminSrv := &http.Server{Handler: admin.Handler(st.snap.Load, st.metrics.Registry(), admin.WithAppProbes(opts.AppProbes)), ReadHeaderTimeout: 5 * time.Second}
+	adminSrv := &http.Server{
+		Handler:           admin.HandlerWithReadiness(st.snap.Load, st.identityReadiness(), st.metrics.Registry(), admin.WithAppProbes(opts.AppProbes)),
+		ReadHeaderTimeout: 5 * time.Second,
+	}
 	log.Info("Proxy starting", "outbound", outLis.Addr().String(), "admin", adminLis.Addr().String(),
 		"controlPlane", opts.ControlPlane, "configFile", opts.ConfigFile)
 

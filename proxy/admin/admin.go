@@ -5,6 +5,7 @@ package admin
 import (
 	"net/http"
 	"net/http/pprof"
+	"net/netip"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -19,7 +20,21 @@ type SnapshotFunc func() *api.Snapshot
 
 // Handler returns the admin HTTP handler. It serves the metrics gatherer has on /metrics,
 // unless gatherer is nil, and what opts add (WithAppProbes).
+//
+// The admin port listens on the pod's address (the kubelet probes it there, Prometheus
+// scrapes it), so the profiles, which reveal the proxy's inside and cost CPU to take,
+// answer only clients on the pod's own loopback (kubectl port-forward arrives there);
+// others get a 403. /config holds no secret (no key; the trust bundle is public).
 func Handler(current SnapshotFunc, gatherer prometheus.Gatherer, opts ...Option) http.Handler {
+	return HandlerWithReadiness(current, nil, gatherer, opts...)
+}
+
+// ReadinessFunc says why the proxy is not ready yet, or "" when it is.
+type ReadinessFunc func() string
+
+// HandlerWithReadiness is Handler with a further readiness condition: /ready answers 503
+// with its reason until it returns "".
+func HandlerWithReadiness(current SnapshotFunc, ready ReadinessFunc, gatherer prometheus.Gatherer, opts ...Option) http.Handler {
 	mux := http.NewServeMux()
 	for _, opt := range opts {
 		opt(mux)
@@ -34,6 +49,13 @@ func Handler(current SnapshotFunc, gatherer prometheus.Gatherer, opts ...Option)
 			w.WriteHeader(http.StatusServiceUnavailable)
 			_, _ = w.Write([]byte("not ready: no configuration yet\n"))
 			return
+		}
+		if ready != nil {
+			if why := ready(); why != "" {
+				w.WriteHeader(http.StatusServiceUnavailable)
+				_, _ = w.Write([]byte("not ready: " + why + "\n"))
+				return
+			}
 		}
 		_, _ = w.Write([]byte("ready\n"))
 	})
@@ -55,11 +77,23 @@ func Handler(current SnapshotFunc, gatherer prometheus.Gatherer, opts ...Option)
 	}
 	// The profiling handlers, on this mux rather than http.DefaultServeMux. Index also
 	// serves the named profiles: /debug/pprof/heap, /debug/pprof/goroutine and the rest.
-	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
-	mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("POST /debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	for pattern, h := range map[string]http.HandlerFunc{
+		"GET /debug/pprof/": pprof.Index, "GET /debug/pprof/cmdline": pprof.Cmdline, "GET /debug/pprof/profile": pprof.Profile,
+		"GET /debug/pprof/symbol": pprof.Symbol, "POST /debug/pprof/symbol": pprof.Symbol, "GET /debug/pprof/trace": pprof.Trace,
+	} {
+		mux.Handle(pattern, localOnly(h))
+	}
 	return mux
+}
+
+// localOnly answers only clients on loopback.
+func localOnly(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ap, err := netip.ParseAddrPort(r.RemoteAddr)
+		if err != nil || !ap.Addr().Unmap().IsLoopback() {
+			http.Error(w, "braid-proxy: this admin endpoint answers only on the pod's loopback (use kubectl port-forward)", http.StatusForbidden)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }
