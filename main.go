@@ -35,7 +35,9 @@ func main() {
 		webhookCerts                       string
 		webhookPort                        int
 		validatingWebhook, mutatingWebhook string
+		configTLS                          string
 	)
+	flag.StringVar(&configTLS, "config-server-tls", "auto", "serve the config stream over mTLS, authenticating each proxy by its workload certificate: on, off, or auto (on in a pod)")
 	flag.StringVar(&identityAddr, "identity-server-address", ":15011", "address proxies get their certificates from (TLS, on every replica); 0 disables it")
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "address of the metrics endpoint; 0 disables it")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address of /healthz and /readyz")
@@ -55,7 +57,7 @@ func main() {
 
 	if err := run(ctrl.SetupSignalHandler(), log, options{
 		metricsAddr: metricsAddr, probeAddr: probeAddr, configAddr: configAddr, leaderElect: leaderElect, debounce: debounce, webhookCertDir: webhookCertDir,
-		identityAddr: identityAddr, webhookCerts: webhookCerts, webhookPort: webhookPort,
+		identityAddr: identityAddr, webhookCerts: webhookCerts, webhookPort: webhookPort, configTLS: configTLS,
 		caBundles: controllers.CABundleOptions{ValidatingWebhookConfiguration: validatingWebhook, MutatingWebhookConfiguration: mutatingWebhook},
 	}); err != nil {
 		log.Error(err, "Operator failed")
@@ -72,6 +74,7 @@ type options struct {
 	webhookCerts                       string
 	webhookPort                        int
 	caBundles                          controllers.CABundleOptions
+	configTLS                          string
 }
 
 func run(ctx context.Context, log logr.Logger, o options) error {
@@ -124,6 +127,9 @@ func run(ctx context.Context, log logr.Logger, o options) error {
 		}
 	} else {
 		log.Info("Webhooks are off; invalid SMI objects are reported by their status conditions only, and pods get no sidecar", "reason", plan.reason)
+	}
+	if err := secureConfigServer(log, srv, o, holder, serving); err != nil {
+		return err
 	}
 	if err := mgr.Add(configServerRunnable(srv, o.configAddr)); err != nil {
 		return fmt.Errorf("adding the config server: %w", err)

@@ -118,3 +118,15 @@ func (s *state) identityReadiness() admin.ReadinessFunc {
 		return ""
 	}
 }
+
+// controlPlaneServerName is the name the operator's certificate must carry.
+func controlPlaneServerName(o *Options) string {
+	if o.ControlPlaneServerName != "" {
+		return o.ControlPlaneServerName
+	}
+	host, _, err := net.SplitHostPort(o.ControlPlane)
+	if err != nil {
+		return o.ControlPlane
+	}
+	return host
+}

@@ -69,6 +69,11 @@ type Options struct {
 	// CertFile and KeyFile hold a workload certificate (chain) and key to use instead of
 	// asking the identity service; TrustBundleFile then holds the roots peers chain to.
 	CertFile, KeyFile string
+	// ControlPlaneTLS dials the control plane over mTLS, presenting the workload
+	// certificate, and verifies the operator's certificate names ControlPlaneServerName
+	// (the control plane address's host when empty).
+	ControlPlaneTLS        bool
+	ControlPlaneServerName string
 	// AppProbes is the JSON of the application probes the admin server answers on
 	// /app-probe/<container>/<kind> (admin.AppProbes; BRAID_APP_PROBES, set by the injector).
 	AppProbes string
@@ -115,6 +120,9 @@ func (s *state) apply(snap *api.Snapshot) error {
 func Run(ctx context.Context, log logr.Logger, opts Options) error {
 	if opts.Namespace == "" {
 		return errors.New("the proxy's namespace is required (--namespace or POD_NAMESPACE)")
+	}
+	if opts.ControlPlaneTLS && opts.IdentityAddr == "" && opts.CertFile == "" {
+		return errors.New("--control-plane-tls needs a workload identity: --identity-address, or --cert-file and --key-file")
 	}
 	st := &state{opts: &opts, metrics: telemetry.New(), ids: &tlsid.Store{}, endpoints: router.NewRegistry(nil)}
 	if err := loadStaticIdentity(log, st); err != nil {
@@ -212,6 +220,9 @@ func configSource(log logr.Logger, st *state) (func(ctx context.Context) error, 
 	}
 	if st.idc != nil { // the Acks report the root the certificate chains to (root rotation)
 		cp.CertificateRoot, cp.RootChanged = st.idc.CertificateRoot, st.idc.RootChanged()
+	}
+	if opts.ControlPlaneTLS {
+		cp.TLS = st.ids.ControlPlaneConfig(controlPlaneServerName(opts))
 	}
 	return cp.Run, nil
 }

@@ -54,6 +54,8 @@ func run(args []string) error {
 		fs.StringVar(&opts.ControlPlane, "control-plane", envOr("BRAID_CONTROL_PLANE", "braid-operator.braid-system.svc:15010"), "address of the operator's config server")
 		fs.StringVar(&opts.ProxyID, "proxy-id", envOr("POD_NAME", fmt.Sprintf("%s-%d", host, os.Getpid())), "unique name of this proxy")
 		fs.StringVar(&opts.ServiceAccount, "service-account", envOr("POD_SERVICE_ACCOUNT", "default"), "service account of the workload the proxy serves")
+		fs.BoolVar(&opts.ControlPlaneTLS, "control-plane-tls", os.Getenv("BRAID_CONTROL_PLANE_TLS") == "true", "dial the control plane over mTLS with the workload certificate (needs an identity)")
+		fs.StringVar(&opts.ControlPlaneServerName, "control-plane-server-name", "", "name the control plane's certificate must carry (default: the host of --control-plane)")
 		fs.StringVar(&opts.IdentityAddr, "identity-address", os.Getenv("BRAID_IDENTITY_ADDRESS"), "address of the operator's identity service (host:port); empty runs without a workload certificate")
 		fs.StringVar(&opts.TokenFile, "token-file", os.Getenv("BRAID_TOKEN_FILE"), "projected ServiceAccount token (audience braid) proving the proxy's identity")
 		fs.StringVar(&opts.TrustDomain, "trust-domain", envOr("BRAID_TRUST_DOMAIN", "cluster.local"), "trust domain of the proxy's SPIFFE ID")

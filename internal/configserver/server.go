@@ -5,6 +5,7 @@ package configserver
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -18,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -68,6 +70,9 @@ type Options struct {
 	// The window is not extended by later changes, so it is also the most a change waits.
 	// Zero pushes every change at once.
 	Debounce time.Duration
+	// TLS, when set, serves the stream over mTLS (see ServerTLS): a proxy must present a
+	// certificate of the workload its Hello names.
+	TLS *tls.Config
 }
 
 type change struct {
@@ -174,6 +179,9 @@ func New(log logr.Logger, opts Options) *Server {
 		}),
 	}
 }
+
+// UseTLS serves the stream over mTLS with c (see ServerTLS). Call it before Serve.
+func (s *Server) UseTLS(c *tls.Config) { s.opts.TLS = c }
 
 // MarkReady declares that the server holds the configuration of every Service, and
 // releases the streams waiting for it. Until then proxies keep what they have.
@@ -482,6 +490,10 @@ func (s *Server) Stream(stream api.ConfigService_StreamServer) error {
 	if hello == nil || hello.GetProxyId() == "" || hello.GetNamespace() == "" {
 		return status.Error(codes.InvalidArgument, "the first message must be a Hello with proxy_id and namespace")
 	}
+	if err := authenticate(stream.Context(), hello); err != nil {
+		s.log.Info("Proxy refused", "proxy", hello.GetProxyId(), "error", err.Error())
+		return err
+	}
 	p := &proxyConn{hello: hello, connected: s.opts.Clock.Now(), wake: make(chan struct{}, 1)}
 	log := s.log.WithValues("proxy", hello.GetProxyId(), "namespace", hello.GetNamespace())
 	s.register(p)
@@ -616,10 +628,14 @@ func (s *Server) receiveAcks(stream api.ConfigService_StreamServer, p *proxyConn
 // Serve serves the config API on lis until ctx ends. Config streams never end by
 // themselves, so stopping closes them; proxies keep their configuration and reconnect.
 func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
-	gs := grpc.NewServer(
+	opts := []grpc.ServerOption{
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-	)
+	}
+	if s.opts.TLS != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(s.opts.TLS)))
+	}
+	gs := grpc.NewServer(opts...)
 	api.RegisterConfigServiceServer(gs, s)
 	s.log.Info("Serving proxy config", "address", lis.Addr().String())
 	served := make(chan error, 1)

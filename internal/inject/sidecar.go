@@ -81,6 +81,9 @@ func proxyContainer(in *Input, image string, s settings, appProbes string) corev
 		fieldEnv("POD_IP", "status.podIP"),
 		{Name: "BRAID_CONTROL_PLANE", Value: controlPlane},
 		{Name: "BRAID_IDENTITY_ADDRESS", Value: identity},
+		// The operator serves the config stream over mTLS in a cluster: the proxy presents
+		// its workload certificate there.
+		{Name: "BRAID_CONTROL_PLANE_TLS", Value: "true"},
 		{Name: "BRAID_TOKEN_FILE", Value: TokenFile},
 		{Name: "BRAID_TRUST_BUNDLE_FILE", Value: TrustFile},
 	}

@@ -5,6 +5,7 @@ package controlplane
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"math/rand/v2"
 	"sync"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/go-logr/logr"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 
@@ -28,6 +30,9 @@ type Client struct {
 	Hello   *api.Hello
 	Apply   ApplyFunc
 	Log     logr.Logger
+	// TLS, when set, dials the control plane over mTLS (tlsid.Store.ControlPlaneConfig);
+	// otherwise in plaintext.
+	TLS *tls.Config
 	// MinBackoff and MaxBackoff bound the wait between reconnection attempts.
 	MinBackoff, MaxBackoff time.Duration
 	// CertificateRoot, when set, gives the fingerprint of the root the proxy's
@@ -40,8 +45,12 @@ type Client struct {
 
 // Run streams configuration until ctx ends.
 func (c *Client) Run(ctx context.Context) error {
+	creds := insecure.NewCredentials()
+	if c.TLS != nil {
+		creds = credentials.NewTLS(c.TLS)
+	}
 	conn, err := grpc.NewClient(c.Address,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(creds),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
 	)
 	if err != nil {

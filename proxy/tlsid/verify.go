@@ -111,3 +111,38 @@ func spiffeID(c *x509.Certificate) (string, error) {
 	}
 	return id, nil
 }
+
+// ControlPlaneConfig returns the configuration for dialing the operator: it presents the
+// proxy's certificate (the operator authenticates the proxy by its SPIFFE ID) and
+// requires the operator's certificate to chain to the current trust bundle and name
+// serverName.
+func (s *Store) ControlPlaneConfig(serverName string) *tls.Config {
+	return &tls.Config{
+		MinVersion:         tls.VersionTLS13,
+		InsecureSkipVerify: true, // #nosec G402 -- verified in VerifyConnection against the bundle of the moment
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			if c := s.cert.Load(); c != nil {
+				return c, nil
+			}
+			return nil, ErrNoIdentity
+		},
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			roots := s.roots.Load()
+			if roots == nil {
+				return ErrNoIdentity
+			}
+			if len(cs.PeerCertificates) == 0 {
+				return errors.New("the control plane presented no certificate")
+			}
+			inter := x509.NewCertPool()
+			for _, c := range cs.PeerCertificates[1:] {
+				inter.AddCert(c)
+			}
+			_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{DNSName: serverName, Roots: roots, Intermediates: inter})
+			if err != nil {
+				return fmt.Errorf("verifying the control plane's certificate for %s: %w", serverName, err)
+			}
+			return nil
+		},
+	}
+}
