@@ -21,6 +21,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	"github.com/braidmesh/braid/controllers"
+	"github.com/braidmesh/braid/internal/ca"
 	"github.com/braidmesh/braid/internal/configserver"
 	"github.com/braidmesh/braid/webhooks"
 )
@@ -114,19 +115,8 @@ func run(ctx context.Context, log logr.Logger, o options) error {
 	if err != nil {
 		return err
 	}
-	if plan.mode != webhookCertsOff {
-		log.Info("Serving the webhooks", "certificate", plan.mode, "reason", plan.reason, "port", o.webhookPort)
-		webhooks.Setup(mgr.GetWebhookServer())
-		if err := webhooks.SetupInjector(ctx, mgr, webhooks.InjectorOptionsFromEnv()); err != nil {
-			return err
-		}
-		if plan.mode == webhookCertsSelf {
-			if err := controllers.SetupCABundles(mgr, holder, o.caBundles); err != nil {
-				return err
-			}
-		}
-	} else {
-		log.Info("Webhooks are off; invalid SMI objects are reported by their status conditions only, and pods get no sidecar", "reason", plan.reason)
+	if err := setupWebhooks(ctx, log, mgr, plan, holder, o); err != nil {
+		return err
 	}
 	if err := secureConfigServer(log, srv, o, holder, serving); err != nil {
 		return err
@@ -157,4 +147,22 @@ func configServerRunnable(srv *configserver.Server, addr string) manager.Runnabl
 		}
 		return srv.Serve(ctx, lis)
 	})
+}
+
+// setupWebhooks serves the validating and injecting webhooks as plan says, and keeps
+// their configurations' caBundle when the operator's own certificate serves them.
+func setupWebhooks(ctx context.Context, log logr.Logger, mgr manager.Manager, plan webhookPlan, holder *ca.Holder, o options) error {
+	if plan.mode == webhookCertsOff {
+		log.Info("Webhooks are off; invalid SMI objects are reported by their status conditions only, and pods get no sidecar", "reason", plan.reason)
+		return nil
+	}
+	log.Info("Serving the webhooks", "certificate", plan.mode, "reason", plan.reason, "port", o.webhookPort)
+	webhooks.Setup(mgr.GetWebhookServer())
+	if err := webhooks.SetupInjector(ctx, mgr, webhooks.InjectorOptionsFromEnv()); err != nil {
+		return err
+	}
+	if plan.mode == webhookCertsSelf {
+		return controllers.SetupCABundles(mgr, holder, o.caBundles)
+	}
+	return nil
 }
