@@ -285,8 +285,10 @@ func (r *ServiceReconciler) split(ctx context.Context, root types.NamespacedName
 		return nil, fmt.Errorf("listing traffic splits rooted at %s: %w", root, err)
 	}
 	all := make([]mesh.Split, 0, len(list.Items))
+	stored := map[string]*smi.AcceptedSplit{}
 	for i := range list.Items {
 		all = append(all, toMeshSplit(&list.Items[i]))
+		stored[list.Items[i].Name] = list.Items[i].Status.LastAccepted
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -305,8 +307,29 @@ func (r *ServiceReconciler) split(ctx context.Context, root types.NamespacedName
 	if old, ok := r.lastGood[root]; ok && old.Name == w.Name {
 		return &old, nil
 	}
+	// After a restart the memory is empty: the split's status keeps its last accepted form.
+	if last := stored[w.Name]; last != nil {
+		old := fromAcceptedForm(w, last)
+		if mesh.CheckSplit(old, true).Accepted {
+			if r.lastGood == nil {
+				r.lastGood = map[types.NamespacedName]mesh.Split{}
+			}
+			r.lastGood[root] = old
+			return &old, nil
+		}
+	}
 	delete(r.lastGood, root)
 	return nil, nil
+}
+
+// fromAcceptedForm is split w as it was last accepted.
+func fromAcceptedForm(w mesh.Split, last *smi.AcceptedSplit) mesh.Split {
+	old := w
+	old.Generation, old.Matches, old.Backends = last.Generation, last.Matches, nil
+	for _, b := range last.Backends {
+		old.Backends = append(old.Backends, mesh.SplitBackend{Service: b.Service, MilliWeight: b.MilliWeight})
+	}
+	return old
 }
 
 func (r *ServiceReconciler) forget(root types.NamespacedName) {

@@ -97,6 +97,9 @@ func (r *TrafficSplitReconciler) Reconcile(ctx context.Context, req ctrl.Request
 		c.ObservedGeneration = ts.Generation
 		meta.SetStatusCondition(&ts.Status.Conditions, c)
 	}
+	if accepted.Accepted {
+		ts.Status.LastAccepted = acceptedForm(split)
+	}
 	if reflect.DeepEqual(before.Status, ts.Status) {
 		return ctrl.Result{}, nil
 	}
@@ -311,4 +314,14 @@ func (r *TrafficSplitReconciler) list(ctx context.Context, namespace, index, val
 		}
 	}
 	return reqs
+}
+
+// acceptedForm is what the status keeps of an accepted split, so that a restarted
+// operator still knows the form proxies run while a later generation is not accepted.
+func acceptedForm(s mesh.Split) *smi.AcceptedSplit {
+	out := &smi.AcceptedSplit{Generation: s.Generation, Matches: s.Matches}
+	for _, b := range s.Backends {
+		out.Backends = append(out.Backends, smi.AcceptedBackend{Service: b.Service, MilliWeight: b.MilliWeight})
+	}
+	return out
 }

@@ -44,8 +44,8 @@ type TrafficSplit struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`
 
-	Spec   TrafficSplitSpec `json:"spec,omitempty"`
-	Status Status           `json:"status,omitempty"`
+	Spec   TrafficSplitSpec   `json:"spec,omitempty"`
+	Status TrafficSplitStatus `json:"status,omitempty"`
 }
 
 // TrafficSplitSpec is the SDK's v1alpha1 spec plus the matches of v1alpha3 and later,
@@ -65,4 +65,28 @@ type TrafficSplitList struct {
 	metav1.TypeMeta `json:",inline"`
 	metav1.ListMeta `json:"metadata,omitempty"`
 	Items           []TrafficSplit `json:"items"`
+}
+
+// TrafficSplitStatus is Braid's status of a TrafficSplit: the conditions, and the last form
+// of the split Braid accepted. Proxies keep running that form while a later generation is
+// not accepted; keeping it in the status keeps it across operator restarts.
+type TrafficSplitStatus struct {
+	Status `json:",inline"`
+	// LastAccepted is the last generation of the split Braid accepted, as it compiled it.
+	// +optional
+	LastAccepted *AcceptedSplit `json:"lastAccepted,omitempty"`
+}
+
+// AcceptedSplit is an accepted generation of a split: its backends with their weights in
+// thousandths, and the HTTPRouteGroups it matches on.
+type AcceptedSplit struct {
+	Generation int64             `json:"generation"`
+	Backends   []AcceptedBackend `json:"backends,omitempty"`
+	Matches    []string          `json:"matches,omitempty"`
+}
+
+// AcceptedBackend is a backend of an accepted split.
+type AcceptedBackend struct {
+	Service     string `json:"service"`
+	MilliWeight int64  `json:"milliWeight"`
 }

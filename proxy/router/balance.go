@@ -23,7 +23,11 @@ func (systemClock) Now() time.Time { return time.Now() }
 // Balancing constants, from linkerd's and finagle's peak-EWMA balancers.
 const (
 	// decayTime is the EWMA's time constant: a latency seen t ago weighs e^(-t/decayTime).
-	decayTime = 10 * time.Second
+	// Shorter than linkerd's 10 s: at low concurrency the balancer stops sending to an
+	// endpoint whose average is high, so one pause (a GC, a page fault) of a pod whose
+	// requests take a few hundred microseconds would otherwise starve it for tens of
+	// seconds; with 1 s it is back within a few seconds.
+	decayTime = time.Second
 	// unknownRTT is the latency an endpoint that has not answered yet is assumed to have
 	// for each request in flight to it: while it has none, its cost is 0, so that a new
 	// endpoint gets a request at once, and its first answer tells its latency.
@@ -299,10 +303,10 @@ func (b *Backend) choose(rng *rand.Rand, tried []*EndpointState, now int64) *End
 	ux, uy := b.usable(x, tried, now), b.usable(y, tried, now)
 	switch {
 	case ux && uy:
-		if y.load(now) < x.load(now) {
+		if lx, ly := x.load(now), y.load(now); ly < lx && !equivalent(lx, ly) {
 			return y
 		}
-		return x
+		return x // x is the random draw: equivalent endpoints share the load
 	case ux:
 		return x
 	case uy:
@@ -354,4 +358,16 @@ func (b *Backend) noneUsable(now int64) error {
 	}
 	return fmt.Errorf("backend %s: %w (the first returns in %s)", b.Service, ErrAllEjected,
 		time.Duration(next-now).Round(time.Millisecond))
+}
+
+// Loads closer than equivalentRatio of the smaller, or than equivalentNanos, are the same
+// for the balancer: measurement noise must not make one of several equal endpoints take
+// every request while the others idle.
+const (
+	equivalentRatio = 0.25
+	equivalentNanos = 250_000
+)
+
+func equivalent(a, b float64) bool {
+	return math.Abs(a-b) <= max(equivalentRatio*min(a, b), equivalentNanos)
 }

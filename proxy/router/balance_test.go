@@ -424,3 +424,32 @@ func BenchmarkPick(b *testing.B) {
 		c.End()
 	}
 }
+
+// Endpoints whose latencies differ by noise share the load: the balancer must not pin a
+// Service to one of its equal endpoints while the others idle.
+func TestPickSharesBetweenEquivalentEndpoints(t *testing.T) {
+	clock := newFakeClock()
+	_, b := buildWith(t, router.NewRegistry(clock), webRoute(&api.Route{}, endpoints(2)...))
+	latency := map[string]time.Duration{"10.0.0.1:8080": 300 * time.Microsecond, "10.0.0.2:8080": 350 * time.Microsecond}
+	rng := rand.New(rand.NewPCG(7, 8))
+	counts := map[string]int{}
+	for range 1000 {
+		c, err := b.Pick(rng, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := c.Endpoint().Addr.String()
+		counts[addr]++
+		clock.Advance(latency[addr])
+		c.Responded(false)
+		c.End()
+	}
+	for addr, n := range counts {
+		if n < 350 {
+			t.Errorf("1000 requests: %v, want each equivalent endpoint to get at least 350 (%s got %d)", counts, addr, n)
+		}
+	}
+	if len(counts) != 2 {
+		t.Errorf("1000 requests went to %v only", counts)
+	}
+}

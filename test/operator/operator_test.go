@@ -23,6 +23,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/braidmesh/braid/controllers"
+	"github.com/braidmesh/braid/internal/smi"
 	"github.com/braidmesh/braid/test/harness"
 )
 
@@ -199,6 +200,81 @@ func waitHTTP(ctx context.Context, t *testing.T, url, want string) {
 		case <-ctx.Done():
 			t.Fatalf("%s never answered 200 with %q; last: %.300s", url, want, last)
 		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// A split that stops being valid keeps its last accepted form in the proxies, also after
+// the operator restarts and has forgotten everything: the split's status remembers it.
+func TestLastAcceptedSplitSurvivesARestart(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	env := &envtest.Environment{
+		CRDDirectoryPaths:     []string{filepath.Join(harness.RepoRoot(), "config", "crd", "bases"), filepath.Join(harness.RepoRoot(), "config", "crd", "smi")},
+		ErrorIfCRDPathMissing: true,
+	}
+	cfg, err := env.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = env.Stop() })
+	kubeconfig := writeKubeconfig(t, env, cfg)
+	op := startOperator(ctx, t, kubeconfig)
+	waitHTTP(ctx, t, "http://"+op.probeAddr+"/readyz", "ok")
+	createMesh(ctx, t, cfg)
+	streamUntilSplit(ctx, t, op.configAddr)
+
+	scheme, err := controllers.NewScheme()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := client.New(cfg, client.Options{Scheme: scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitLastAccepted(ctx, t, c, client.ObjectKey{Namespace: "shop", Name: "web"})
+	// Every weight 0: not accepted; proxies keep web-v1 at weight 1.
+	split := harness.TrafficSplit("split.smi-spec.io/v1alpha2", "shop", "web", "web", harness.Weighted{Service: "web-v1", Weight: 0})
+	if err := harness.SetWeights(ctx, c, split, harness.Weighted{Service: "web-v1", Weight: 0}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := harness.WaitForCondition(ctx, c, split, "Accepted", "False", "AllWeightsZero"); err != nil {
+		t.Fatal(err)
+	}
+	op.stop(t)
+
+	restarted := startOperator(ctx, t, kubeconfig)
+	waitHTTP(ctx, t, "http://"+restarted.probeAddr+"/readyz", "ok")
+	proxy, err := harness.DialConfig(ctx, restarted.configAddr, "after-restart", "shop")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = proxy.Close() }()
+	snap, err := proxy.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := harness.FindPort(snap, "shop", "web", 80)
+	if port.GetSplit() != "shop/web" || harness.Weights(snap, "shop", "web", 80)["web-v1"] != 1 {
+		t.Fatalf("after the restart, shop/web runs %v, want the last accepted split (web-v1 at weight 1)", port)
+	}
+}
+
+// waitLastAccepted waits until the split's status records its current generation as accepted.
+func waitLastAccepted(ctx context.Context, t *testing.T, c client.Client, key client.ObjectKey) {
+	t.Helper()
+	for {
+		var ts smi.TrafficSplit
+		if err := c.Get(ctx, key, &ts); err != nil {
+			t.Fatal(err)
+		}
+		if ts.Status.LastAccepted != nil && ts.Status.LastAccepted.Generation == ts.Generation {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal("the split's status never recorded its accepted form")
+		case <-time.After(20 * time.Millisecond):
 		}
 	}
 }
