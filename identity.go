@@ -38,7 +38,7 @@ func newServingCert(log logr.Logger) *ca.ServingCert {
 // that certificate. The returned Holder gives the trust bundle.
 func setupIdentity(mgr manager.Manager, addr string, bundles bundleSink, serving *ca.ServingCert) (*ca.Holder, error) {
 	ns := operatorNamespace()
-	holder, err := controllers.SetupIdentity(mgr, controllers.IdentityOptions{Namespace: ns})
+	holder, err := controllers.SetupIdentity(mgr, controllers.IdentityOptions{Namespace: ns, Proxies: bundles})
 	if err != nil {
 		return nil, err
 	}
@@ -60,8 +60,12 @@ func setupIdentity(mgr manager.Manager, addr string, bundles bundleSink, serving
 	return holder, err
 }
 
-// bundleSink is where the trust bundle goes: the config server, which streams it to proxies.
-type bundleSink interface{ SetTrustBundle(bundle string) uint64 }
+// bundleSink is where the trust bundle goes: the config server, which streams it to
+// proxies and tells root rotation which of them run it.
+type bundleSink interface {
+	SetTrustBundle(bundle string) uint64
+	controllers.MeshProxies
+}
 
 // feedTrustBundle hands every trust bundle the CA holds to sink until ctx ends. It runs on
 // every replica: each serves proxies.

@@ -56,8 +56,9 @@ var meshConfigRequest = reconcile.Request{NamespacedName: types.NamespacedName{N
 //
 // It runs on every replica, since every replica serves the identity service: Secrets are
 // created only if absent and replaced only by updates conditional on the version read,
-// so concurrent replicas agree on one CA. Root rotation will be a further step of the
-// same reconcile (see docs/identity.md).
+// so concurrent replicas agree on one CA. It rotates the intermediate (on schedule or on
+// demand, braid.dev/rotate: issuer) and the root (at two thirds of its lifetime, or on
+// demand, braid.dev/rotate: root) in the phases of certificates_rotation.go.
 type CertificateReconciler struct {
 	// Client writes Secrets and reads the MeshConfig.
 	Client client.Client
@@ -68,10 +69,17 @@ type CertificateReconciler struct {
 	Holder    *ca.Holder
 	Clock     clock.PassiveClock
 	Events    events.EventRecorder
+	// Proxies tells root rotation which connected proxies run the new trust bundle and
+	// hold a certificate from the new root. Without it, the rotation does not wait for
+	// the bundle and waits a workload lifetime for the certificates.
+	Proxies MeshProxies
+	// ConfigMaps, when set, reads the trust bundle ConfigMaps: a root rotation switches
+	// the issuer only once every meshed namespace's holds the new bundle.
+	ConfigMaps client.Reader
 }
 
-// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create;update,namespace=braid-system
-// +kubebuilder:rbac:groups=braid.dev,resources=meshconfigs,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create;update;delete,namespace=braid-system
+// +kubebuilder:rbac:groups=braid.dev,resources=meshconfigs,verbs=get;list;watch;patch
 // +kubebuilder:rbac:groups=braid.dev,resources=meshconfigs/status,verbs=get;update;patch
 
 // Reconcile loads or creates the CA, stores it in the Holder and reports it.
@@ -94,13 +102,18 @@ func (r *CertificateReconciler) Reconcile(ctx context.Context, _ reconcile.Reque
 	)
 	if spec != nil && spec.Certificates.IssuerSecret != "" {
 		res, cond = r.loadIssuerSecret(ctx, spec)
+		if ask := rotateRequest(mc); ask != "" {
+			r.warn(ctx, "RotationNotApplicable", "%s: %s is ignored: spec.certificates.issuerSecret signs, and rotating it is up to its owner (see docs/identity.md)",
+				braidv1alpha1.RotateAnnotation, ask)
+			err = r.clearRotateRequest(ctx, mc)
+		}
 	} else {
-		res, cond, err = r.ensureOwnCA(ctx, spec)
+		res, cond, err = r.ensureOwnCA(ctx, mc)
 	}
 	if res.state != nil {
 		r.store(ctx, res.state)
 	}
-	if serr := r.updateStatus(ctx, mc, cond); serr != nil {
+	if serr := r.updateStatus(ctx, mc, cond, res); serr != nil {
 		err = errors.Join(err, serr)
 	}
 	if err != nil {
@@ -116,6 +129,11 @@ func (r *CertificateReconciler) Reconcile(ctx context.Context, _ reconcile.Reque
 type loadResult struct {
 	state     *ca.State // nil: keep the one in force
 	recheckAt time.Time // zero: only on a change
+	// ownCA: the operator's own CA signs. phase is then its root rotation's phase ("":
+	// none under way) and rotation the RootRotation condition to set (nil: it stays).
+	ownCA    bool
+	phase    string
+	rotation *metav1.Condition
 }
 
 // store puts st in force unless the same CA is already.
@@ -129,11 +147,19 @@ func (r *CertificateReconciler) store(ctx context.Context, st *ca.State) {
 		"issuer", st.Issuer.Issuing().Subject.String(), "issuerNotAfter", st.Issuer.NotAfter(), "roots", len(st.Roots))
 }
 
-// ensureOwnCA loads the operator's root and intermediate, creating or renewing them.
-func (r *CertificateReconciler) ensureOwnCA(ctx context.Context, spec *braidv1alpha1.MeshConfigSpec) (loadResult, metav1.Condition, error) {
+// ensureOwnCA loads the operator's root and intermediate, creating or renewing them,
+// and runs the steps of the rotations under way or asked for.
+func (r *CertificateReconciler) ensureOwnCA(ctx context.Context, mc *braidv1alpha1.MeshConfig) (loadResult, metav1.Condition, error) {
+	var spec *braidv1alpha1.MeshConfigSpec
+	if mc != nil {
+		spec = &mc.Spec
+	}
 	td, now := spec.EffectiveTrustDomain(), r.Clock.Now()
 	secrets := caSecrets{reader: r.APIReader, writer: r.Client, namespace: r.Namespace}
 	unavailable := func(err error) (loadResult, metav1.Condition, error) {
+		if apierrors.IsConflict(err) { // another replica wrote first: retried at once, nothing to report
+			return loadResult{}, metav1.Condition{}, err
+		}
 		return loadResult{}, issuerCondition(metav1.ConditionFalse, ReasonCAUnavailable, err.Error()), err
 	}
 	root, replaced, err := secrets.ensure(ctx, RootSecretName, usableRoot(td, now), func() (*identity.KeyPair, []byte, error) {
@@ -150,24 +176,139 @@ func (r *CertificateReconciler) ensureOwnCA(ctx context.Context, spec *braidv1al
 		r.warn(ctx, "RootReplaced", "the root in Secret %s/%s could not be used (%v): a new root was created; proxies trust it once they renew their certificates",
 			r.Namespace, RootSecretName, replaced)
 	}
-	inter, _, err := secrets.ensure(ctx, IssuerSecretName, usableIntermediate(root.Cert, td, now), func() (*identity.KeyPair, []byte, error) {
-		kp, err := identity.NewIntermediate(root, td, now, spec.EffectiveIssuerLifetime())
+	rot, done, err := r.stepRootRotation(ctx, secrets, mc, root, now)
+	if err != nil {
+		return unavailable(err)
+	}
+	if done != nil {
+		root = done.root
+	}
+	issuing, roots := rot.roots(root)
+	inter, err := r.ensureIntermediate(ctx, secrets, mc, issuing, td, now)
+	if err != nil {
+		return unavailable(err)
+	}
+	issuer, err := identity.NewIssuer(inter, nil, []*x509.Certificate{issuing.Cert}, td, now)
+	if err != nil {
+		return unavailable(err)
+	}
+	st := &ca.State{Issuer: issuer, Roots: roots, Bundle: identity.BundlePEM(roots...), WorkloadLifetime: spec.EffectiveWorkloadLifetime()}
+	r.store(ctx, st) // before the step below, which looks at who has the bundle in force
+	res := loadResult{state: st, recheckAt: caRenewAt(inter.Cert), ownCA: true}
+	if rot == nil {
+		res.recheckAt = earliest(res.recheckAt, caRenewAt(root.Cert)) // the scheduled root rotation
+	} else {
+		// A step that fails leaves the CA in force as it is: it is retried, and the
+		// error is the Reconcile's.
+		var wait time.Duration
+		wait, err = r.advance(ctx, rot, st, now)
+		res.recheckAt, res.phase = earliest(res.recheckAt, now.Add(wait)), rot.phase
+	}
+	res.rotation = rotationCondition(rot, done)
+	msg := fmt.Sprintf("the operator's CA (Secrets %s and %s) signs; the intermediate is renewed at %s", RootSecretName, IssuerSecretName, caRenewAt(inter.Cert).UTC().Format(time.RFC3339))
+	return res, issuerCondition(metav1.ConditionTrue, ReasonOperatorCA, msg), err
+}
+
+// stepRootRotation reads the root rotation under way, starts one when asked for (the
+// rotate annotation, or the root past two thirds of its lifetime), and finishes one at
+// RemovingOldRoot: done then says which root replaced which.
+func (r *CertificateReconciler) stepRootRotation(ctx context.Context, secrets caSecrets, mc *braidv1alpha1.MeshConfig, root *identity.KeyPair,
+	now time.Time) (rot *rotation, done *rotationDone, err error) {
+	var spec *braidv1alpha1.MeshConfigSpec
+	if mc != nil {
+		spec = &mc.Spec
+	}
+	if rot, err = r.loadRotation(ctx, secrets, spec.EffectiveTrustDomain(), now); err != nil {
+		return nil, nil, err
+	}
+	if rot, err = r.startRootRotationIfDue(ctx, secrets, mc, root, rot, now); err != nil {
+		return nil, nil, err
+	}
+	if rot == nil || rot.phase != PhaseRemovingOldRoot {
+		return rot, nil, nil
+	}
+	next, err := r.removeOldRoot(ctx, secrets, rot)
+	if err != nil {
+		return nil, nil, err
+	}
+	r.event(ctx, "RootRotationComplete", "RotateRoot", "the root %s replaced %s: the trust bundle holds it alone",
+		identity.Fingerprint(next.Cert), identity.Fingerprint(root.Cert))
+	return nil, &rotationDone{root: next, replaced: root.Cert}, nil
+}
+
+// startRootRotationIfDue starts a root rotation when none is under way (rot is nil) and
+// the rotate annotation asks for one or the root is past two thirds of its lifetime. It
+// removes the annotation once acted upon (an unknown value, with a Warning), and returns
+// the rotation under way.
+func (r *CertificateReconciler) startRootRotationIfDue(ctx context.Context, secrets caSecrets, mc *braidv1alpha1.MeshConfig,
+	root *identity.KeyPair, rot *rotation, now time.Time) (*rotation, error) {
+	var spec *braidv1alpha1.MeshConfigSpec
+	if mc != nil {
+		spec = &mc.Spec
+	}
+	var err error
+	switch ask := rotateRequest(mc); {
+	case ask == RotateIssuer: // ensureIntermediate's
+		return rot, nil
+	case ask != "" && ask != RotateRoot:
+		r.warn(ctx, "RotateAnnotationInvalid", "%s: %q is neither %q nor %q; it is removed",
+			braidv1alpha1.RotateAnnotation, ask, RotateRoot, RotateIssuer)
+	case rot == nil && ask == RotateRoot:
+		rot, err = r.startRootRotation(ctx, secrets, spec, now, "asked by the "+braidv1alpha1.RotateAnnotation+" annotation")
+	case rot == nil && !now.Before(caRenewAt(root.Cert)):
+		rot, err = r.startRootRotation(ctx, secrets, spec, now, "the root is past two thirds of its lifetime")
+	case rot != nil && ask == RotateRoot:
+		r.event(ctx, "RootRotationUnderWay", "RotateRoot", "a root rotation is already under way, at phase %s", rot.phase)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return rot, r.clearRotateRequest(ctx, mc) // nothing to do without the annotation
+}
+
+// ensureIntermediate loads the issuing intermediate, which must be signed by issuing: it
+// is renewed at two thirds of its lifetime, when another root issues, and on demand
+// (the rotate annotation says issuer).
+func (r *CertificateReconciler) ensureIntermediate(ctx context.Context, secrets caSecrets, mc *braidv1alpha1.MeshConfig, issuing *identity.KeyPair,
+	td string, now time.Time) (*identity.KeyPair, error) {
+	var spec *braidv1alpha1.MeshConfigSpec
+	if mc != nil {
+		spec = &mc.Spec
+	}
+	asked := rotateRequest(mc) == RotateIssuer
+	usable := usableIntermediate(issuing.Cert, td, now)
+	if asked {
+		usable = func(*identity.KeyPair) error {
+			return fmt.Errorf("rotation asked by the %s annotation", braidv1alpha1.RotateAnnotation)
+		}
+	}
+	inter, why, err := secrets.ensure(ctx, IssuerSecretName, usable, func() (*identity.KeyPair, []byte, error) {
+		kp, err := identity.NewIntermediate(issuing, td, now, spec.EffectiveIssuerLifetime())
 		if err != nil {
 			return nil, nil, err
 		}
-		log.FromContext(ctx).Info("Issuing intermediate created", "notAfter", kp.Cert.NotAfter)
-		return kp, root.CertPEM, nil
+		return kp, issuing.CertPEM, nil
 	})
 	if err != nil {
-		return unavailable(err)
+		return nil, err
 	}
-	issuer, err := identity.NewIssuer(inter, nil, []*x509.Certificate{root.Cert}, td, now)
-	if err != nil {
-		return unavailable(err)
+	if why != nil {
+		r.event(ctx, "IssuerRotated", "RotateIssuer", "a new intermediate, valid until %s and signed by the root %s, replaced the previous one: %v",
+			inter.Cert.NotAfter.UTC().Format(time.RFC3339), identity.Fingerprint(issuing.Cert), why)
 	}
-	st := &ca.State{Issuer: issuer, Roots: []*x509.Certificate{root.Cert}, Bundle: identity.BundlePEM(root.Cert), WorkloadLifetime: spec.EffectiveWorkloadLifetime()}
-	msg := fmt.Sprintf("the operator's CA (Secrets %s and %s) signs; the intermediate is renewed at %s", RootSecretName, IssuerSecretName, caRenewAt(inter.Cert).UTC().Format(time.RFC3339))
-	return loadResult{state: st, recheckAt: caRenewAt(inter.Cert)}, issuerCondition(metav1.ConditionTrue, ReasonOperatorCA, msg), nil
+	if asked {
+		if err := r.clearRotateRequest(ctx, mc); err != nil {
+			return nil, err
+		}
+	}
+	return inter, nil
+}
+
+func earliest(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
 }
 
 // loadIssuerSecret loads the user's issuer Secret (cert-manager layout: tls.crt the
@@ -233,15 +374,19 @@ func issuerCondition(status metav1.ConditionStatus, reason, msg string) metav1.C
 	return metav1.Condition{Type: ConditionIssuerReady, Status: status, Reason: reason, Message: msg}
 }
 
-// updateStatus reports the CA in force and cond on mc; without a MeshConfig it does nothing.
-func (r *CertificateReconciler) updateStatus(ctx context.Context, mc *braidv1alpha1.MeshConfig, cond metav1.Condition) error {
+// updateStatus reports the CA in force, cond and the rotation of res on mc; without a
+// MeshConfig it does nothing.
+func (r *CertificateReconciler) updateStatus(ctx context.Context, mc *braidv1alpha1.MeshConfig, cond metav1.Condition, res loadResult) error {
 	if mc == nil {
 		return nil
 	}
 	before := mc.DeepCopy()
 	if st := r.Holder.Load(); st != nil {
 		id := &braidv1alpha1.IdentityStatus{TrustDomain: st.TrustDomain(), IssuerNotAfter: &metav1.Time{Time: st.Issuer.NotAfter()}}
-		if mc.Status.Identity != nil {
+		switch {
+		case res.ownCA:
+			id.RotationPhase = res.phase
+		case mc.Status.Identity != nil:
 			id.RotationPhase = mc.Status.Identity.RotationPhase
 		}
 		for _, root := range st.Roots {
@@ -251,7 +396,14 @@ func (r *CertificateReconciler) updateStatus(ctx context.Context, mc *braidv1alp
 	}
 	cond.ObservedGeneration = mc.Generation
 	cond.LastTransitionTime = metav1.NewTime(r.Clock.Now())
-	meta.SetStatusCondition(&mc.Status.Conditions, cond)
+	if cond.Type != "" { // none: nothing new to say (a write lost to another replica)
+		meta.SetStatusCondition(&mc.Status.Conditions, cond)
+	}
+	if rc := res.rotation; rc != nil {
+		rc.ObservedGeneration = mc.Generation
+		rc.LastTransitionTime = cond.LastTransitionTime
+		meta.SetStatusCondition(&mc.Status.Conditions, *rc)
+	}
 	if equalMeshConfigStatus(before.Status, mc.Status) {
 		return nil
 	}

@@ -30,6 +30,9 @@ type IdentityOptions struct {
 	Namespace string
 	// Clock drives renewals; the real clock when nil.
 	Clock clock.PassiveClock
+	// Proxies are the proxies connected to this replica (the config server): a root
+	// rotation waits for them. See CertificateReconciler.Proxies.
+	Proxies MeshProxies
 }
 
 // SetupIdentity registers the certificate reconciler (on every replica) and the trust
@@ -58,7 +61,8 @@ func SetupIdentity(mgr manager.Manager, o IdentityOptions) (*ca.Holder, error) {
 	holder := &ca.Holder{}
 	certs := &CertificateReconciler{
 		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Namespace: o.Namespace,
-		Holder: holder, Clock: clk, Events: mgr.GetEventRecorder("braid"),
+		Holder: holder, Clock: clk, Events: mgr.GetEventRecorder("braid"), Proxies: o.Proxies,
+		ConfigMaps: c,
 	}
 	toMeshConfig := handler.EnqueueRequestsFromMapFunc(func(context.Context, client.Object) []reconcile.Request {
 		return []reconcile.Request{meshConfigRequest}
