@@ -482,16 +482,8 @@ func (s *Server) Proxies() []ProxyStatus {
 // Stream serves one proxy: it waits for Hello, then sends a Snapshot whenever the
 // configuration changes and records the proxy's Acks.
 func (s *Server) Stream(stream api.ConfigService_StreamServer) error {
-	first, err := stream.Recv()
+	hello, err := s.receiveHello(stream)
 	if err != nil {
-		return err
-	}
-	hello := first.GetHello()
-	if hello == nil || hello.GetProxyId() == "" || hello.GetNamespace() == "" {
-		return status.Error(codes.InvalidArgument, "the first message must be a Hello with proxy_id and namespace")
-	}
-	if err := authenticate(stream.Context(), hello); err != nil {
-		s.log.Info("Proxy refused", "proxy", hello.GetProxyId(), "error", err.Error())
 		return err
 	}
 	p := &proxyConn{hello: hello, connected: s.opts.Clock.Now(), wake: make(chan struct{}, 1)}
@@ -529,6 +521,24 @@ func (s *Server) Stream(stream api.ConfigService_StreamServer) error {
 			}
 		}
 	}
+}
+
+// receiveHello reads the stream's first message, which must be a Hello from a proxy that
+// is, on an mTLS stream, the workload its certificate names.
+func (s *Server) receiveHello(stream api.ConfigService_StreamServer) (*api.Hello, error) {
+	first, err := stream.Recv()
+	if err != nil {
+		return nil, err
+	}
+	hello := first.GetHello()
+	if hello == nil || hello.GetProxyId() == "" || hello.GetNamespace() == "" {
+		return nil, status.Error(codes.InvalidArgument, "the first message must be a Hello with proxy_id and namespace")
+	}
+	if err := authenticate(stream.Context(), hello); err != nil {
+		s.log.Info("Proxy refused", "proxy", hello.GetProxyId(), "error", err.Error())
+		return nil, err
+	}
+	return hello, nil
 }
 
 func (s *Server) register(p *proxyConn) {
