@@ -61,6 +61,22 @@ func toMeshRule(namespace string, rule gatewayv1.HTTPRouteRule) mesh.HTTPRouteRu
 	if t := rule.Timeouts; t != nil {
 		out.Timeouts = mesh.HTTPRouteTimeouts{Request: durationString(t.Request), BackendRequest: durationString(t.BackendRequest)}
 	}
+	for _, f := range rule.Filters {
+		if f.Type != gatewayv1.HTTPRouteFilterRequestMirror || f.RequestMirror == nil {
+			continue
+		}
+		m := mesh.HTTPRouteMirror{Backend: toMeshBackend(namespace, gatewayv1.BackendRef{BackendObjectReference: f.RequestMirror.BackendRef})}
+		switch rm := f.RequestMirror; {
+		case rm.Percent != nil:
+			m.Percent = *rm.Percent
+		case rm.Fraction != nil && rm.Fraction.Denominator != nil && *rm.Fraction.Denominator > 0:
+			if rm.Fraction.Numerator <= 0 {
+				continue // mirror nothing
+			}
+			m.Percent = max(1, rm.Fraction.Numerator*100 / *rm.Fraction.Denominator)
+		}
+		out.Mirrors = append(out.Mirrors, m)
+	}
 	if r := rule.Retry; r != nil {
 		out.Retry = &mesh.HTTPRouteRetry{Attempts: r.Attempts, Backoff: durationString(r.Backoff)}
 		for _, c := range r.Codes {
@@ -128,6 +144,9 @@ func unsupportedFeatures(rule gatewayv1.HTTPRouteRule) []string {
 		out = append(out, "sessionPersistence")
 	}
 	for _, f := range rule.Filters {
+		if f.Type == gatewayv1.HTTPRouteFilterRequestMirror {
+			continue // carried out by the proxies
+		}
 		out = append(out, fmt.Sprintf("filter %s", f.Type))
 	}
 	for i, b := range rule.BackendRefs {

@@ -57,6 +57,7 @@ func TestCompileService(t *testing.T) {
 		{name: "no-split"},
 		{name: "protocols-and-cluster-ips"},
 		{name: "meshed-endpoints"},
+		{name: "httproute-request-mirror"},
 		{name: "named-target-port"},
 		{name: "dual-stack"},
 		{name: "split-80-20"},
@@ -397,6 +398,12 @@ type routeDoc struct {
 		Timeouts    HTTPRouteTimeouts `json:"timeouts,omitzero"`
 		Retry       *HTTPRouteRetry   `json:"retry,omitempty"`
 		Unsupported []string          `json:"unsupported,omitempty"`
+		// Mirrors are RequestMirror filters: a Service name and port, and a percent.
+		Mirrors []struct {
+			Name    string `json:"name"`
+			Port    int32  `json:"port"`
+			Percent int32  `json:"percent,omitempty"`
+		} `json:"mirrors,omitempty"`
 	} `json:"rules"`
 }
 
@@ -421,6 +428,10 @@ func (d routeDoc) route() HTTPRoute {
 			}
 			rule.Backends = append(rule.Backends, HTTPBackendRef{Group: b.Group, Kind: cmp.Or(b.Kind, "Service"),
 				Namespace: cmp.Or(b.Namespace, d.Namespace), Name: b.Name, Port: b.Port, Weight: weight})
+		}
+		for _, m := range dr.Mirrors {
+			rule.Mirrors = append(rule.Mirrors, HTTPRouteMirror{Percent: m.Percent,
+				Backend: HTTPBackendRef{Kind: "Service", Namespace: d.Namespace, Name: m.Name, Port: m.Port, Weight: 1}})
 		}
 		r.Rules = append(r.Rules, rule)
 	}
@@ -505,10 +516,8 @@ func (f *fixture) addRoutes(in *ServiceInput) {
 			continue
 		}
 		in.HTTPRoutes = append(in.HTTPRoutes, r)
-		for _, rule := range r.Rules {
-			for _, b := range rule.Backends {
-				in.Backends[b.Name] = f.endpoints(b.Name)
-			}
+		for _, name := range r.BackendServices() {
+			in.Backends[name] = f.endpoints(name)
 		}
 	}
 }

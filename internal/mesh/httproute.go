@@ -55,10 +55,21 @@ type HTTPRouteRule struct {
 	// Retry is the rule's retry policy (Gateway API's HTTPRouteRetry); nil when unset,
 	// and proxies then retry connection failures once.
 	Retry *HTTPRouteRetry
+	// Mirrors are the rule's RequestMirror filters: backends that get copies of its
+	// requests.
+	Mirrors []HTTPRouteMirror
 	// Unsupported names what the rule asks for that proxies cannot do yet (filters,
 	// session persistence): the rule is programmed without it, and the route's Accepted
 	// condition says so.
 	Unsupported []string
+}
+
+// HTTPRouteMirror is a RequestMirror filter: copies of Percent% of the rule's requests go
+// to Backend (its Weight is ignored).
+type HTTPRouteMirror struct {
+	Backend HTTPBackendRef
+	// Percent is 1 to 100; 0 means 100.
+	Percent int32
 }
 
 // HTTPRouteTimeouts are a rule's timeouts, in Gateway API's duration format ("10s",
@@ -136,7 +147,11 @@ func (b HTTPBackendRef) IsService() bool { return b.Group == "" && b.Kind == "Se
 func (r HTTPRoute) BackendServices() []string {
 	var names []string
 	for _, rule := range r.Rules {
-		for _, b := range rule.Backends {
+		refs := slices.Clone(rule.Backends)
+		for _, m := range rule.Mirrors {
+			refs = append(refs, m.Backend)
+		}
+		for _, b := range refs {
 			if b.IsService() && b.Namespace == r.Namespace && !slices.Contains(names, b.Name) {
 				names = append(names, b.Name)
 			}
@@ -288,6 +303,11 @@ func CheckHTTPRouteRefs(r HTTPRoute, services map[string]*corev1.Service) RefsVe
 				byReason[reason] = append(byReason[reason], fmt.Sprintf("spec.rules[%d].backendRefs[%d]: %s", i, j, msg))
 			}
 		}
+		for j, m := range rule.Mirrors {
+			if reason, msg := backendProblem(r.Namespace, m.Backend, services[m.Backend.Name]); reason != "" {
+				byReason[reason] = append(byReason[reason], fmt.Sprintf("spec.rules[%d] RequestMirror filter %d: %s", i, j, msg))
+			}
+		}
 	}
 	v := RefsVerdict{Resolved: true, Reason: ReasonResolvedRefs, Message: "every backendRef names a service port that exists"}
 	var notes []string
@@ -379,6 +399,13 @@ func httpRouteRoutes(routes []HTTPRoute, services map[string]Endpoints) []*api.R
 			Backends: ruleBackends(r.Namespace, r.Rules[m.rule].Backends, services),
 		}
 		rulePolicies(r.Rules[m.rule], route)
+		for _, mirror := range r.Rules[m.rule].Mirrors {
+			ref := mirror.Backend
+			ref.Weight = 1
+			route.Mirrors = append(route.Mirrors, &api.Mirror{
+				Backend: ruleBackends(r.Namespace, []HTTPBackendRef{ref}, services)[0], Percent: uint32(min(max(mirror.Percent, 0), 100)),
+			})
+		}
 		out = append(out, route)
 	}
 	return out

@@ -745,8 +745,11 @@ type Route struct {
 	// one endpoint, beyond which the proxy picks another endpoint, or answers 503 when
 	// every endpoint of the backend is at the cap. 0: 10000.
 	MaxRequestsPerEndpoint uint32 `protobuf:"varint,8,opt,name=max_requests_per_endpoint,json=maxRequestsPerEndpoint,proto3" json:"max_requests_per_endpoint,omitempty"`
-	unknownFields          protoimpl.UnknownFields
-	sizeCache              protoimpl.SizeCache
+	// mirrors receive a copy of a share of the requests the route carries (Gateway API's
+	// RequestMirror filter); their answers are dropped and never delay the request.
+	Mirrors       []*Mirror `protobuf:"bytes,9,rep,name=mirrors,proto3" json:"mirrors,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Route) Reset() {
@@ -835,6 +838,67 @@ func (x *Route) GetMaxRequestsPerEndpoint() uint32 {
 	return 0
 }
 
+func (x *Route) GetMirrors() []*Mirror {
+	if x != nil {
+		return x.Mirrors
+	}
+	return nil
+}
+
+// Mirror is a backend that receives copies of requests.
+type Mirror struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Backend *Backend               `protobuf:"bytes,1,opt,name=backend,proto3" json:"backend,omitempty"`
+	// percent of the route's requests copied (1-100; 0 means 100).
+	Percent       uint32 `protobuf:"varint,2,opt,name=percent,proto3" json:"percent,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Mirror) Reset() {
+	*x = Mirror{}
+	mi := &file_config_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Mirror) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Mirror) ProtoMessage() {}
+
+func (x *Mirror) ProtoReflect() protoreflect.Message {
+	mi := &file_config_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Mirror.ProtoReflect.Descriptor instead.
+func (*Mirror) Descriptor() ([]byte, []int) {
+	return file_config_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *Mirror) GetBackend() *Backend {
+	if x != nil {
+		return x.Backend
+	}
+	return nil
+}
+
+func (x *Mirror) GetPercent() uint32 {
+	if x != nil {
+		return x.Percent
+	}
+	return 0
+}
+
 // RetryPolicy retries failed requests on another endpoint of the same backend when the
 // backend has one, within a retry budget. A request is retried when:
 //   - the connection to the endpoint failed (refused, timed out, TLS handshake): any
@@ -863,7 +927,7 @@ type RetryPolicy struct {
 
 func (x *RetryPolicy) Reset() {
 	*x = RetryPolicy{}
-	mi := &file_config_proto_msgTypes[9]
+	mi := &file_config_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -875,7 +939,7 @@ func (x *RetryPolicy) String() string {
 func (*RetryPolicy) ProtoMessage() {}
 
 func (x *RetryPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[9]
+	mi := &file_config_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -888,7 +952,7 @@ func (x *RetryPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryPolicy.ProtoReflect.Descriptor instead.
 func (*RetryPolicy) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{9}
+	return file_config_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RetryPolicy) GetRetries() uint32 {
@@ -938,7 +1002,7 @@ type OutlierDetection struct {
 
 func (x *OutlierDetection) Reset() {
 	*x = OutlierDetection{}
-	mi := &file_config_proto_msgTypes[10]
+	mi := &file_config_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -950,7 +1014,7 @@ func (x *OutlierDetection) String() string {
 func (*OutlierDetection) ProtoMessage() {}
 
 func (x *OutlierDetection) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[10]
+	mi := &file_config_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -963,7 +1027,7 @@ func (x *OutlierDetection) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutlierDetection.ProtoReflect.Descriptor instead.
 func (*OutlierDetection) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{10}
+	return file_config_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *OutlierDetection) GetConsecutiveFailures() uint32 {
@@ -1004,7 +1068,7 @@ type HTTPMatch struct {
 
 func (x *HTTPMatch) Reset() {
 	*x = HTTPMatch{}
-	mi := &file_config_proto_msgTypes[11]
+	mi := &file_config_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1016,7 +1080,7 @@ func (x *HTTPMatch) String() string {
 func (*HTTPMatch) ProtoMessage() {}
 
 func (x *HTTPMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[11]
+	mi := &file_config_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1029,7 +1093,7 @@ func (x *HTTPMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HTTPMatch.ProtoReflect.Descriptor instead.
 func (*HTTPMatch) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{11}
+	return file_config_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *HTTPMatch) GetName() string {
@@ -1071,7 +1135,7 @@ type HeaderMatch struct {
 
 func (x *HeaderMatch) Reset() {
 	*x = HeaderMatch{}
-	mi := &file_config_proto_msgTypes[12]
+	mi := &file_config_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1083,7 +1147,7 @@ func (x *HeaderMatch) String() string {
 func (*HeaderMatch) ProtoMessage() {}
 
 func (x *HeaderMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[12]
+	mi := &file_config_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1096,7 +1160,7 @@ func (x *HeaderMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeaderMatch.ProtoReflect.Descriptor instead.
 func (*HeaderMatch) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{12}
+	return file_config_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *HeaderMatch) GetName() string {
@@ -1128,7 +1192,7 @@ type Backend struct {
 
 func (x *Backend) Reset() {
 	*x = Backend{}
-	mi := &file_config_proto_msgTypes[13]
+	mi := &file_config_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1140,7 +1204,7 @@ func (x *Backend) String() string {
 func (*Backend) ProtoMessage() {}
 
 func (x *Backend) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[13]
+	mi := &file_config_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1153,7 +1217,7 @@ func (x *Backend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Backend.ProtoReflect.Descriptor instead.
 func (*Backend) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{13}
+	return file_config_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Backend) GetService() string {
@@ -1201,7 +1265,7 @@ type Endpoint struct {
 
 func (x *Endpoint) Reset() {
 	*x = Endpoint{}
-	mi := &file_config_proto_msgTypes[14]
+	mi := &file_config_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1213,7 +1277,7 @@ func (x *Endpoint) String() string {
 func (*Endpoint) ProtoMessage() {}
 
 func (x *Endpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[14]
+	mi := &file_config_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1226,7 +1290,7 @@ func (x *Endpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Endpoint.ProtoReflect.Descriptor instead.
 func (*Endpoint) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{14}
+	return file_config_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Endpoint) GetIp() string {
@@ -1309,7 +1373,7 @@ const file_config_proto_rawDesc = "" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12-\n" +
 	"\x06routes\x18\x03 \x03(\v2\x15.braid.proxy.v1.RouteR\x06routes\x12\x14\n" +
 	"\x05split\x18\x04 \x01(\tR\x05split\x124\n" +
-	"\bprotocol\x18\x05 \x01(\x0e2\x18.braid.proxy.v1.ProtocolR\bprotocol\"\xca\x03\n" +
+	"\bprotocol\x18\x05 \x01(\x0e2\x18.braid.proxy.v1.ProtocolR\bprotocol\"\xfc\x03\n" +
 	"\x05Route\x123\n" +
 	"\amatches\x18\x01 \x03(\v2\x19.braid.proxy.v1.HTTPMatchR\amatches\x123\n" +
 	"\bbackends\x18\x02 \x03(\v2\x17.braid.proxy.v1.BackendR\bbackends\x12\x12\n" +
@@ -1318,7 +1382,11 @@ const file_config_proto_rawDesc = "" +
 	"\x17backend_request_timeout\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x15backendRequestTimeout\x121\n" +
 	"\x05retry\x18\x06 \x01(\v2\x1b.braid.proxy.v1.RetryPolicyR\x05retry\x12M\n" +
 	"\x11outlier_detection\x18\a \x01(\v2 .braid.proxy.v1.OutlierDetectionR\x10outlierDetection\x129\n" +
-	"\x19max_requests_per_endpoint\x18\b \x01(\rR\x16maxRequestsPerEndpoint\"\xe7\x01\n" +
+	"\x19max_requests_per_endpoint\x18\b \x01(\rR\x16maxRequestsPerEndpoint\x120\n" +
+	"\amirrors\x18\t \x03(\v2\x16.braid.proxy.v1.MirrorR\amirrors\"U\n" +
+	"\x06Mirror\x121\n" +
+	"\abackend\x18\x01 \x01(\v2\x17.braid.proxy.v1.BackendR\abackend\x12\x18\n" +
+	"\apercent\x18\x02 \x01(\rR\apercent\"\xe7\x01\n" +
 	"\vRetryPolicy\x12\x1d\n" +
 	"\aretries\x18\x01 \x01(\rH\x00R\aretries\x88\x01\x01\x12\x19\n" +
 	"\bretry_on\x18\x02 \x03(\rR\aretryOn\x12*\n" +
@@ -1376,7 +1444,7 @@ func file_config_proto_rawDescGZIP() []byte {
 }
 
 var file_config_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_config_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_config_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_config_proto_goTypes = []any{
 	(Protocol)(0),               // 0: braid.proxy.v1.Protocol
 	(*StreamRequest)(nil),       // 1: braid.proxy.v1.StreamRequest
@@ -1388,14 +1456,15 @@ var file_config_proto_goTypes = []any{
 	(*Service)(nil),             // 7: braid.proxy.v1.Service
 	(*ServicePort)(nil),         // 8: braid.proxy.v1.ServicePort
 	(*Route)(nil),               // 9: braid.proxy.v1.Route
-	(*RetryPolicy)(nil),         // 10: braid.proxy.v1.RetryPolicy
-	(*OutlierDetection)(nil),    // 11: braid.proxy.v1.OutlierDetection
-	(*HTTPMatch)(nil),           // 12: braid.proxy.v1.HTTPMatch
-	(*HeaderMatch)(nil),         // 13: braid.proxy.v1.HeaderMatch
-	(*Backend)(nil),             // 14: braid.proxy.v1.Backend
-	(*Endpoint)(nil),            // 15: braid.proxy.v1.Endpoint
-	nil,                         // 16: braid.proxy.v1.Inbound.PortsEntry
-	(*durationpb.Duration)(nil), // 17: google.protobuf.Duration
+	(*Mirror)(nil),              // 10: braid.proxy.v1.Mirror
+	(*RetryPolicy)(nil),         // 11: braid.proxy.v1.RetryPolicy
+	(*OutlierDetection)(nil),    // 12: braid.proxy.v1.OutlierDetection
+	(*HTTPMatch)(nil),           // 13: braid.proxy.v1.HTTPMatch
+	(*HeaderMatch)(nil),         // 14: braid.proxy.v1.HeaderMatch
+	(*Backend)(nil),             // 15: braid.proxy.v1.Backend
+	(*Endpoint)(nil),            // 16: braid.proxy.v1.Endpoint
+	nil,                         // 17: braid.proxy.v1.Inbound.PortsEntry
+	(*durationpb.Duration)(nil), // 18: google.protobuf.Duration
 }
 var file_config_proto_depIdxs = []int32{
 	2,  // 0: braid.proxy.v1.StreamRequest.hello:type_name -> braid.proxy.v1.Hello
@@ -1403,28 +1472,30 @@ var file_config_proto_depIdxs = []int32{
 	7,  // 2: braid.proxy.v1.Snapshot.services:type_name -> braid.proxy.v1.Service
 	5,  // 3: braid.proxy.v1.Snapshot.inbound:type_name -> braid.proxy.v1.Inbound
 	6,  // 4: braid.proxy.v1.Inbound.authorizations:type_name -> braid.proxy.v1.Authorization
-	16, // 5: braid.proxy.v1.Inbound.ports:type_name -> braid.proxy.v1.Inbound.PortsEntry
-	12, // 6: braid.proxy.v1.Authorization.http_matches:type_name -> braid.proxy.v1.HTTPMatch
+	17, // 5: braid.proxy.v1.Inbound.ports:type_name -> braid.proxy.v1.Inbound.PortsEntry
+	13, // 6: braid.proxy.v1.Authorization.http_matches:type_name -> braid.proxy.v1.HTTPMatch
 	8,  // 7: braid.proxy.v1.Service.ports:type_name -> braid.proxy.v1.ServicePort
 	9,  // 8: braid.proxy.v1.ServicePort.routes:type_name -> braid.proxy.v1.Route
 	0,  // 9: braid.proxy.v1.ServicePort.protocol:type_name -> braid.proxy.v1.Protocol
-	12, // 10: braid.proxy.v1.Route.matches:type_name -> braid.proxy.v1.HTTPMatch
-	14, // 11: braid.proxy.v1.Route.backends:type_name -> braid.proxy.v1.Backend
-	17, // 12: braid.proxy.v1.Route.timeout:type_name -> google.protobuf.Duration
-	17, // 13: braid.proxy.v1.Route.backend_request_timeout:type_name -> google.protobuf.Duration
-	10, // 14: braid.proxy.v1.Route.retry:type_name -> braid.proxy.v1.RetryPolicy
-	11, // 15: braid.proxy.v1.Route.outlier_detection:type_name -> braid.proxy.v1.OutlierDetection
-	17, // 16: braid.proxy.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
-	13, // 17: braid.proxy.v1.HTTPMatch.headers:type_name -> braid.proxy.v1.HeaderMatch
-	15, // 18: braid.proxy.v1.Backend.endpoints:type_name -> braid.proxy.v1.Endpoint
-	0,  // 19: braid.proxy.v1.Inbound.PortsEntry.value:type_name -> braid.proxy.v1.Protocol
-	1,  // 20: braid.proxy.v1.ConfigService.Stream:input_type -> braid.proxy.v1.StreamRequest
-	4,  // 21: braid.proxy.v1.ConfigService.Stream:output_type -> braid.proxy.v1.Snapshot
-	21, // [21:22] is the sub-list for method output_type
-	20, // [20:21] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	13, // 10: braid.proxy.v1.Route.matches:type_name -> braid.proxy.v1.HTTPMatch
+	15, // 11: braid.proxy.v1.Route.backends:type_name -> braid.proxy.v1.Backend
+	18, // 12: braid.proxy.v1.Route.timeout:type_name -> google.protobuf.Duration
+	18, // 13: braid.proxy.v1.Route.backend_request_timeout:type_name -> google.protobuf.Duration
+	11, // 14: braid.proxy.v1.Route.retry:type_name -> braid.proxy.v1.RetryPolicy
+	12, // 15: braid.proxy.v1.Route.outlier_detection:type_name -> braid.proxy.v1.OutlierDetection
+	10, // 16: braid.proxy.v1.Route.mirrors:type_name -> braid.proxy.v1.Mirror
+	15, // 17: braid.proxy.v1.Mirror.backend:type_name -> braid.proxy.v1.Backend
+	18, // 18: braid.proxy.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
+	14, // 19: braid.proxy.v1.HTTPMatch.headers:type_name -> braid.proxy.v1.HeaderMatch
+	16, // 20: braid.proxy.v1.Backend.endpoints:type_name -> braid.proxy.v1.Endpoint
+	0,  // 21: braid.proxy.v1.Inbound.PortsEntry.value:type_name -> braid.proxy.v1.Protocol
+	1,  // 22: braid.proxy.v1.ConfigService.Stream:input_type -> braid.proxy.v1.StreamRequest
+	4,  // 23: braid.proxy.v1.ConfigService.Stream:output_type -> braid.proxy.v1.Snapshot
+	23, // [23:24] is the sub-list for method output_type
+	22, // [22:23] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_config_proto_init() }
@@ -1436,15 +1507,15 @@ func file_config_proto_init() {
 		(*StreamRequest_Hello)(nil),
 		(*StreamRequest_Ack)(nil),
 	}
-	file_config_proto_msgTypes[9].OneofWrappers = []any{}
 	file_config_proto_msgTypes[10].OneofWrappers = []any{}
+	file_config_proto_msgTypes[11].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_config_proto_rawDesc), len(file_config_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   16,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

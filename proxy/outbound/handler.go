@@ -31,6 +31,8 @@ type Handler struct {
 	// upstream carries each attempt of a request to its endpoint.
 	upstream http.RoundTripper
 	rngs     sync.Pool
+	// mirrors holds a token per mirrored request under way (maxMirrorsInFlight).
+	mirrors chan struct{}
 }
 
 // exchange is what the handler and its reverse proxy share about one forwarded request.
@@ -67,7 +69,7 @@ type exchangeKey struct{}
 // new table applies to the next request without disturbing requests in flight. It
 // records every request in metrics, unless metrics is nil.
 func New(log logr.Logger, table *atomic.Pointer[router.Table], metrics *telemetry.Metrics) *Handler {
-	h := &Handler{log: log, table: table, metrics: metrics, upstream: newTransport()}
+	h := &Handler{log: log, table: table, metrics: metrics, upstream: newTransport(), mirrors: make(chan struct{}, maxMirrorsInFlight)}
 	h.rngs.New = func() any { return rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())) }
 	h.forward = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
@@ -178,6 +180,7 @@ func (h *Handler) route(w http.ResponseWriter, r *http.Request, x *exchange) {
 	case len(backend.Endpoints()) == 0:
 		x.fail(w, http.StatusServiceUnavailable, fmt.Sprintf("backend %s of service %s port %d has no ready endpoints", backend.Service, port.Service, port.Number))
 	default:
+		h.mirror(r, route)
 		h.forwardTo(w, r, x, route, backend)
 	}
 }

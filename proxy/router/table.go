@@ -65,6 +65,9 @@ type Route struct {
 	// Budget limits the route's retries.
 	Budget *Budget
 
+	// Mirrors receive copies of a share of the route's requests.
+	Mirrors []Mirror
+
 	matches  []match
 	backends []*Backend
 	total    uint64
@@ -251,18 +254,43 @@ func (b *builder) buildRoute(port *Port, index int, r *api.Route) (*Route, error
 	}
 	limit := int64(cmpOr(r.GetMaxRequestsPerEndpoint(), DefaultMaxRequestsPerEndpoint))
 	for _, be := range r.GetBackends() {
-		built := &Backend{Service: be.GetService(), Weight: be.GetWeight(), Unavailable: be.GetUnavailable(), limit: limit, outlier: outlier, budget: out.Budget}
-		for _, e := range be.GetEndpoints() {
-			ep, err := buildEndpoint(be.GetService(), e)
-			if err != nil {
-				return nil, err
-			}
-			built.endpoints = append(built.endpoints, b.endpoint(ep))
+		built, err := b.buildBackend(be, limit, outlier, out.Budget)
+		if err != nil {
+			return nil, err
 		}
 		out.total += uint64(built.Weight)
 		out.backends = append(out.backends, built)
 	}
+	for _, m := range r.GetMirrors() {
+		if m.GetPercent() > 100 {
+			return nil, fmt.Errorf("mirror %s: percent %d is above 100", m.GetBackend().GetService(), m.GetPercent())
+		}
+		// Mirrors never retry and count in no budget: their answers are dropped.
+		built, err := b.buildBackend(m.GetBackend(), limit, outlier, nil)
+		if err != nil {
+			return nil, err
+		}
+		out.Mirrors = append(out.Mirrors, Mirror{Backend: built, Percent: cmpOr(m.GetPercent(), 100)})
+	}
 	return out, nil
+}
+
+// Mirror is a backend that receives copies of Percent% of a route's requests.
+type Mirror struct {
+	Backend *Backend
+	Percent uint32
+}
+
+func (b *builder) buildBackend(be *api.Backend, limit int64, outlier outlierConfig, budget *Budget) (*Backend, error) {
+	built := &Backend{Service: be.GetService(), Weight: be.GetWeight(), Unavailable: be.GetUnavailable(), limit: limit, outlier: outlier, budget: budget}
+	for _, e := range be.GetEndpoints() {
+		ep, err := buildEndpoint(be.GetService(), e)
+		if err != nil {
+			return nil, err
+		}
+		built.endpoints = append(built.endpoints, b.endpoint(ep))
+	}
+	return built, nil
 }
 
 func buildEndpoint(backend string, e *api.Endpoint) (Endpoint, error) {
