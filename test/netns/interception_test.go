@@ -21,7 +21,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/braidmesh/braid/proxy/origdst"
 	"github.com/braidmesh/braid/test/harness"
 )
 
@@ -39,6 +38,7 @@ const (
 // with their endpoints in the peer namespace.
 const config = `
 version: 1
+inbound: {mode: Permissive, allowAll: true}
 services:
 - namespace: shop
   name: web
@@ -79,9 +79,6 @@ type pod struct {
 	proxy    *process
 	logs     *harness.LogBuffer
 	admin    *http.Client
-	// inbound records the original destinations of the connections the stand-in inbound
-	// listener on :15006 accepted.
-	inbound chan netip.AddrPort
 }
 
 // servers are the servers in the peer namespace, and what they saw.
@@ -118,7 +115,7 @@ func TestInterception(t *testing.T) {
 		{"the proxy's own connections are not redirected back to it", testNoLoop},
 		{"excluded ports bypass the proxy", testExcludedPort},
 		{"the application reaches itself by its pod IP directly", testSelf},
-		{"inbound connections are redirected to the inbound port", testInbound},
+		{"inbound connections reach the application through the inbound listener", testInbound},
 		{"a server that speaks first is not stalled beyond the detection wait", testServerSpeaksFirst},
 		{"an opaque service carries bytes and half-closes", testOpaque},
 	} {
@@ -172,27 +169,40 @@ func testSelf(t *testing.T, p *pod, _ *servers) {
 		t.Fatalf("read %q, want the echo", got)
 	}
 	p.waitMetric(t, "braid_proxy_tcp_connections_opened_total", passthroughLabels, 1) // still 1
-	select {
-	case dst := <-p.inbound:
-		t.Errorf("the inbound port got a connection for %s: the pod's call to itself was redirected", dst)
-	default:
+	if n, ok := p.metric(t, "braid_proxy_inbound_tcp_connections_total", inboundLabels("8081")); ok {
+		t.Errorf("the inbound listener got %v connections for port 8081: the pod's call to itself was redirected", n)
 	}
 }
 
+func inboundLabels(port string) map[string]string {
+	return map[string]string{"src_identity": "plaintext", "dst_port": port, "result": "success"}
+}
+
+// testInbound: a client outside the pod calls the application's port; the redirection
+// hands the connection to the proxy's inbound listener (plaintext: the client has no
+// proxy; the policy admits everyone), which carries it to the application on loopback.
 func testInbound(t *testing.T, p *pod, _ *servers) {
+	seen := serveTCP(p.ns.listen(t, "127.0.0.1:8080"), echo)
 	c, err := p.peer.dial(t.Context(), podIP+":8080")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer func() { _ = c.Close() }()
-	select {
-	case dst := <-p.inbound:
-		if dst != netip.MustParseAddrPort(podIP+":8080") {
-			t.Errorf("the inbound port got a connection for %s, want %s:8080", dst, podIP)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("the inbound port never got the connection")
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(c, "hi"); err != nil {
+		t.Fatal(err)
 	}
+	got := make([]byte, len("echo:hi"))
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != "echo:hi" {
+		t.Fatalf("through the inbound listener: %q, %v", got, err)
+	}
+	// The application listens on loopback only: nothing but the proxy can reach it.
+	select {
+	case <-seen:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the application never got the connection")
+	}
+	p.waitMetric(t, "braid_proxy_inbound_tcp_connections_total", inboundLabels("8080"), 1)
 	// The admin port is not redirected: probes and scrapes reach the proxy itself.
 	peerAdmin := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: dialer(p.peer)}}
 	resp, err := peerAdmin.Get("http://" + podIP + ":15000/live")
@@ -244,7 +254,7 @@ func serviceLabels(service, port string) map[string]string {
 func setUp(t *testing.T) *pod {
 	t.Helper()
 	suffix := fmt.Sprint(os.Getpid())
-	p := &pod{ns: newNamespace(t, "braid-pod-"+suffix), peer: newNamespace(t, "braid-peer-"+suffix), inbound: make(chan netip.AddrPort, 8)}
+	p := &pod{ns: newNamespace(t, "braid-pod-"+suffix), peer: newNamespace(t, "braid-peer-"+suffix)}
 	p.ns.ip(t, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", p.peer.name)
 	p.ns.ip(t, "addr", "add", podIP+"/24", "dev", "eth0")
 	p.ns.ip(t, "link", "set", "eth0", "up")
@@ -278,36 +288,15 @@ func setUp(t *testing.T) *pod {
 	}
 	t.Logf("braid-proxy init: %s", strings.TrimSpace(out))
 
-	p.startInboundStandIn(t)
 	p.startProxy(t, bin, configFile)
 	return p
-}
-
-// startInboundStandIn listens on the inbound port in the pod, in place of the proxy's
-// inbound listener, and records the original destination of each connection.
-func (p *pod) startInboundStandIn(t *testing.T) {
-	lis := p.ns.listen(t, ":15006")
-	go func() {
-		for {
-			c, err := lis.Accept()
-			if err != nil {
-				return
-			}
-			dst, err := origdst.Get(c.(*net.TCPConn))
-			if err != nil {
-				t.Errorf("the inbound port could not read a connection's original destination: %v", err)
-			}
-			p.inbound <- dst
-			_ = c.Close()
-		}
-	}()
 }
 
 func (p *pod) startProxy(t *testing.T, bin, configFile string) {
 	t.Helper()
 	p.logs = &harness.LogBuffer{}
 	cmd := exec.Command(bin, "run", "--config", configFile, "--config-poll", "50ms", "--namespace", "shop",
-		"--outbound-listen", "127.0.0.1:15001", "--admin-listen", "0.0.0.0:15000", "--drain-timeout", "2s", "-v", "1")
+		"--outbound-listen", "127.0.0.1:15001", "--inbound-listen", "0.0.0.0:15006", "--admin-listen", "0.0.0.0:15000", "--drain-timeout", "2s", "-v", "1")
 	cmd.Stdout, cmd.Stderr = p.logs, p.logs
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: proxyUID, Gid: proxyUID}}
 	proc, err := p.ns.start(cmd)
