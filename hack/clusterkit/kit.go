@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	neturl "net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -244,28 +245,57 @@ func (r Result) Share(version string) float64 {
 // its sidecar, and returns the versions that answered. The host reaches pod IPs through
 // the cluster's bridge.
 func Call(ctx context.Context, podIP, url string, n int) (Result, error) {
+	return CallWithHeaders(ctx, podIP, url, n)
+}
+
+// CallWithHeaders is Call with request headers, each "Name:Value", on every call.
+func CallWithHeaders(ctx context.Context, podIP, url string, n int, headers ...string) (Result, error) {
 	q := fmt.Sprintf("http://%s:8080/call?n=%d", podIP, n)
 	if url != "" {
-		q += "&url=" + url
+		q += "&url=" + neturl.QueryEscape(url)
 	}
+	for _, h := range headers {
+		q += "&header=" + neturl.QueryEscape(h)
+	}
+	var r Result
+	return r, getJSON(ctx, q, &r)
+}
+
+// TCPResult is what the demo app's /tcp returns.
+type TCPResult struct {
+	Addr   string `json:"addr"`
+	OK     int    `json:"ok"`
+	Errors int    `json:"errors"`
+	Error  string `json:"error"`
+	// Banner is the last banner the server sent first: "<service> <version> <pod>".
+	Banner string `json:"banner"`
+}
+
+// TCPCall asks the demo app at podIP to open n TCP connections to addr (host:port),
+// through its sidecar; on each the server must speak first and then echo a line.
+func TCPCall(ctx context.Context, podIP, addr string, n int) (TCPResult, error) {
+	var r TCPResult
+	return r, getJSON(ctx, fmt.Sprintf("http://%s:8080/tcp?n=%d&addr=%s", podIP, n, neturl.QueryEscape(addr)), &r)
+}
+
+func getJSON(ctx context.Context, q string, into any) error {
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, q, nil)
 	if err != nil {
-		return Result{}, err
+		return err
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return Result{}, err
+		return err
 	}
 	defer func() { _ = resp.Body.Close() }()
 	b, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != http.StatusOK {
-		return Result{}, fmt.Errorf("GET %s: %s: %s", q, resp.Status, bytes.TrimSpace(b))
+		return fmt.Errorf("GET %s: %s: %s", q, resp.Status, bytes.TrimSpace(b))
 	}
-	var r Result
-	if err := json.Unmarshal(b, &r); err != nil {
-		return Result{}, fmt.Errorf("GET %s: %w: %s", q, err, b)
+	if err := json.Unmarshal(b, into); err != nil {
+		return fmt.Errorf("GET %s: %w: %s", q, err, b)
 	}
-	return r, nil
+	return nil
 }

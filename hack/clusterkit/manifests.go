@@ -113,3 +113,163 @@ spec:
     - {service: reviews-v2, weight: %d}
 `, ns, v1, v2)
 }
+
+// podSpec is the demo app's pod template spec (restricted security context) with extra
+// environment, ports and probes, each a YAML fragment indented for its place.
+func podSpec(sa, app, version, env, ports, probes string) string {
+	return fmt.Sprintf(`      serviceAccountName: %[1]s
+      terminationGracePeriodSeconds: 2
+      securityContext:
+        runAsNonRoot: true
+        runAsUser: 65532
+        seccompProfile: {type: RuntimeDefault}
+      containers:
+        - name: app
+          image: %[7]s
+          imagePullPolicy: IfNotPresent
+          env:
+            - {name: SERVICE, value: %[2]s}
+            - {name: VERSION, value: %[3]s}
+            - name: POD_NAME
+              valueFrom: {fieldRef: {fieldPath: metadata.name}}
+%[4]s          ports:
+            - {name: http, containerPort: 8080}
+%[5]s%[6]s          securityContext:
+            allowPrivilegeEscalation: false
+            readOnlyRootFilesystem: true
+            capabilities: {drop: [ALL]}
+`, sa, app, version, env, ports, probes, DemoImage)
+}
+
+// OptedOut is a Deployment of the demo app in ns whose pods are annotated
+// braid.dev/inject: disabled.
+func OptedOut(ns string) string {
+	return fmt.Sprintf(`apiVersion: apps/v1
+kind: Deployment
+metadata: {name: opted-out, namespace: %[1]s}
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: opted-out}
+  template:
+    metadata:
+      labels: {app: opted-out}
+      annotations: {braid.dev/inject: disabled}
+    spec:
+%[2]s`, ns, podSpec("default", "opted-out", "v1", "", "", `          readinessProbe:
+            httpGet: {path: /healthz, port: 8080}
+            periodSeconds: 1
+`))
+}
+
+// Probes is a meshed Deployment of the demo app with a probe of every kind the injector
+// rewrites: an httpGet readiness probe (on the named port http), a tcpSocket liveness
+// probe and a grpc startup probe (the app's grpc.health.v1 server on 9090).
+func Probes(ns string) string {
+	return fmt.Sprintf(`apiVersion: v1
+kind: ServiceAccount
+metadata: {name: probes, namespace: %[1]s}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: probes, namespace: %[1]s}
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: probes}
+  template:
+    metadata:
+      labels: {app: probes}
+    spec:
+%[2]s`, ns, podSpec("probes", "probes", "v1",
+		`            - {name: GRPC_LISTEN, value: ":9090"}
+`, `            - {name: grpc, containerPort: 9090}
+`, `          readinessProbe:
+            httpGet: {path: /healthz, port: http}
+            periodSeconds: 1
+          livenessProbe:
+            tcpSocket: {port: 8080}
+            periodSeconds: 2
+            failureThreshold: 3
+          startupProbe:
+            grpc: {port: 9090}
+            periodSeconds: 1
+            failureThreshold: 60
+`))
+}
+
+// TCPEcho is a meshed server-speaks-first TCP echo (the demo app's TCP_LISTEN) behind the
+// Service tcp-echo:9000, which declares no protocol: the proxies detect it as opaque.
+func TCPEcho(ns string) string {
+	return fmt.Sprintf(`apiVersion: v1
+kind: ServiceAccount
+metadata: {name: tcp-echo, namespace: %[1]s}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: tcp-echo, namespace: %[1]s}
+spec:
+  selector: {app: tcp-echo}
+  ports: [{name: echo, port: 9000, targetPort: 9000}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: tcp-echo, namespace: %[1]s}
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: tcp-echo}
+  template:
+    metadata:
+      labels: {app: tcp-echo}
+    spec:
+%[2]s`, ns, podSpec("tcp-echo", "tcp-echo", "v1",
+		`            - {name: TCP_LISTEN, value: ":9000"}
+`, `            - {name: echo, containerPort: 9000}
+`, `          readinessProbe:
+            httpGet: {path: /healthz, port: 8080}
+            periodSeconds: 1
+`))
+}
+
+// TCPAccess is a TrafficTarget that grants source (a ServiceAccount of ns) L4 access to
+// tcp-echo's port 9000 through a TCPRoute.
+func TCPAccess(ns, source string) string {
+	return fmt.Sprintf(`apiVersion: specs.smi-spec.io/v1alpha4
+kind: TCPRoute
+metadata: {name: tcp-echo, namespace: %[1]s}
+spec:
+  matches: {name: echo, ports: [9000]}
+---
+apiVersion: access.smi-spec.io/v1alpha3
+kind: TrafficTarget
+metadata: {name: tcp-echo, namespace: %[1]s}
+spec:
+  destination: {kind: ServiceAccount, name: tcp-echo, namespace: %[1]s}
+  rules: [{kind: TCPRoute, name: tcp-echo}]
+  sources: [{kind: ServiceAccount, name: %[2]s, namespace: %[1]s}]
+`, ns, source)
+}
+
+// HeaderCanary is an A/B split of reviews: requests with the header x-canary: true (the
+// whole value) go to reviews-v2, every other request to the root Service reviews.
+func HeaderCanary(ns string) string {
+	return fmt.Sprintf(`apiVersion: specs.smi-spec.io/v1alpha4
+kind: HTTPRouteGroup
+metadata: {name: reviews-canary, namespace: %[1]s}
+spec:
+  matches:
+    - name: canary
+      headers: {x-canary: "true"}
+---
+apiVersion: split.smi-spec.io/v1alpha4
+kind: TrafficSplit
+metadata: {name: reviews, namespace: %[1]s}
+spec:
+  service: reviews
+  matches: [{kind: HTTPRouteGroup, name: reviews-canary}]
+  backends:
+    - {service: reviews-v1, weight: 0}
+    - {service: reviews-v2, weight: 100}
+`, ns)
+}

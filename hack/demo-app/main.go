@@ -6,24 +6,44 @@
 //	                           "client":"spiffe://cluster.local/ns/demo/sa/frontend"}
 //	GET /call?url=URL&n=N     calls URL (default $UPSTREAM) N times (default 1) and returns
 //	                          {"counts":{"v1":90,"v2":10},"errors":0,"last":{...}}
-//	GET /healthz              ok
+//	GET /healthz              ok (503 after POST /health?state=down)
+//	POST /health?state=S      S is up or down: sets /healthz and the gRPC health status
+//	GET /tcp?addr=A&n=N       opens N TCP connections to A (host:port) and, on each, reads
+//	                          the server's banner line, sends a line and reads its echo:
+//	                          {"ok":5,"errors":0,"banner":"tcp-echo v1 tcp-echo-..."}
+//
+// /call takes header=Name:Value parameters (repeatable) and sends those headers.
+//
+// With GRPC_LISTEN (e.g. :9090) it also serves grpc.health.v1.Health there, SERVING for
+// the empty service name (and NOT_SERVING after POST /health?state=down). With TCP_LISTEN
+// (e.g. :9000) it also serves a server-speaks-first TCP echo there: on connect it writes
+// "<service> <version> <pod>\n", then echoes each line it reads.
 //
 // `demo-app get URL` fetches URL once, prints the body and exits non-zero unless it got
 // a 200: a client for Jobs and `kubectl exec` (the image has no shell and no curl).
 //
-// Environment: SERVICE, VERSION, POD_NAME, UPSTREAM, LISTEN (default :8080).
+// Environment: SERVICE, VERSION, POD_NAME, UPSTREAM, LISTEN (default :8080), GRPC_LISTEN,
+// TCP_LISTEN.
 package main
 
 import (
+	"bufio"
 	"cmp"
 	"encoding/json"
 	"fmt"
 	"io"
 	"log"
+	"net"
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
+	"sync/atomic"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
 type reply struct {
@@ -54,8 +74,45 @@ func main() {
 	}
 	upstream := os.Getenv("UPSTREAM")
 	client := &http.Client{Timeout: 5 * time.Second}
+	var down atomic.Bool
+	grpcHealth := health.NewServer()
+	if addr := os.Getenv("GRPC_LISTEN"); addr != "" {
+		go serveGRPCHealth(addr, grpcHealth)
+	}
+	if addr := os.Getenv("TCP_LISTEN"); addr != "" {
+		go serveTCPEcho(addr, fmt.Sprintf("%s %s %s", me.Service, me.Version, me.Pod))
+	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		if down.Load() {
+			http.Error(w, "down", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("POST /health", func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Query().Get("state") {
+		case "up":
+			down.Store(false)
+			grpcHealth.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+		case "down":
+			down.Store(true)
+			grpcHealth.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+		default:
+			http.Error(w, "state must be up or down", http.StatusBadRequest)
+			return
+		}
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("GET /tcp", func(w http.ResponseWriter, r *http.Request) {
+		addr := r.URL.Query().Get("addr")
+		if addr == "" {
+			http.Error(w, "no addr", http.StatusBadRequest)
+			return
+		}
+		n, _ := strconv.Atoi(r.URL.Query().Get("n"))
+		writeJSON(w, tcpCalls(addr, min(max(n, 1), 1000)))
+	})
 	mux.HandleFunc("GET /call", func(w http.ResponseWriter, r *http.Request) {
 		url := cmp.Or(r.URL.Query().Get("url"), upstream)
 		if url == "" {
@@ -64,9 +121,18 @@ func main() {
 		}
 		n, _ := strconv.Atoi(r.URL.Query().Get("n"))
 		n = min(max(n, 1), 10000)
+		headers := http.Header{}
+		for _, h := range r.URL.Query()["header"] {
+			name, value, ok := strings.Cut(h, ":")
+			if !ok {
+				http.Error(w, "header must be Name:Value", http.StatusBadRequest)
+				return
+			}
+			headers.Add(strings.TrimSpace(name), strings.TrimSpace(value))
+		}
 		res := callResult{URL: url, Counts: map[string]int{}}
 		for range n {
-			got, err := call(client, url)
+			got, err := call(client, url, headers)
 			if err != nil {
 				res.Errors++
 				res.Error = err.Error()
@@ -103,8 +169,15 @@ func get(url string) int {
 	return 0
 }
 
-func call(c *http.Client, url string) (*reply, error) {
-	resp, err := c.Get(url)
+func call(c *http.Client, url string, headers http.Header) (*reply, error) {
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	for name, values := range headers {
+		req.Header[name] = values
+	}
+	resp, err := c.Do(req)
 	if err != nil {
 		return nil, err
 	}
@@ -128,4 +201,88 @@ func writeJSON(w http.ResponseWriter, v any) {
 func hostname() string {
 	h, _ := os.Hostname()
 	return h
+}
+
+func serveGRPCHealth(addr string, hs *health.Server) {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		log.Fatalf("gRPC health: %v", err)
+	}
+	srv := grpc.NewServer()
+	healthpb.RegisterHealthServer(srv, hs)
+	log.Printf("gRPC health on %s", addr)
+	log.Fatal(srv.Serve(l))
+}
+
+// serveTCPEcho speaks first: it writes banner and a newline, then echoes every line.
+func serveTCPEcho(addr, banner string) {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		log.Fatalf("TCP echo: %v", err)
+	}
+	log.Printf("TCP echo on %s", addr)
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			log.Fatalf("TCP echo: %v", err)
+		}
+		go func() {
+			defer func() { _ = c.Close() }()
+			_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+			if _, err := io.WriteString(c, banner+"\n"); err != nil {
+				return
+			}
+			_, _ = io.Copy(c, c)
+		}()
+	}
+}
+
+type tcpResult struct {
+	Addr   string `json:"addr"`
+	OK     int    `json:"ok"`
+	Errors int    `json:"errors"`
+	Error  string `json:"error,omitempty"`
+	Banner string `json:"banner,omitempty"`
+}
+
+// tcpCalls opens n connections to addr; each must deliver a banner line first and then
+// echo the line sent to it.
+func tcpCalls(addr string, n int) tcpResult {
+	res := tcpResult{Addr: addr}
+	for i := range n {
+		banner, err := tcpCall(addr, fmt.Sprintf("ping %d", i))
+		if err != nil {
+			res.Errors++
+			res.Error = err.Error()
+			continue
+		}
+		res.OK++
+		res.Banner = banner
+	}
+	return res
+}
+
+func tcpCall(addr, line string) (string, error) {
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer func() { _ = c.Close() }()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	r := bufio.NewReader(c)
+	banner, err := r.ReadString('\n')
+	if err != nil {
+		return "", fmt.Errorf("%s: reading the banner: %w", addr, err)
+	}
+	if _, err := io.WriteString(c, line+"\n"); err != nil {
+		return "", fmt.Errorf("%s: writing: %w", addr, err)
+	}
+	echo, err := r.ReadString('\n')
+	if err != nil {
+		return "", fmt.Errorf("%s: reading the echo: %w", addr, err)
+	}
+	if got := strings.TrimSuffix(echo, "\n"); got != line {
+		return "", fmt.Errorf("%s: echoed %q, sent %q", addr, got, line)
+	}
+	return strings.TrimSuffix(banner, "\n"), nil
 }

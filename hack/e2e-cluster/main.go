@@ -1,6 +1,8 @@
 // Command e2e-cluster checks Braid on the real single-node cluster `braid up` starts: it
 // installs Braid with `kubectl apply -k config/default`, deploys meshed workloads and
-// checks injection, traffic, a canary and uninstalling, printing PASS, FAIL or SKIP per
+// checks injection (and opting out), traffic, canaries by weight and by header, mTLS,
+// access, probes, opaque TCP, an operator restart under load and uninstalling (the list
+// is in docs/cluster.md), printing PASS, FAIL or SKIP per
 // check and "N passed, N failed, N skipped" at the end. It exits non-zero on any FAIL.
 // SKIP is only for features that are not wired yet, with the reason.
 //
@@ -74,9 +76,14 @@ func run(ctx context.Context) int {
 	s.check(ctx, "a Job in the meshed namespace completes", s.jobCompletes)
 	s.check(ctx, "traffic flows frontend -> reviews by Service name", s.traffic)
 	s.check(ctx, "TrafficSplit canary 90/10 -> 0/100 (responses counted by version)", s.canary)
+	s.check(ctx, "TrafficSplit A/B by header: x-canary: true -> v2, the rest -> the root Service", s.headerCanary)
 	s.check(ctx, "every meshed proxy got a workload certificate (SPIFFE identity)", s.identity)
 	s.check(ctx, "meshed traffic is mTLS (the server proxy saw the client's identity)", s.mtls)
 	s.check(ctx, "TrafficTarget denies a source it does not list, then allows it", s.trafficTarget)
+	s.check(ctx, "a pod annotated braid.dev/inject: disabled in the meshed namespace is not injected", s.optedOut)
+	s.check(ctx, "httpGet, tcpSocket and grpc probes are rewritten to the proxy and keep the pod Ready", s.probes)
+	s.check(ctx, "opaque TCP (server speaks first) between meshed pods; TCPRoute TrafficTarget denies, then allows", s.tcp)
+	s.check(ctx, "restarting the operator under steady load loses no request; proxies reconnect", s.operatorRestart)
 	s.check(ctx, "Braid uninstalls (kubectl delete -k): no webhook configuration left, pods still start", s.uninstall)
 	s.cleanup(ctx)
 	fmt.Printf("\n%d passed, %d failed, %d skipped (%s)\n", s.pass, s.fail, s.skipped, time.Since(begin).Round(100*time.Millisecond))
@@ -125,8 +132,21 @@ func (s *suite) install(ctx context.Context) error {
 	if err := s.deleteNamespace(ctx, ns, 90*time.Second); err != nil {
 		return err
 	}
-	_, err := s.kit.Run(ctx, "apply", "-k", filepath.Join(s.root, "config", "default"))
-	return err
+	// An operator left by an interrupted run is restarted: its pod would go on running
+	// the image it started with, though braid up has just imported a new one under its tag.
+	_, getErr := s.kit.CS.AppsV1().Deployments("braid-system").Get(ctx, "braid-operator", metav1.GetOptions{})
+	if _, err := s.kit.Run(ctx, "apply", "-k", filepath.Join(s.root, "config", "default")); err != nil {
+		return err
+	}
+	if getErr == nil {
+		if _, err := s.kit.Run(ctx, "-n", "braid-system", "rollout", "restart", "deployment/braid-operator"); err != nil {
+			return err
+		}
+		if _, err := s.kit.Run(ctx, "-n", "braid-system", "rollout", "status", "deployment/braid-operator", "--timeout=120s"); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (s *suite) operatorReady(ctx context.Context) error {
