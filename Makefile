@@ -118,7 +118,7 @@ down: braid ## Stop the cluster and undo every change it made to the host: braid
 	$(BRAID) down --state-dir $(BRAID_STATE_DIR)
 
 .PHONY: e2e-cluster
-e2e-cluster: up ## Install Braid into the local cluster and check injection, traffic, canary, mTLS, access, uninstall.
+e2e-cluster: up ## Install Braid into the local cluster; 18 checks on real pods (injection, probes, Jobs, canary by weight and header, mTLS, access, TCP, operator restart, uninstall).
 	KUBECONFIG=$(BRAID_STATE_DIR)/admin.kubeconfig $(GO) run ./hack/e2e-cluster
 
 ##@ Benchmarks
