@@ -24,6 +24,7 @@ import (
 
 	"github.com/go-logr/logr"
 
+	"github.com/braidmesh/braid/proxy/bufpool"
 	"github.com/braidmesh/braid/proxy/origdst"
 	"github.com/braidmesh/braid/proxy/telemetry"
 	"github.com/braidmesh/braid/proxy/tlsid"
@@ -64,8 +65,8 @@ type Server struct {
 	h2    *http.Server
 	conns chan net.Conn // handshaken HTTP/2 sessions for h2
 	done  chan struct{} // closed by Shutdown
-	app   *http.Transport
-	appH2 *http.Transport
+	// forward and forwardH2 carry requests to the application over HTTP/1.1 and h2c.
+	forward, forwardH2 *httputil.ReverseProxy
 
 	mu      sync.Mutex
 	tcp     map[net.Conn]struct{}
@@ -85,13 +86,14 @@ func New(lis net.Listener, cfg Config) *Server {
 	if ap, err := netip.ParseAddrPort(lis.Addr().String()); err == nil {
 		s.port = ap.Port()
 	}
-	s.app = &http.Transport{
+	app := &http.Transport{
 		DialContext:         (&net.Dialer{Timeout: 3 * time.Second}).DialContext,
 		MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second,
 	}
-	s.appH2 = &http.Transport{DialContext: s.app.DialContext, IdleConnTimeout: 90 * time.Second}
-	s.appH2.Protocols = new(http.Protocols)
-	s.appH2.Protocols.SetUnencryptedHTTP2(true)
+	appH2 := &http.Transport{DialContext: app.DialContext, IdleConnTimeout: 90 * time.Second}
+	appH2.Protocols = new(http.Protocols)
+	appH2.Protocols.SetUnencryptedHTTP2(true)
+	s.forward, s.forwardH2 = newForward(app), newForward(appH2)
 	s.h2 = &http.Server{
 		Handler:           http.HandlerFunc(s.serveMeshHTTP),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -332,33 +334,53 @@ func (s *Server) serveMeshHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		s.cfg.Metrics.Request(peer, uint32(port), status, result, time.Since(start))
 	}()
-	transport := s.app
+	rp := s.forward
 	if r.Header.Get(TargetProtocolHeader) == "h2c" {
-		transport = s.appH2
+		rp = s.forwardH2
 	}
-	target := net.JoinHostPort(s.cfg.AppHost, strconv.Itoa(int(port)))
-	rp := &httputil.ReverseProxy{
+	x := &forwarded{target: net.JoinHostPort(s.cfg.AppHost, strconv.Itoa(int(port))), peer: peer, port: uint16(port)}
+	defer func() { status = x.status }()
+	rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), forwardedKey{}, x)))
+}
+
+// forwarded is what the reverse proxy needs to know of one request it forwards to the
+// application, and what it learns.
+type forwarded struct {
+	target string // host:port of the application
+	peer   string // the client's verified identity
+	port   uint16
+	status int
+}
+
+type forwardedKey struct{}
+
+// newForward returns the reverse proxy to the application over transport; one serves
+// every request, with pooled copy buffers.
+func newForward(transport http.RoundTripper) *httputil.ReverseProxy {
+	return &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.Out.URL.Scheme, pr.Out.URL.Host = "http", target
+			x := pr.In.Context().Value(forwardedKey{}).(*forwarded)
+			pr.Out.URL.Scheme, pr.Out.URL.Host = "http", x.target
 			pr.Out.Host = pr.In.Host
 			pr.Out.Header.Del(TargetPortHeader)
 			pr.Out.Header.Del(TargetProtocolHeader)
-			pr.Out.Header.Set(ClientIDHeader, peer)
+			pr.Out.Header.Set(ClientIDHeader, x.peer)
 		},
-		Transport: transport,
+		Transport:  transport,
+		BufferPool: &bufpool.Pool{},
 		ModifyResponse: func(resp *http.Response) error {
-			status = resp.StatusCode
+			resp.Request.Context().Value(forwardedKey{}).(*forwarded).status = resp.StatusCode
 			return nil
 		},
-		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) {
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if errors.Is(err, context.Canceled) {
 				return
 			}
-			status = http.StatusBadGateway
-			forbid(w, http.StatusBadGateway, fmt.Sprintf("the application on port %d failed: %v", port, err))
+			x := r.Context().Value(forwardedKey{}).(*forwarded)
+			x.status = http.StatusBadGateway
+			forbid(w, http.StatusBadGateway, fmt.Sprintf("the application on port %d failed: %v", x.port, err))
 		},
 	}
-	rp.ServeHTTP(w, r)
 }
 
 func forbid(w http.ResponseWriter, code int, msg string) {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/go-logr/logr"
 
+	"github.com/braidmesh/braid/proxy/bufpool"
 	"github.com/braidmesh/braid/proxy/router"
 	"github.com/braidmesh/braid/proxy/telemetry"
 )
@@ -83,31 +84,13 @@ func New(log logr.Logger, table *atomic.Pointer[router.Table], metrics *telemetr
 		Transport:    attempts{h},
 		ErrorHandler: h.upstreamError,
 		ErrorLog:     nil,
-		BufferPool:   &bufferPool{},
+		BufferPool:   &bufpool.Pool{},
 	}
 	return h
 }
 
-// copyBufferSize is the size of the buffers responses are copied through: the reverse
-// proxy's own default, which it would otherwise allocate for every response.
-const copyBufferSize = 32 << 10
-
-// bufferPool lends the reverse proxy its copy buffers. It pools array pointers, so that
-// neither Get nor Put allocates.
-type bufferPool struct{ pool sync.Pool }
-
-func (b *bufferPool) Get() []byte {
-	if buf, ok := b.pool.Get().(*[copyBufferSize]byte); ok {
-		return buf[:]
-	}
-	return make([]byte, copyBufferSize)
-}
-
-func (b *bufferPool) Put(buf []byte) {
-	if len(buf) == copyBufferSize {
-		b.pool.Put((*[copyBufferSize]byte)(buf))
-	}
-}
+// copyBufferSize is the size of the buffers opaque connections are copied through.
+const copyBufferSize = bufpool.Size
 
 // connectTimeout bounds a connection attempt: an endpoint that vanished without a reset
 // (a deleted pod before the configuration catches up) must fail fast with a 502, not
