@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -75,6 +76,9 @@ func run(ctx context.Context) error {
 	if err := canary(ctx, kit, p.Status.PodIP); err != nil {
 		return err
 	}
+	if err := access(ctx, kit, p.Status.PodIP); err != nil {
+		return err
+	}
 	fmt.Printf(`
 Everything still runs. Explore:
   export KUBECONFIG=%s
@@ -132,6 +136,42 @@ func canary(ctx context.Context, kit *clusterkit.Kit, frontendIP string) error {
 		}
 		fmt.Printf("%-10s %5.1f%% / %5.1f%%            %s\n", fmt.Sprintf("%d/%d", w[0], w[1]),
 			100*r.Share("v1"), 100*r.Share("v2"), time.Since(t).Round(10*time.Millisecond))
+	}
+	return nil
+}
+
+// access shows a TrafficTarget at work: reviews admits only the ServiceAccount it lists,
+// on the caller's verified mTLS identity; frontend is denied (403 from reviews' proxy),
+// then allowed.
+func access(ctx context.Context, kit *clusterkit.Kit, frontendIP string) error {
+	fmt.Printf("\nAccess control: TrafficTarget %s/reviews, 10 requests from frontend per step:\n", ns)
+	for _, step := range []struct {
+		source string
+		denied bool
+	}{{"nobody", true}, {"frontend", false}} {
+		if err := kit.Apply(ctx, clusterkit.ReviewsAccess(ns, step.source)); err != nil {
+			return err
+		}
+		t := time.Now()
+		var r clusterkit.Result
+		err := clusterkit.Eventually(ctx, 30*time.Second, 200*time.Millisecond, func() error {
+			var err error
+			if r, err = clusterkit.Call(ctx, frontendIP, "http://reviews:8080/", 10); err != nil {
+				return err
+			}
+			if step.denied && r.Errors != 10 || !step.denied && r.Errors != 0 {
+				return fmt.Errorf("%d of 10 requests refused", r.Errors)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		if step.denied {
+			fmt.Printf("  sources: [%s]   10 of 10 refused (%s after kubectl apply): %s\n", step.source, time.Since(t).Round(10*time.Millisecond), strings.TrimSpace(r.Error))
+		} else {
+			fmt.Printf("  sources: [%s] 10 of 10 answered (%s after kubectl apply), reviews saw the caller as %s\n", step.source, time.Since(t).Round(10*time.Millisecond), r.Last.Client)
+		}
 	}
 	return nil
 }

@@ -101,6 +101,25 @@ spec:
 `, ns, name, app, version, sa, upstream, DemoImage)
 }
 
+// ReviewsAccess is an HTTPRouteGroup admitting every request and a TrafficTarget that
+// lets only ServiceAccount source of ns call reviews' pods.
+func ReviewsAccess(ns, source string) string {
+	return fmt.Sprintf(`apiVersion: specs.smi-spec.io/v1alpha4
+kind: HTTPRouteGroup
+metadata: {name: reviews-all, namespace: %[1]s}
+spec:
+  matches: [{name: all, pathRegex: ".*", methods: ["*"]}]
+---
+apiVersion: access.smi-spec.io/v1alpha3
+kind: TrafficTarget
+metadata: {name: reviews, namespace: %[1]s}
+spec:
+  destination: {kind: ServiceAccount, name: reviews, namespace: %[1]s}
+  rules: [{kind: HTTPRouteGroup, name: reviews-all, matches: [all]}]
+  sources: [{kind: ServiceAccount, name: %[2]s, namespace: %[1]s}]
+`, ns, source)
+}
+
 // TrafficSplit is the canary of reviews: weights for reviews-v1 and reviews-v2.
 func TrafficSplit(ns string, v1, v2 int) string {
 	return fmt.Sprintf(`apiVersion: split.smi-spec.io/v1alpha4

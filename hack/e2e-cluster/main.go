@@ -468,22 +468,7 @@ func (s *suite) trafficTarget(ctx context.Context) error {
 	if s.frontendIP == "" {
 		return errors.New("no frontend pod (injection check failed)")
 	}
-	tt := func(source string) string {
-		return fmt.Sprintf(`apiVersion: specs.smi-spec.io/v1alpha4
-kind: HTTPRouteGroup
-metadata: {name: reviews-all, namespace: %[1]s}
-spec:
-  matches: [{name: all, pathRegex: ".*", methods: ["*"]}]
----
-apiVersion: access.smi-spec.io/v1alpha3
-kind: TrafficTarget
-metadata: {name: reviews, namespace: %[1]s}
-spec:
-  destination: {kind: ServiceAccount, name: reviews, namespace: %[1]s}
-  rules: [{kind: HTTPRouteGroup, name: reviews-all, matches: [all]}]
-  sources: [{kind: ServiceAccount, name: %[2]s, namespace: %[1]s}]
-`, ns, source)
-	}
+	tt := func(source string) string { return clusterkit.ReviewsAccess(ns, source) }
 	defer func() { _ = s.kit.Delete(context.WithoutCancel(ctx), tt("nobody")) }()
 	if err := s.kit.Apply(ctx, tt("nobody")); err != nil {
 		return err
