@@ -13,6 +13,7 @@ import (
 
 	"github.com/go-logr/logr"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
@@ -52,29 +53,36 @@ func (c *Client) Run(ctx context.Context) error {
 	conn, err := grpc.NewClient(c.Address,
 		grpc.WithTransportCredentials(creds),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
+		// The connection's own reconnect backoff follows ours: gRPC's default grows to
+		// two minutes, and after an operator restart proxies sat it out, tens of seconds
+		// behind a control plane that was already back.
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: max(c.MinBackoff, 10*time.Millisecond), Multiplier: 1.6, Jitter: 0.2, MaxDelay: max(c.MaxBackoff, c.MinBackoff, 10*time.Millisecond)},
+			MinConnectTimeout: 5 * time.Second,
+		}),
 	)
 	if err != nil {
 		return fmt.Errorf("connecting to the control plane at %s: %w", c.Address, err)
 	}
 	defer func() { _ = conn.Close() }()
 	client := api.NewConfigServiceClient(conn)
-	backoff := c.MinBackoff
+	wait := c.MinBackoff
 	for {
 		received, err := c.stream(ctx, client)
 		if ctx.Err() != nil {
 			return nil
 		}
 		if received {
-			backoff = c.MinBackoff
+			wait = c.MinBackoff
 		}
-		wait := backoff/2 + rand.N(backoff/2+1) // jitter, so proxies do not reconnect in lockstep
-		c.Log.Info("Control plane stream ended; keeping the current configuration", "error", err.Error(), "retryIn", wait.String())
+		jittered := wait/2 + rand.N(wait/2+1) // so proxies do not reconnect in lockstep
+		c.Log.Info("Control plane stream ended; keeping the current configuration", "error", err.Error(), "retryIn", jittered.String())
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-time.After(wait):
+		case <-time.After(jittered):
 		}
-		backoff = min(2*backoff, c.MaxBackoff)
+		wait = min(2*wait, c.MaxBackoff)
 	}
 }
 

@@ -224,3 +224,41 @@ func TestClientWithoutControlPlane(t *testing.T) {
 	}
 	// Run must return nil once the test cancels it (checked in runClient's cleanup).
 }
+
+// While the control plane is unreachable the client keeps trying at its own backoff,
+// never more than MaxBackoff apart: gRPC's default connection backoff grows to two
+// minutes, and would keep proxies away from an operator that is already back.
+func TestClientRetriesAtItsOwnBackoff(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	attempts := make(chan struct{}, 1000)
+	go func() {
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			attempts <- struct{}{}
+			_ = c.Close() // a control plane that is down: every handshake fails
+		}
+	}()
+	defer func() { _ = lis.Close() }()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	c := &controlplane.Client{
+		Address: lis.Addr().String(), Hello: &api.Hello{ProxyId: "web-1", Namespace: "shop"},
+		Apply: func(*api.Snapshot) error { return nil }, Log: testr.New(t),
+		MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond,
+	}
+	go func() { _ = c.Run(ctx); close(done) }()
+	time.Sleep(3 * time.Second)
+	cancel()
+	<-done
+	// gRPC's default backoff (1 s, growing 1.6 times) makes at most 4 attempts in 3 s;
+	// a 100 ms cap makes dozens.
+	if n := len(attempts); n < 10 {
+		t.Errorf("%d connection attempts in 3 s with a 100 ms maximum backoff, want at least 10", n)
+	}
+}
