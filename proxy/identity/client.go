@@ -33,6 +33,7 @@ import (
 
 	"github.com/go-logr/logr"
 	"google.golang.org/grpc"
+	grpcbackoff "google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
 
 	"github.com/braidmesh/braid/proxy/api"
@@ -246,7 +247,13 @@ func (c *Client) Run(ctx context.Context) error {
 	}
 	clk := c.clock()
 	minBackoff, maxBackoff := orDefault(c.MinBackoff, time.Second), orDefault(c.MaxBackoff, 30*time.Second)
-	conn, err := grpc.NewClient(c.Address, grpc.WithTransportCredentials(credentials.NewTLS(c.tlsConfig())))
+	conn, err := grpc.NewClient(c.Address, grpc.WithTransportCredentials(credentials.NewTLS(c.tlsConfig())),
+		// The connection reconnects at the client's own pace, not gRPC's default (up to
+		// two minutes), so that a renewal retried after an operator restart reaches it.
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           grpcbackoff.Config{BaseDelay: minBackoff, Multiplier: 1.6, Jitter: 0.2, MaxDelay: maxBackoff},
+			MinConnectTimeout: 5 * time.Second,
+		}))
 	if err != nil {
 		return fmt.Errorf("identity client for %s: %w", c.Address, err)
 	}
