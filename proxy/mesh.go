@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strconv"
 	"sync/atomic"
 
 	"github.com/go-logr/logr"
@@ -101,6 +102,7 @@ func startInbound(log logr.Logger, st *state) (*inbound.Server, error) {
 	}
 	return inbound.New(lis, inbound.Config{
 		Log: log.WithName("inbound"), IDs: st.ids, Policy: &st.mesh.policy, AppHost: st.opts.AppHost, Metrics: st.metrics.Inbound(),
+		ProxyPorts: listenPorts(st.opts.OutboundAddr, st.opts.AdminAddr),
 	}), nil
 }
 
@@ -129,4 +131,17 @@ func controlPlaneServerName(o *Options) string {
 		return o.ControlPlane
 	}
 	return host
+}
+
+// listenPorts returns the ports of listen addresses (host:port).
+func listenPorts(addrs ...string) []uint16 {
+	var out []uint16
+	for _, a := range addrs {
+		if _, p, err := net.SplitHostPort(a); err == nil {
+			if n, err := strconv.ParseUint(p, 10, 16); err == nil && n > 0 {
+				out = append(out, uint16(n))
+			}
+		}
+	}
+	return out
 }

@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/netip"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -55,6 +56,10 @@ type Config struct {
 	HandshakeTimeout time.Duration
 	// Metrics records requests and connections; nil records nothing.
 	Metrics *telemetry.Inbound
+	// ProxyPorts are the proxy's own ports on the application's host (admin, outbound):
+	// no client may target them, or a peer could send traffic out through this proxy
+	// under this workload's identity. The inbound port itself is always refused.
+	ProxyPorts []uint16
 }
 
 // Server serves the inbound listener.
@@ -211,7 +216,7 @@ func (s *Server) serveMeshTCP(tc *tls.Conn) {
 	_ = tc.SetReadDeadline(time.Time{})
 	port := binary.BigEndian.Uint16(hdr[:])
 	peer := tlsid.PeerID(tc.ConnectionState())
-	if d := s.cfg.Policy.Load().AuthorizeTCP(peer, uint32(port)); !d.Allowed {
+	if d := s.authorizeTCP(peer, port); !d.Allowed {
 		s.cfg.Log.V(1).Info("Inbound connection refused", "peer", peer, "port", port, "reason", d.Reason)
 		s.cfg.Metrics.Connection(peer, uint32(port), telemetry.InboundDenied)
 		_ = tc.Close()
@@ -224,8 +229,7 @@ func (s *Server) serveMeshTCP(tc *tls.Conn) {
 // servePlaintext serves a client without a proxy: admitted whole when the policy admits
 // everyone, otherwise refused (with a 403 when it speaks HTTP/1).
 func (s *Server) servePlaintext(c net.Conn, port uint16) {
-	pol := s.cfg.Policy.Load()
-	d := pol.AuthorizeTCP("", uint32(port))
+	d := s.authorizeTCP("", port)
 	if d.Allowed {
 		s.cfg.Metrics.Connection("", uint32(port), telemetry.InboundSuccess)
 		s.splice(c, port)
@@ -320,7 +324,11 @@ func (s *Server) serveMeshHTTP(w http.ResponseWriter, r *http.Request) {
 		forbid(w, http.StatusBadRequest, "the request names no valid "+TargetPortHeader)
 		return
 	}
-	if d := s.cfg.Policy.Load().AuthorizeHTTP(peer, uint32(port), r); !d.Allowed {
+	d := s.reserved(uint16(port))
+	if d.Allowed {
+		d = s.cfg.Policy.Load().AuthorizeHTTP(peer, uint32(port), r)
+	}
+	if !d.Allowed {
 		s.cfg.Log.V(1).Info("Inbound request refused", "peer", peer, "port", port, "method", r.Method, "path", r.URL.Path, "reason", d.Reason)
 		forbid(w, http.StatusForbidden, d.Reason)
 		s.cfg.Metrics.Request(peer, uint32(port), http.StatusForbidden, telemetry.InboundDenied, time.Since(start))
@@ -381,6 +389,22 @@ func newForward(transport http.RoundTripper) *httputil.ReverseProxy {
 			forbid(w, http.StatusBadGateway, fmt.Sprintf("the application on port %d failed: %v", x.port, err))
 		},
 	}
+}
+
+// authorizeTCP decides on an opaque connection to port.
+func (s *Server) authorizeTCP(peer string, port uint16) Decision {
+	if d := s.reserved(port); !d.Allowed {
+		return d
+	}
+	return s.cfg.Policy.Load().AuthorizeTCP(peer, uint32(port))
+}
+
+// reserved refuses the proxy's own ports as targets.
+func (s *Server) reserved(port uint16) Decision {
+	if port == s.port || slices.Contains(s.cfg.ProxyPorts, port) {
+		return Decision{Reason: fmt.Sprintf("port %d is the proxy's own: clients reach the application's ports only", port)}
+	}
+	return Decision{Allowed: true}
 }
 
 func forbid(w http.ResponseWriter, code int, msg string) {

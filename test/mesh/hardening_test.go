@@ -5,8 +5,12 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/braidmesh/braid/proxy/outbound"
+	"github.com/braidmesh/braid/proxy/router"
 )
 
 // rawRequest writes raw to the client proxy and returns the status of its answer.
@@ -76,5 +80,27 @@ func TestNoOpenProxying(t *testing.T) {
 	code := rawRequest(t, p, "GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n")
 	if code != http.StatusNotFound {
 		t.Errorf("a request for example.com answered %d, want the proxy's 404", code)
+	}
+}
+
+// No client may target the server proxy's own ports, even where everyone is admitted: a
+// peer could otherwise send traffic out through that proxy under its workload's identity.
+func TestProxyPortsAreNotTargets(t *testing.T) {
+	p := newPair(t)
+	code, body, _ := p.do(http.MethodGet, "sideways", "/")
+	if code != http.StatusForbidden || !strings.Contains(body, "the proxy's own") {
+		t.Errorf("a request for the proxy's own port answered %d %q, want 403", code, body)
+	}
+	d := outbound.MeshDialer{IDs: p.clientID}
+	c, err := d.DialEndpoint(t.Context(), router.Endpoint{Addr: p.reserved, Identity: "spiffe://cluster.local/ns/shop/sa/reviews", ProxyPort: p.inbound.Port()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = c.Close() }()
+	_, _ = io.WriteString(c, "hello")
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 16)
+	if n, err := c.Read(buf); err == nil {
+		t.Errorf("an opaque connection to the proxy's own port echoed %q", buf[:n])
 	}
 }

@@ -39,6 +39,9 @@ type pair struct {
 	app      netip.AddrPort
 	seen     chan http.Header // what the app saw of each request
 	echo     netip.AddrPort   // a TCP echo server beside the app
+	// reserved stands for one of the server proxy's own ports (its outbound listener):
+	// a TCP echo server that no client may target.
+	reserved netip.AddrPort
 	// upgradeApp, when set, answers the app's requests that ask for an upgrade.
 	upgradeApp http.HandlerFunc
 }
@@ -61,12 +64,13 @@ func newPair(t *testing.T) *pair {
 	t.Cleanup(app.Close)
 	p.app = netip.MustParseAddrPort(app.Listener.Addr().String())
 	p.echo = echoServer(t)
+	p.reserved = echoServer(t)
 
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := inbound.New(lis, inbound.Config{Log: testr.New(t), IDs: p.serverID, Policy: &p.policy})
+	srv := inbound.New(lis, inbound.Config{Log: testr.New(t), IDs: p.serverID, Policy: &p.policy, ProxyPorts: []uint16{p.reserved.Port()}})
 	go func() { _ = srv.Serve() }()
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -80,6 +84,7 @@ func newPair(t *testing.T) *pair {
 	tbl, err := router.Build(&api.Snapshot{Services: []*api.Service{
 		service("reviews", p.app.Port(), ca.TrustDomain, p.inbound.Port(), "reviews"),
 		service("impostor", p.app.Port(), ca.TrustDomain, p.inbound.Port(), "ratings"),
+		service("sideways", p.reserved.Port(), ca.TrustDomain, p.inbound.Port(), "reviews"),
 	}}, "shop", "cluster.local")
 	if err != nil {
 		t.Fatal(err)
