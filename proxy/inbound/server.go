@@ -7,6 +7,7 @@
 package inbound
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"encoding/binary"
@@ -101,6 +102,7 @@ func New(lis net.Listener, cfg Config) *Server {
 	s.forward, s.forwardH2 = newForward(app), newForward(appH2)
 	s.h2 = &http.Server{
 		Handler:           http.HandlerFunc(s.serveMeshHTTP),
+		ConnContext:       connContext,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       5 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
@@ -226,33 +228,66 @@ func (s *Server) serveMeshTCP(tc *tls.Conn) {
 	s.splice(tc, port)
 }
 
-// servePlaintext serves a client without a proxy: admitted whole when the policy admits
-// everyone, otherwise refused (with a 403 when it speaks HTTP/1).
+// plaintextDetectWait bounds how long a plaintext connection is watched for an HTTP/1
+// request line before it is carried as opaque bytes: a server that speaks first waits
+// that long for its client's connection, once.
+const plaintextDetectWait = 200 * time.Millisecond
+
+// servePlaintext serves a client without a proxy. HTTP/1 requests go through the HTTP
+// server, which authorises each (403 when refused) and strips any client identity header
+// the client set itself; other bytes are carried whole when the policy admits everyone,
+// and the connection is closed otherwise.
 func (s *Server) servePlaintext(c net.Conn, port uint16) {
+	br := bufio.NewReader(c)
+	_ = c.SetReadDeadline(time.Now().Add(plaintextDetectWait))
+	first, _ := br.Peek(4)
+	_ = c.SetReadDeadline(time.Time{})
+	pc := &plaintextConn{Conn: c, r: br, port: port}
+	if looksLikeHTTP1(first) {
+		select {
+		case s.conns <- pc:
+		case <-s.done:
+			_ = c.Close()
+		}
+		return
+	}
 	d := s.authorizeTCP("", port)
 	if d.Allowed {
 		s.cfg.Metrics.Connection("", uint32(port), telemetry.InboundSuccess)
-		s.splice(c, port)
+		s.splice(pc, port)
 		return
 	}
 	s.cfg.Metrics.Connection("", uint32(port), telemetry.InboundDenied)
 	s.cfg.Log.V(1).Info("Plaintext inbound connection refused", "client", c.RemoteAddr().String(), "port", port, "reason", d.Reason)
-	refuseHTTP(c, d.Reason)
+	_ = c.Close()
 }
 
-// refuseHTTP answers a refused plaintext client with a 403 if it sends an HTTP/1 request
-// within a short wait, and closes the connection.
-func refuseHTTP(c net.Conn, reason string) {
-	defer c.Close() //nolint:errcheck // best effort: the client is refused either way
-	_ = c.SetDeadline(time.Now().Add(time.Second))
-	buf := make([]byte, 8)
-	n, _ := io.ReadAtLeast(c, buf, 4)
-	if n < 4 || !looksLikeHTTP1(buf[:n]) {
-		return
+// plaintextConn is a redirected plaintext connection, with the bytes peeked at, and the
+// application port its client asked for.
+type plaintextConn struct {
+	net.Conn
+	r    *bufio.Reader
+	port uint16
+}
+
+func (c *plaintextConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// CloseWrite half-closes the connection, as splice expects.
+func (c *plaintextConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
 	}
-	body := "braid-proxy: " + reason + "\n"
-	_, _ = io.WriteString(c, "HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain; charset=utf-8\r\nBraid-Proxy-Error: Forbidden\r\nConnection: close\r\nContent-Length: "+
-		strconv.Itoa(len(body))+"\r\n\r\n"+body)
+	return c.Close()
+}
+
+type plaintextKey struct{}
+
+// connContext notes, for the HTTP server, the port a plaintext connection was for.
+func connContext(ctx context.Context, c net.Conn) context.Context {
+	if pc, ok := c.(*plaintextConn); ok {
+		return context.WithValue(ctx, plaintextKey{}, pc.port)
+	}
+	return ctx
 }
 
 func looksLikeHTTP1(b []byte) bool {
@@ -315,12 +350,8 @@ func copyThenCloseWrite(dst, src net.Conn) {
 // serveMeshHTTP authorises one request from a peer proxy and forwards it to the app.
 func (s *Server) serveMeshHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	peer := ""
-	if r.TLS != nil {
-		peer = tlsid.PeerID(*r.TLS)
-	}
-	port, err := strconv.ParseUint(r.Header.Get(TargetPortHeader), 10, 16)
-	if err != nil || port == 0 {
+	peer, port, ok := requestTarget(r)
+	if !ok {
 		forbid(w, http.StatusBadRequest, "the request names no valid "+TargetPortHeader)
 		return
 	}
@@ -351,6 +382,21 @@ func (s *Server) serveMeshHTTP(w http.ResponseWriter, r *http.Request) {
 	rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), forwardedKey{}, x)))
 }
 
+// requestTarget returns who sent a request and the application port it is for: from a
+// peer proxy, its verified identity and the port its header names; from a plaintext
+// client, no identity and the port its connection was for (a header it set is ignored).
+func requestTarget(r *http.Request) (peer string, port uint64, ok bool) {
+	if p, plain := r.Context().Value(plaintextKey{}).(uint16); plain {
+		r.Header.Del(TargetPortHeader)
+		return "", uint64(p), true
+	}
+	if r.TLS != nil {
+		peer = tlsid.PeerID(*r.TLS)
+	}
+	port, err := strconv.ParseUint(r.Header.Get(TargetPortHeader), 10, 16)
+	return peer, port, err == nil && port != 0 && r.TLS != nil
+}
+
 // forwarded is what the reverse proxy needs to know of one request it forwards to the
 // application, and what it learns.
 type forwarded struct {
@@ -372,7 +418,11 @@ func newForward(transport http.RoundTripper) *httputil.ReverseProxy {
 			pr.Out.Host = pr.In.Host
 			pr.Out.Header.Del(TargetPortHeader)
 			pr.Out.Header.Del(TargetProtocolHeader)
-			pr.Out.Header.Set(ClientIDHeader, x.peer)
+			if x.peer == "" {
+				pr.Out.Header.Del(ClientIDHeader) // a plaintext client's own claim is no identity
+			} else {
+				pr.Out.Header.Set(ClientIDHeader, x.peer)
+			}
 		},
 		Transport:  transport,
 		BufferPool: &bufpool.Pool{},

@@ -116,6 +116,7 @@ func TestInterception(t *testing.T) {
 		{"excluded ports bypass the proxy", testExcludedPort},
 		{"the application reaches itself by its pod IP directly", testSelf},
 		{"inbound connections reach the application through the inbound listener", testInbound},
+		{"plaintext HTTP inbound cannot forge the client identity header", testInboundHTTP},
 		{"a server that speaks first is not stalled beyond the detection wait", testServerSpeaksFirst},
 		{"an opaque service carries bytes and half-closes", testOpaque},
 	} {
@@ -456,4 +457,33 @@ func banner(c net.Conn) {
 	_, _ = io.WriteString(c, "220 mail.example ESMTP\r\n")
 	line, _ := bufio.NewReader(c).ReadString('\n')
 	_, _ = io.WriteString(c, "250 got "+line)
+}
+
+// testInboundHTTP: a plaintext HTTP client (no proxy) calls the application; the inbound
+// listener serves it as HTTP, so the client cannot hand the application a client identity
+// of its own making.
+func testInboundHTTP(t *testing.T, p *pod, _ *servers) {
+	lis := p.ns.listen(t, "127.0.0.1:8082")
+	srv := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "client-id="+r.Header.Get("Braid-Client-Id"))
+	})}
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: dialer(p.peer)}}
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, "http://"+podIP+":8082/", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Braid-Client-Id", "spiffe://cluster.local/ns/shop/sa/admin")
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = resp.Body.Close() }()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK || string(body) != "client-id=" {
+		t.Fatalf("the application answered %d %q: want 200 and no client identity", resp.StatusCode, body)
+	}
+	p.waitMetric(t, "braid_proxy_inbound_requests_total",
+		map[string]string{"src_identity": "plaintext", "dst_port": "8082", "code_class": "2xx", "result": "success"}, 1)
 }
