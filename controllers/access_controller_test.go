@@ -22,16 +22,25 @@ import (
 // accessNamespace creates a namespace for the test in the given access mode.
 func accessNamespace(ctx context.Context, t *testing.T, mode braidv1alpha1.AccessMode) string {
 	t.Helper()
-	ns := namespace(ctx, t)
-	var obj unstructured.Unstructured
-	obj.SetAPIVersion("v1")
-	obj.SetKind("Namespace")
-	obj.SetName(ns)
-	patch := []byte(`{"metadata":{"annotations":{"` + braidv1alpha1.AccessControlAnnotation + `":"` + string(mode) + `"}}}`)
-	if err := cp.Client.Patch(ctx, &obj, client.RawPatch("application/merge-patch+json", patch)); err != nil {
-		t.Fatal(err)
+	name := strings.ToLower(strings.NewReplacer("/", "-", "_", "-").Replace(t.Name()))
+	if len(name) > 50 {
+		name = name[:50]
 	}
-	return ns
+	ns := harness.Namespace(name)
+	ns.Annotations = map[string]string{braidv1alpha1.AccessControlAnnotation: string(mode)}
+	mustCreate(ctx, t, ns)
+	// Proxies that connect from now on get the namespace's compiled policy, not the
+	// deny-everything stand-in of a namespace the server does not know yet.
+	for {
+		if p, ok := cp.ConfigServer.Policy(name); ok && p.Default.GetMode() == string(mode) {
+			return name
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("namespace %s's policy was never compiled in mode %s", name, mode)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
 }
 
 func wantCondition(ctx context.Context, t *testing.T, obj *unstructured.Unstructured, typ string, status metav1.ConditionStatus, reason string) metav1.Condition {
@@ -136,8 +145,11 @@ func TestTargetedModeLocksOnlyTargetedDestinations(t *testing.T) {
 	defer cancel()
 	ns := accessNamespace(ctx, t, braidv1alpha1.AccessTargeted)
 	mustCreate(ctx, t, harness.HTTPRouteGroup(ns, "routes", map[string]any{"name": "metrics", "pathRegex": "/metrics", "methods": []any{"GET"}}))
-	mustCreate(ctx, t, harness.TrafficTarget("access.smi-spec.io/v1alpha3", ns, "api", "api", []string{"prometheus"},
-		harness.TargetRule{Kind: "HTTPRouteGroup", Name: "routes"}))
+	apiTarget := harness.TrafficTarget("access.smi-spec.io/v1alpha3", ns, "api", "api", []string{"prometheus"},
+		harness.TargetRule{Kind: "HTTPRouteGroup", Name: "routes"})
+	mustCreate(ctx, t, apiTarget)
+	// Programmed (no proxy of api is connected yet): the policy is compiled.
+	wantCondition(ctx, t, apiTarget, "Programmed", metav1.ConditionTrue, "Programmed")
 	wantCondition(ctx, t, harness.HTTPRouteGroup(ns, "routes"), "Programmed", metav1.ConditionTrue, "Programmed")
 	// Ports out of range never reach the reconciler: the CRD refuses them.
 	if err := cp.Client.Create(ctx, harness.TCPRoute(ns, "bad", 0, 70000)); err == nil || !strings.Contains(err.Error(), "70000") {
@@ -209,7 +221,8 @@ func TestUnacknowledgedPolicyIsPendingUntilTheProxyAcks(t *testing.T) {
 	if !strings.Contains(c.Message, "0 of 1 connected proxies of ServiceAccount b") {
 		t.Errorf("Pending must count b's proxies: %q", c.Message)
 	}
-	nextInbound(t, stream) // acknowledges up to the grant
+	for len(nextInbound(t, stream).GetAuthorizations()) == 0 { // acknowledges up to the grant
+	}
 	wantCondition(ctx, t, tt, "Programmed", metav1.ConditionTrue, "Programmed")
 }
 

@@ -244,6 +244,14 @@ func (s *Server) SetPolicy(namespace string, p *Policy) uint64 {
 	return s.bump(change{key: namespace, policy: true})
 }
 
+// Policy returns the inbound policy the server holds for a namespace.
+func (s *Server) Policy(namespace string) (*Policy, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p, ok := s.policies[namespace]
+	return p, ok
+}
+
 // SetTrustBundle sets the PEM roots proxies verify their peers against. It returns the
 // version from which proxies run it.
 func (s *Server) SetTrustBundle(bundle string) uint64 {
