@@ -31,15 +31,7 @@ func TestOperatorBinary(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 	// Braid's CRDs only: the operator must also run without the Gateway API CRDs.
-	env := &envtest.Environment{
-		CRDDirectoryPaths:     []string{filepath.Join(harness.RepoRoot(), "config", "crd", "bases"), filepath.Join(harness.RepoRoot(), "config", "crd", "smi")},
-		ErrorIfCRDPathMissing: true,
-	}
-	cfg, err := env.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = env.Stop() })
+	env, cfg := startAPIServer(t)
 	op := startOperator(ctx, t, writeKubeconfig(t, env, cfg))
 
 	waitHTTP(ctx, t, "http://"+op.probeAddr+"/readyz", "ok")
@@ -101,14 +93,7 @@ func (op *operator) stop(t *testing.T) {
 
 func createMesh(ctx context.Context, t *testing.T, cfg *rest.Config) {
 	t.Helper()
-	scheme, err := controllers.NewScheme()
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := client.New(cfg, client.Options{Scheme: scheme})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := newClient(t, cfg)
 	for _, obj := range []client.Object{harness.Namespace("shop"), harness.Service("shop", "web", 80), harness.Service("shop", "web-v1", 80),
 		harness.EndpointSlices("shop", "web-v1", netip.MustParseAddrPort("10.1.0.1:8080"))[0],
 		harness.TrafficSplit("split.smi-spec.io/v1alpha2", "shop", "web", "web", harness.Weighted{Service: "web-v1", Weight: 1})} {
@@ -209,29 +194,14 @@ func waitHTTP(ctx context.Context, t *testing.T, url, want string) {
 func TestLastAcceptedSplitSurvivesARestart(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
-	env := &envtest.Environment{
-		CRDDirectoryPaths:     []string{filepath.Join(harness.RepoRoot(), "config", "crd", "bases"), filepath.Join(harness.RepoRoot(), "config", "crd", "smi")},
-		ErrorIfCRDPathMissing: true,
-	}
-	cfg, err := env.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = env.Stop() })
+	env, cfg := startAPIServer(t)
 	kubeconfig := writeKubeconfig(t, env, cfg)
 	op := startOperator(ctx, t, kubeconfig)
 	waitHTTP(ctx, t, "http://"+op.probeAddr+"/readyz", "ok")
 	createMesh(ctx, t, cfg)
 	streamUntilSplit(ctx, t, op.configAddr)
 
-	scheme, err := controllers.NewScheme()
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := client.New(cfg, client.Options{Scheme: scheme})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := newClient(t, cfg)
 	waitLastAccepted(ctx, t, c, client.ObjectKey{Namespace: "shop", Name: "web"})
 	// Every weight 0: not accepted; proxies keep web-v1 at weight 1.
 	split := harness.TrafficSplit("split.smi-spec.io/v1alpha2", "shop", "web", "web", harness.Weighted{Service: "web-v1", Weight: 0})
@@ -277,4 +247,34 @@ func waitLastAccepted(ctx context.Context, t *testing.T, c client.Client, key cl
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+}
+
+// startAPIServer starts kube-apiserver and etcd with Braid's CRDs only: the operator must
+// also run without the Gateway API CRDs.
+func startAPIServer(t *testing.T) (*envtest.Environment, *rest.Config) {
+	t.Helper()
+	env := &envtest.Environment{
+		CRDDirectoryPaths:     []string{filepath.Join(harness.RepoRoot(), "config", "crd", "bases"), filepath.Join(harness.RepoRoot(), "config", "crd", "smi")},
+		ErrorIfCRDPathMissing: true,
+	}
+	cfg, err := env.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = env.Stop() })
+	return env, cfg
+}
+
+// newClient is a client of cfg that knows Braid's types.
+func newClient(t *testing.T, cfg *rest.Config) client.Client {
+	t.Helper()
+	scheme, err := controllers.NewScheme()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := client.New(cfg, client.Options{Scheme: scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }

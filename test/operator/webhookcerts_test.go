@@ -18,7 +18,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/braidmesh/braid/controllers"
 	"github.com/braidmesh/braid/internal/identity"
@@ -32,23 +31,8 @@ import (
 func TestOperatorBinarySelfSignedWebhooks(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
-	env := &envtest.Environment{
-		CRDDirectoryPaths:     []string{filepath.Join(harness.RepoRoot(), "config", "crd", "bases"), filepath.Join(harness.RepoRoot(), "config", "crd", "smi")},
-		ErrorIfCRDPathMissing: true,
-	}
-	cfg, err := env.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = env.Stop() })
-	scheme, err := controllers.NewScheme()
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := client.New(cfg, client.Options{Scheme: scheme})
-	if err != nil {
-		t.Fatal(err)
-	}
+	env, cfg := startAPIServer(t)
+	c := newClient(t, cfg)
 	for _, obj := range append([]client.Object{harness.Namespace("braid-system")}, installedWebhookConfigurations(t)...) {
 		if err := c.Create(ctx, obj); err != nil {
 			t.Fatal(err)
