@@ -17,6 +17,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	braidv1alpha1 "github.com/braidmesh/braid/api/v1alpha1"
+	"github.com/braidmesh/braid/internal/golden"
 	"github.com/braidmesh/braid/proxy/admin"
 )
 
@@ -346,29 +347,12 @@ func goldenJSON(t *testing.T, res Result) []byte {
 
 func normalizeJSON(t *testing.T, raw []byte) []byte {
 	t.Helper()
-	var out bytes.Buffer
-	if err := json.Indent(&out, bytes.TrimSpace(raw), "", "  "); err != nil {
-		t.Fatalf("indenting JSON: %v", err)
-	}
-	out.WriteByte('\n')
-	return out.Bytes()
+	return golden.JSON(t, raw)
 }
 
 func compareGolden(t *testing.T, path string, got []byte) {
 	t.Helper()
-	if *update {
-		if err := os.WriteFile(path, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("reading golden file (run go test ./internal/inject/ -update to create it): %v", err)
-	}
-	if want := normalizeJSON(t, raw); !bytes.Equal(got, want) {
-		t.Errorf("Inject output differs from %s (run with -update only if the new output is right)\n--- got\n%s--- want\n%s", path, got, want)
-	}
+	golden.Compare(t, path, got, *update, "Inject output", "./internal/inject/")
 }
 
 func toYAML(t *testing.T, v any) string {

@@ -1,9 +1,7 @@
 package mesh
 
 import (
-	"bytes"
 	"cmp"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"os"
@@ -20,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	"sigs.k8s.io/yaml"
 
+	"github.com/braidmesh/braid/internal/golden"
 	"github.com/braidmesh/braid/proxy/api"
 )
 
@@ -196,32 +195,12 @@ func goldenJSON(t *testing.T, out *api.Service) []byte {
 
 func normalizeJSON(t *testing.T, raw []byte) []byte {
 	t.Helper()
-	var compact, indented bytes.Buffer
-	if err := json.Compact(&compact, raw); err != nil {
-		t.Fatalf("compacting JSON: %v\n%s", err, raw)
-	}
-	if err := json.Indent(&indented, compact.Bytes(), "", "  "); err != nil {
-		t.Fatalf("indenting JSON: %v", err)
-	}
-	indented.WriteByte('\n')
-	return indented.Bytes()
+	return golden.JSON(t, raw)
 }
 
 func compareGolden(t *testing.T, path string, got []byte) {
 	t.Helper()
-	if *update {
-		if err := os.WriteFile(path, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("reading golden file (run go test ./internal/mesh/ -update to create it): %v", err)
-	}
-	if want := normalizeJSON(t, raw); !bytes.Equal(got, want) {
-		t.Errorf("CompileService output differs from %s (run with -update only if the new output is right)\n--- got\n%s--- want\n%s", path, got, want)
-	}
+	golden.Compare(t, path, got, *update, "CompileService output", "./internal/mesh/")
 }
 
 // fixture is the content of one input file.
