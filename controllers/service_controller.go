@@ -12,12 +12,14 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
+	braidv1alpha1 "github.com/braidmesh/braid/api/v1alpha1"
 	"github.com/braidmesh/braid/internal/mesh"
 	"github.com/braidmesh/braid/internal/smi"
 	"github.com/braidmesh/braid/proxy/api"
@@ -348,7 +350,11 @@ func (r *ServiceReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&corev1.Service{}, handler.EnqueueRequestsFromMapFunc(r.rootsOfBackend)).
 		Watches(&discoveryv1.EndpointSlice{}, handler.EnqueueRequestsFromMapFunc(r.forSlice)).
 		Watches(&smi.TrafficSplit{}, handler.EnqueueRequestsFromMapFunc(rootOfSplit)).
-		Watches(&smi.HTTPRouteGroup{}, handler.EnqueueRequestsFromMapFunc(r.rootsMatchingOn))
+		Watches(&smi.HTTPRouteGroup{}, handler.EnqueueRequestsFromMapFunc(r.rootsMatchingOn)).
+		// Endpoint identities carry the trust domain: a new one recompiles every Service
+		// (it also changes every certificate). No other MeshConfig field does.
+		Watches(&braidv1alpha1.MeshConfig{}, handler.EnqueueRequestsFromMapFunc(r.allServices),
+			builder.WithPredicates(predicate.Funcs{UpdateFunc: trustDomainChanged}))
 	if r.GAMMA {
 		// Status writes do not change a route's generation, and do not recompile anything.
 		b = b.Watches(&gatewayv1.HTTPRoute{}, handler.EnqueueRequestsFromMapFunc(parentsOfRoute),
@@ -410,4 +416,24 @@ func rootOfSplit(_ context.Context, o client.Object) []reconcile.Request {
 		return nil
 	}
 	return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: ts.Namespace, Name: ts.Spec.Service}}}
+}
+
+func trustDomainChanged(e event.UpdateEvent) bool {
+	o, ok1 := e.ObjectOld.(*braidv1alpha1.MeshConfig)
+	n, ok2 := e.ObjectNew.(*braidv1alpha1.MeshConfig)
+	return ok1 && ok2 && o.Spec.EffectiveTrustDomain() != n.Spec.EffectiveTrustDomain()
+}
+
+// allServices enqueues every Service.
+func (r *ServiceReconciler) allServices(ctx context.Context, _ client.Object) []reconcile.Request {
+	var list corev1.ServiceList
+	if err := r.Client.List(ctx, &list); err != nil {
+		log.FromContext(ctx).Error(err, "Listing services after a trust domain change")
+		return nil
+	}
+	reqs := make([]reconcile.Request, 0, len(list.Items))
+	for i := range list.Items {
+		reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&list.Items[i])})
+	}
+	return reqs
 }
