@@ -28,7 +28,7 @@ type meshedApp struct {
 // meshedService starts a meshed workload of ServiceAccount sa behind Service name (port 80).
 func meshedService(ctx context.Context, t *testing.T, ca *harness.TestCA, ns, name, sa, ip string) *meshedApp {
 	t.Helper()
-	app, err := harness.StartBackend(name, ip)
+	app, err := harness.StartBackendPort(name, ip, 8080)
 	if err != nil {
 		t.Fatal(err)
 	}

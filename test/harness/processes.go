@@ -32,7 +32,16 @@ type Backend struct {
 
 // StartBackend starts a backend named name on ip (a loopback address such as 127.0.0.2).
 func StartBackend(name, ip string) (*Backend, error) {
-	lis, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
+	return StartBackendPort(name, ip, 0)
+}
+
+// StartBackendPort is StartBackend on a given port (0 picks a free one). A meshed
+// application on its own address uses a fixed port below the ephemeral range: in a pod the
+// application and its proxy share one network namespace, so their ports never collide, but
+// here the proxy's listeners sit on 127.0.0.1 and a random application port could carry the
+// same number as one of them, which the inbound proxy rightly refuses as its own.
+func StartBackendPort(name, ip string, port int) (*Backend, error) {
+	lis, err := net.Listen("tcp", net.JoinHostPort(ip, strconv.Itoa(port)))
 	if err != nil {
 		return nil, fmt.Errorf("backend %s: %w", name, err)
 	}
