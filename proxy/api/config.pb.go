@@ -573,7 +573,14 @@ type Service struct {
 	Ports     []*ServicePort         `protobuf:"bytes,3,rep,name=ports,proto3" json:"ports,omitempty"`
 	// cluster_ips are the Service's virtual IPs: a transparently redirected connection to
 	// one of them (with a port of the Service) is routed as a request to the Service.
-	ClusterIps    []string `protobuf:"bytes,4,rep,name=cluster_ips,json=clusterIps,proto3" json:"cluster_ips,omitempty"`
+	ClusterIps []string `protobuf:"bytes,4,rep,name=cluster_ips,json=clusterIps,proto3" json:"cluster_ips,omitempty"`
+	// denied, when set, says the proxy's own workload may not reach this Service: no
+	// TrafficTarget admits its identity to any of the Service's workloads. The Service then
+	// carries its name, cluster IPs and ports but no routes or endpoints (a workload is never
+	// told the addresses and identities it may not reach), and the proxy refuses its traffic
+	// itself: HTTP requests get a 403 whose body is this reason, opaque connections are
+	// closed. Nothing leaves the client's pod.
+	Denied        string `protobuf:"bytes,5,opt,name=denied,proto3" json:"denied,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -634,6 +641,13 @@ func (x *Service) GetClusterIps() []string {
 		return x.ClusterIps
 	}
 	return nil
+}
+
+func (x *Service) GetDenied() string {
+	if x != nil {
+		return x.Denied
+	}
+	return ""
 }
 
 // ServicePort is one port of a Service and where its traffic goes.
@@ -921,8 +935,14 @@ type RetryPolicy struct {
 	// per destination Service port and route, shared by the proxy's requests there.
 	BudgetPercent       *uint32 `protobuf:"varint,3,opt,name=budget_percent,json=budgetPercent,proto3,oneof" json:"budget_percent,omitempty"`
 	MinRetriesPerSecond *uint32 `protobuf:"varint,4,opt,name=min_retries_per_second,json=minRetriesPerSecond,proto3,oneof" json:"min_retries_per_second,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// backoff_base and backoff_max space the attempts: before the n-th retry the proxy waits
+	// a random time between 0 and min(backoff_max, backoff_base × 2^(n-1)) ("full jitter"),
+	// never past the route's timeout. Unset or zero base: retries go out at once (on another
+	// endpoint). Unset max with a base: 10 × base. Gateway API's retry.backoff sets the base.
+	BackoffBase   *durationpb.Duration `protobuf:"bytes,5,opt,name=backoff_base,json=backoffBase,proto3" json:"backoff_base,omitempty"`
+	BackoffMax    *durationpb.Duration `protobuf:"bytes,6,opt,name=backoff_max,json=backoffMax,proto3" json:"backoff_max,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RetryPolicy) Reset() {
@@ -981,6 +1001,20 @@ func (x *RetryPolicy) GetMinRetriesPerSecond() uint32 {
 		return *x.MinRetriesPerSecond
 	}
 	return 0
+}
+
+func (x *RetryPolicy) GetBackoffBase() *durationpb.Duration {
+	if x != nil {
+		return x.BackoffBase
+	}
+	return nil
+}
+
+func (x *RetryPolicy) GetBackoffMax() *durationpb.Duration {
+	if x != nil {
+		return x.BackoffMax
+	}
+	return nil
 }
 
 // OutlierDetection ejects an endpoint after consecutive failures (connection failures
@@ -1361,13 +1395,14 @@ const file_config_proto_rawDesc = "" +
 	"\tudp_ports\x18\x04 \x03(\rR\budpPorts\x12\x1f\n" +
 	"\vany_request\x18\x05 \x01(\bR\n" +
 	"anyRequest\x12<\n" +
-	"\fhttp_matches\x18\x06 \x03(\v2\x19.braid.proxy.v1.HTTPMatchR\vhttpMatches\"\x8f\x01\n" +
+	"\fhttp_matches\x18\x06 \x03(\v2\x19.braid.proxy.v1.HTTPMatchR\vhttpMatches\"\xa7\x01\n" +
 	"\aService\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x121\n" +
 	"\x05ports\x18\x03 \x03(\v2\x1b.braid.proxy.v1.ServicePortR\x05ports\x12\x1f\n" +
 	"\vcluster_ips\x18\x04 \x03(\tR\n" +
-	"clusterIps\"\xb0\x01\n" +
+	"clusterIps\x12\x16\n" +
+	"\x06denied\x18\x05 \x01(\tR\x06denied\"\xb0\x01\n" +
 	"\vServicePort\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12-\n" +
@@ -1386,12 +1421,15 @@ const file_config_proto_rawDesc = "" +
 	"\amirrors\x18\t \x03(\v2\x16.braid.proxy.v1.MirrorR\amirrors\"U\n" +
 	"\x06Mirror\x121\n" +
 	"\abackend\x18\x01 \x01(\v2\x17.braid.proxy.v1.BackendR\abackend\x12\x18\n" +
-	"\apercent\x18\x02 \x01(\rR\apercent\"\xe7\x01\n" +
+	"\apercent\x18\x02 \x01(\rR\apercent\"\xe1\x02\n" +
 	"\vRetryPolicy\x12\x1d\n" +
 	"\aretries\x18\x01 \x01(\rH\x00R\aretries\x88\x01\x01\x12\x19\n" +
 	"\bretry_on\x18\x02 \x03(\rR\aretryOn\x12*\n" +
 	"\x0ebudget_percent\x18\x03 \x01(\rH\x01R\rbudgetPercent\x88\x01\x01\x128\n" +
-	"\x16min_retries_per_second\x18\x04 \x01(\rH\x02R\x13minRetriesPerSecond\x88\x01\x01B\n" +
+	"\x16min_retries_per_second\x18\x04 \x01(\rH\x02R\x13minRetriesPerSecond\x88\x01\x01\x12<\n" +
+	"\fbackoff_base\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\vbackoffBase\x12:\n" +
+	"\vbackoff_max\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"backoffMaxB\n" +
 	"\n" +
 	"\b_retriesB\x11\n" +
 	"\x0f_budget_percentB\x19\n" +
@@ -1485,17 +1523,19 @@ var file_config_proto_depIdxs = []int32{
 	12, // 15: braid.proxy.v1.Route.outlier_detection:type_name -> braid.proxy.v1.OutlierDetection
 	10, // 16: braid.proxy.v1.Route.mirrors:type_name -> braid.proxy.v1.Mirror
 	15, // 17: braid.proxy.v1.Mirror.backend:type_name -> braid.proxy.v1.Backend
-	18, // 18: braid.proxy.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
-	14, // 19: braid.proxy.v1.HTTPMatch.headers:type_name -> braid.proxy.v1.HeaderMatch
-	16, // 20: braid.proxy.v1.Backend.endpoints:type_name -> braid.proxy.v1.Endpoint
-	0,  // 21: braid.proxy.v1.Inbound.PortsEntry.value:type_name -> braid.proxy.v1.Protocol
-	1,  // 22: braid.proxy.v1.ConfigService.Stream:input_type -> braid.proxy.v1.StreamRequest
-	4,  // 23: braid.proxy.v1.ConfigService.Stream:output_type -> braid.proxy.v1.Snapshot
-	23, // [23:24] is the sub-list for method output_type
-	22, // [22:23] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	18, // 18: braid.proxy.v1.RetryPolicy.backoff_base:type_name -> google.protobuf.Duration
+	18, // 19: braid.proxy.v1.RetryPolicy.backoff_max:type_name -> google.protobuf.Duration
+	18, // 20: braid.proxy.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
+	14, // 21: braid.proxy.v1.HTTPMatch.headers:type_name -> braid.proxy.v1.HeaderMatch
+	16, // 22: braid.proxy.v1.Backend.endpoints:type_name -> braid.proxy.v1.Endpoint
+	0,  // 23: braid.proxy.v1.Inbound.PortsEntry.value:type_name -> braid.proxy.v1.Protocol
+	1,  // 24: braid.proxy.v1.ConfigService.Stream:input_type -> braid.proxy.v1.StreamRequest
+	4,  // 25: braid.proxy.v1.ConfigService.Stream:output_type -> braid.proxy.v1.Snapshot
+	25, // [25:26] is the sub-list for method output_type
+	24, // [24:25] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_config_proto_init() }
