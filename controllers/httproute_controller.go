@@ -22,6 +22,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/braidmesh/braid/internal/mesh"
@@ -41,6 +42,10 @@ const conflictRetry = 100 * time.Millisecond
 // controllers alone. It never changes a route's spec.
 type HTTPRouteReconciler struct {
 	Client client.Client
+	// Acks and Programs say whether the proxies run the compile of each parent Service
+	// that carries the route's generation (the Programmed condition).
+	Acks     AckCounter
+	Programs *RoutePrograms
 }
 
 // +kubebuilder:rbac:groups=gateway.networking.k8s.io,resources=httproutes,verbs=get;list;watch
@@ -109,8 +114,10 @@ func (r *HTTPRouteReconciler) parentStatus(ctx context.Context, hr *gatewayv1.HT
 		conds = append(conds, condition(ConditionPartiallyInvalid, true, mesh.ReasonUnsupportedValue,
 			"Dropped Rule matches that proxies cannot run (a rule left without matches is dropped): "+strings.Join(dropped, "; ")))
 	}
+	prev := findParent(hr.Status.Parents, ref)
+	conds = append(conds, r.programmed(hr, p, accepted, prev))
 	st := gatewayv1.RouteParentStatus{ParentRef: *ref.DeepCopy(), ControllerName: ControllerName}
-	if prev := findParent(hr.Status.Parents, ref); prev != nil {
+	if prev != nil {
 		st.Conditions = slices.DeleteFunc(slices.Clone(prev.Conditions), func(c metav1.Condition) bool {
 			return !slices.ContainsFunc(conds, func(n metav1.Condition) bool { return n.Type == c.Type })
 		})
@@ -120,6 +127,39 @@ func (r *HTTPRouteReconciler) parentStatus(ctx context.Context, hr *gatewayv1.HT
 		meta.SetStatusCondition(&st.Conditions, c)
 	}
 	return st, nil
+}
+
+// programmed says whether every connected proxy runs the compile of the parent Service
+// that carries this generation of the route. Once True for a generation it stays True, as
+// for TrafficSplits.
+func (r *HTTPRouteReconciler) programmed(hr *gatewayv1.HTTPRoute, p mesh.ServiceParent, accepted mesh.Verdict, prev *gatewayv1.RouteParentStatus) metav1.Condition {
+	if !accepted.Accepted {
+		return condition(ConditionProgrammed, false, ReasonNotAccepted, "the parent does not accept the route (see Accepted), so proxies do not run it there")
+	}
+	if prev != nil {
+		if cur := meta.FindStatusCondition(prev.Conditions, ConditionProgrammed); cur != nil &&
+			cur.Status == metav1.ConditionTrue && cur.ObservedGeneration == hr.Generation {
+			return *cur
+		}
+	}
+	key := RouteParent{Route: types.NamespacedName{Namespace: hr.Namespace, Name: hr.Name}, Parent: types.NamespacedName{Namespace: p.Namespace, Name: p.Name}}
+	c, ok := r.Programs.Get(key)
+	if !ok || c.Generation != hr.Generation {
+		return condition(ConditionProgrammed, false, ReasonPending, fmt.Sprintf("generation %d is not compiled into Service %s yet", hr.Generation, p.Name))
+	}
+	r.Programs.AwaitAcks(key) // before counting, so no acknowledgement is missed
+	acked, rejected, connected, rejection := r.Acks.AckStatus(c.Version)
+	switch {
+	case rejected > 0:
+		return condition(ConditionProgrammed, false, ReasonRejected, fmt.Sprintf(
+			"%d of %d connected proxies rejected config version %d, which carries generation %d for Service %s, and keep their last good configuration; for example %s",
+			rejected, connected, c.Version, hr.Generation, p.Name, rejection))
+	case acked < connected:
+		return condition(ConditionProgrammed, false, ReasonPending, fmt.Sprintf(
+			"%d of %d connected proxies run config version %d, which carries generation %d for Service %s", acked, connected, c.Version, hr.Generation, p.Name))
+	}
+	return condition(ConditionProgrammed, true, ReasonProgrammed, fmt.Sprintf(
+		"all %d connected proxies run config version %d, which carries generation %d for Service %s", connected, c.Version, hr.Generation, p.Name))
 }
 
 // resolvedRefs resolves the route's backendRefs against the Services of its namespace.
@@ -171,14 +211,16 @@ func getService(ctx context.Context, c client.Client, namespace, name string) (*
 }
 
 // SetupWithManager registers the reconciler: a route is looked at again when its spec
-// changes, or when a Service it names as parent or backend appears, goes, or changes its
-// ports or type.
+// changes, when a Service it names as parent or backend appears, goes, or changes its
+// ports or type, when a parent Service is compiled with it, and when proxies acknowledge
+// a version it waits for.
 func (r *HTTPRouteReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("httproute").
 		For(&gatewayv1.HTTPRoute{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Watches(&corev1.Service{}, handler.EnqueueRequestsFromMapFunc(r.routesNaming),
 			builder.WithPredicates(predicate.Funcs{UpdateFunc: portsOrTypeChanged})).
+		WatchesRawSource(source.Channel(r.Programs.Events(), &handler.TypedEnqueueRequestForObject[*gatewayv1.HTTPRoute]{})).
 		Complete(r)
 }
 

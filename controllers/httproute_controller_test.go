@@ -227,3 +227,45 @@ func TestHTTPRouteTimeoutsAreProgrammed(t *testing.T) {
 		return r.GetTimeout().AsDuration() == 2*time.Second && r.GetBackendRequestTimeout().AsDuration() == 500*time.Millisecond
 	})
 }
+
+// An HTTPRoute is Programmed on a Service parent once every connected proxy runs the
+// compile of that Service that carries the route's generation.
+func TestHTTPRouteIsProgrammedOnceProxiesRunIt(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	ns := namespace(ctx, t)
+	proxy, err := harness.StartAckingProxy(ctx, cp.ConfigAddr, "slow-route-proxy", ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = proxy.Close() }()
+	for _, s := range []string{"web", "web-v2"} {
+		mustCreate(ctx, t, harness.Service(ns, s, 80))
+	}
+	waitSnapshot(ctx, t, func(s *api.Snapshot) bool { return harness.FindPort(s, ns, "web-v2", 80) != nil })
+
+	proxy.SetAcking(false)
+	parent := harness.ServiceParentRef("web")
+	route := harness.HTTPRoute(ns, "web", []gatewayv1.ParentReference{parent}, harness.Rule(nil, harness.BackendRef("web-v2", 80, 1)))
+	mustCreate(ctx, t, route)
+	key := client.ObjectKeyFromObject(route)
+	waitSnapshot(ctx, t, func(s *api.Snapshot) bool {
+		p := harness.FindPort(s, ns, "web", 80)
+		return len(harness.Backends(p)) == 1 && harness.Backends(p)[0].GetService() == "web-v2"
+	})
+	st := waitRouteCondition(ctx, t, key, parent, "Programmed", metav1.ConditionFalse, "Pending")
+	if c := harness.RouteCondition(st, "Programmed"); !strings.Contains(c.Message, "0 of 1 connected proxies") || c.ObservedGeneration != 1 {
+		t.Errorf("the pending condition should count proxies and observe generation 1: %+v", c)
+	}
+
+	proxy.SetAcking(true)
+	st = waitRouteCondition(ctx, t, key, parent, "Programmed", metav1.ConditionTrue, "Programmed")
+	if c := harness.RouteCondition(st, "Programmed"); !strings.Contains(c.Message, "all 1 connected proxies") {
+		t.Errorf("unexpected message: %q", c.Message)
+	}
+	// A parent that does not accept the route does not program it.
+	missing := harness.ServiceParentRef("nowhere")
+	other := harness.HTTPRoute(ns, "lost", []gatewayv1.ParentReference{missing}, harness.Rule(nil, harness.BackendRef("web-v2", 80, 1)))
+	mustCreate(ctx, t, other)
+	waitRouteCondition(ctx, t, client.ObjectKeyFromObject(other), missing, "Programmed", metav1.ConditionFalse, "NotAccepted")
+}

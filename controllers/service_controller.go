@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 
 	corev1 "k8s.io/api/core/v1"
@@ -38,7 +39,10 @@ type ConfigSink interface {
 type ServiceReconciler struct {
 	Client   client.Client
 	Sink     ConfigSink
-	Programs *Programs
+	Programs *SplitPrograms
+	// RoutePrograms records which generation of each HTTPRoute went into which version
+	// of each parent Service; nil when the cluster serves no HTTPRoutes.
+	RoutePrograms *RoutePrograms
 	// GAMMA says whether the cluster serves Gateway API HTTPRoutes (v1). Without them the
 	// reconciler neither reads nor watches routes.
 	GAMMA bool
@@ -52,6 +56,8 @@ type ServiceReconciler struct {
 	// when only a last-good form, no longer in any spec, still names them.
 	uses   map[types.NamespacedName][]string
 	usedBy map[string]map[types.NamespacedName]bool
+	// routesOf holds, per root Service, the HTTPRoutes its last compile recorded.
+	routesOf map[types.NamespacedName][]RouteParent
 }
 
 // +kubebuilder:rbac:groups="",resources=services,verbs=get;list;watch
@@ -66,6 +72,7 @@ func (r *ServiceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 		if apierrors.IsNotFound(err) {
 			r.forget(req.NamespacedName)
 			r.Sink.SetService(req.Namespace, req.Name, nil)
+			r.recordRoutes(req.NamespacedName, nil, 0)
 			r.recordDependencies(req.NamespacedName, mesh.ServiceInput{})
 			return ctrl.Result{}, r.forgetSplitsExcept(ctx, req.NamespacedName, "")
 		}
@@ -85,6 +92,11 @@ func (r *ServiceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 		r.Programs.Record(types.NamespacedName{Namespace: in.Split.Namespace, Name: in.Split.Name}, in.Split.Generation, version)
 		recorded = in.Split.Name
 	}
+	if out != nil {
+		r.recordRoutes(req.NamespacedName, in.HTTPRoutes, version)
+	} else {
+		r.recordRoutes(req.NamespacedName, nil, version)
+	}
 	log.FromContext(ctx).V(1).Info("Compiled service", "version", version, "split", in.Split != nil, "httpRoutes", len(in.HTTPRoutes))
 	return ctrl.Result{}, r.forgetSplitsExcept(ctx, req.NamespacedName, recorded)
 }
@@ -102,6 +114,36 @@ func (r *ServiceReconciler) forgetSplitsExcept(ctx context.Context, root types.N
 		}
 	}
 	return nil
+}
+
+// recordRoutes notes that the generations of the HTTPRoutes attached to root run from
+// version on, and forgets the routes its previous compile recorded that are attached no
+// longer: what they compiled into no longer runs.
+func (r *ServiceReconciler) recordRoutes(root types.NamespacedName, routes []mesh.HTTPRoute, version uint64) {
+	if r.RoutePrograms == nil {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.routesOf == nil {
+		r.routesOf = map[types.NamespacedName][]RouteParent{}
+	}
+	now := make([]RouteParent, 0, len(routes))
+	for _, hr := range routes {
+		k := RouteParent{Route: types.NamespacedName{Namespace: hr.Namespace, Name: hr.Name}, Parent: root}
+		r.RoutePrograms.Record(k, hr.Generation, version)
+		now = append(now, k)
+	}
+	for _, k := range r.routesOf[root] {
+		if !slices.Contains(now, k) {
+			r.RoutePrograms.Forget(k)
+		}
+	}
+	if len(now) == 0 {
+		delete(r.routesOf, root)
+		return
+	}
+	r.routesOf[root] = now
 }
 
 // dependencyKey names a Service or an HTTPRouteGroup a compile read.

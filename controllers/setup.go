@@ -28,7 +28,7 @@ func NewScheme() (*runtime.Scheme, error) {
 
 // setupGAMMA registers the HTTPRoute indexes and reconciler when the cluster serves
 // HTTPRoutes, and reports whether it does.
-func setupGAMMA(ctx context.Context, mgr manager.Manager) (bool, error) {
+func setupGAMMA(ctx context.Context, mgr manager.Manager, acks AckCounter, programs *RoutePrograms) (bool, error) {
 	gamma, err := servesHTTPRoutes(mgr)
 	if err != nil {
 		return false, err
@@ -41,7 +41,7 @@ func setupGAMMA(ctx context.Context, mgr manager.Manager) (bool, error) {
 	if err := setupHTTPRouteIndexes(ctx, mgr); err != nil {
 		return false, err
 	}
-	if err := (&HTTPRouteReconciler{Client: mgr.GetClient()}).SetupWithManager(mgr); err != nil {
+	if err := (&HTTPRouteReconciler{Client: mgr.GetClient(), Acks: acks, Programs: programs}).SetupWithManager(mgr); err != nil {
 		return false, fmt.Errorf("setting up the HTTPRoute reconciler: %w", err)
 	}
 	return true, nil
@@ -81,17 +81,22 @@ func Setup(ctx context.Context, mgr manager.Manager, srv ConfigServer) error {
 	if err := SetupIndexes(ctx, mgr); err != nil {
 		return err
 	}
-	programs := NewPrograms()
+	programs, routePrograms := NewPrograms(), NewRoutePrograms()
 	waiter := NewNamespaceWaiter()
-	srv.OnAcks(func() { programs.AcksChanged(); waiter.AcksChanged() })
-	if err := mgr.Add(manager.RunnableFunc(programs.Start)); err != nil {
-		return fmt.Errorf("adding the program tracker: %w", err)
+	srv.OnAcks(func() { programs.AcksChanged(); routePrograms.AcksChanged(); waiter.AcksChanged() })
+	for _, start := range []func(context.Context) error{programs.Start, routePrograms.Start} {
+		if err := mgr.Add(manager.RunnableFunc(start)); err != nil {
+			return fmt.Errorf("adding a program tracker: %w", err)
+		}
 	}
-	gamma, err := setupGAMMA(ctx, mgr)
+	gamma, err := setupGAMMA(ctx, mgr, srv, routePrograms)
 	if err != nil {
 		return err
 	}
 	services := &ServiceReconciler{Client: mgr.GetClient(), Sink: srv, Programs: programs, GAMMA: gamma}
+	if gamma {
+		services.RoutePrograms = routePrograms
+	}
 	if err := services.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the service reconciler: %w", err)
 	}

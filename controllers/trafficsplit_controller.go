@@ -53,7 +53,7 @@ type AckCounter interface {
 type TrafficSplitReconciler struct {
 	Client   client.Client
 	Acks     AckCounter
-	Programs *Programs
+	Programs *SplitPrograms
 	Events   events.EventRecorder
 	// GAMMA says whether the cluster serves HTTPRoutes, which take precedence over
 	// TrafficSplits on the ports they attach to.

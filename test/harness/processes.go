@@ -226,7 +226,12 @@ func (p *Proxy) Do(ctx context.Context, host string, header http.Header) (Result
 
 // Request sends one GET for path through the proxy's outbound listener for host, with header.
 func (p *Proxy) Request(ctx context.Context, host, path string, header http.Header) (Result, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+p.OutboundAddr+path, nil)
+	return p.Send(ctx, http.MethodGet, host, path, header)
+}
+
+// Send is Request with another method.
+func (p *Proxy) Send(ctx context.Context, method, host, path string, header http.Header) (Result, error) {
+	req, err := http.NewRequestWithContext(ctx, method, "http://"+p.OutboundAddr+path, nil)
 	if err != nil {
 		return Result{}, err
 	}
