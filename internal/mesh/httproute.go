@@ -88,7 +88,10 @@ type HTTPRouteRetry struct {
 	Codes []int
 	// Attempts is the most times a request is retried; nil for the proxies' default (1).
 	Attempts *int
-	// Backoff is the wait between attempts, which proxies do not support yet: ignored.
+	// Backoff is the base of the wait before each retry, in Gateway API's duration
+	// format: proxies wait a random time up to Backoff × 2^(n-1) (at most 10 × Backoff)
+	// before the n-th retry, never past the rule's request timeout. Empty or "0s": no
+	// wait.
 	Backoff string
 }
 
@@ -551,6 +554,10 @@ var gatewayDuration = regexp.MustCompile(`^([0-9]{1,5}(h|m|s|ms)){1,4}$`)
 // maxRetryAttempts is the most retries a proxy route takes.
 const maxRetryAttempts = 10
 
+// maxRetryBackoff is the longest retry backoff base a proxy route takes (proxies refuse
+// a longer one).
+const maxRetryBackoff = time.Hour
+
 // parseGatewayDuration parses a Gateway API duration.
 func parseGatewayDuration(s string) (time.Duration, error) {
 	if !gatewayDuration.MatchString(s) {
@@ -580,6 +587,9 @@ func rulePolicies(rule HTTPRouteRule, out *api.Route) {
 	if a := rule.Retry.Attempts; a != nil {
 		n := uint32(min(max(*a, 0), maxRetryAttempts))
 		rp.Retries = &n
+	}
+	if d, err := parseGatewayDuration(rule.Retry.Backoff); err == nil && d > 0 {
+		rp.BackoffBase = durationpb.New(min(d, maxRetryBackoff))
 	}
 	out.Retry = rp
 }
@@ -618,8 +628,14 @@ func retryNotes(i int, retry *HTTPRouteRetry) []string {
 	if a := retry.Attempts; a != nil && *a > maxRetryAttempts {
 		out = append(out, fmt.Sprintf("spec.rules[%d].retry.attempts: %d, capped at %d", i, *a, maxRetryAttempts))
 	}
-	if retry.Backoff != "" {
-		out = append(out, fmt.Sprintf("spec.rules[%d].retry.backoff: not supported yet, ignored (retries go at once, to another endpoint)", i))
+	if retry.Backoff == "" {
+		return out
+	}
+	switch d, err := parseGatewayDuration(retry.Backoff); {
+	case err != nil:
+		out = append(out, fmt.Sprintf("spec.rules[%d].retry.backoff: %v, ignored (retries go at once, to another endpoint)", i, err))
+	case d > maxRetryBackoff:
+		out = append(out, fmt.Sprintf("spec.rules[%d].retry.backoff: %s, capped at %s", i, retry.Backoff, maxRetryBackoff))
 	}
 	return out
 }

@@ -171,6 +171,7 @@ func TestRulePoliciesFromGatewayAPI(t *testing.T) {
 		timeout, backendTO time.Duration
 		retries            *uint32
 		retryOn            []uint32
+		backoff            time.Duration
 		note               string
 	}{
 		{name: "none", rule: HTTPRouteRule{}},
@@ -183,7 +184,13 @@ func TestRulePoliciesFromGatewayAPI(t *testing.T) {
 			note: "backendRequest 2s is longer than request 1s"},
 		{name: "retry", rule: HTTPRouteRule{Retry: &HTTPRouteRetry{Codes: []int{502, 503}, Attempts: &two}}, retries: new(uint32(2)), retryOn: []uint32{502, 503}},
 		{name: "retry capped", rule: HTTPRouteRule{Retry: &HTTPRouteRetry{Codes: []int{200}, Attempts: &twenty, Backoff: "100ms"}}, retries: new(uint32(10)),
-			note: "spec.rules[0].retry.attempts: 20, capped at 10"},
+			backoff: 100 * time.Millisecond, note: "spec.rules[0].retry.attempts: 20, capped at 10"},
+		{name: "backoff", rule: HTTPRouteRule{Retry: &HTTPRouteRetry{Codes: []int{503}, Backoff: "1s250ms"}}, retryOn: []uint32{503}, backoff: 1250 * time.Millisecond},
+		{name: "backoff zero", rule: HTTPRouteRule{Retry: &HTTPRouteRetry{Backoff: "0s"}}},
+		{name: "backoff not a gateway duration", rule: HTTPRouteRule{Retry: &HTTPRouteRetry{Backoff: "0.5s"}},
+			note: `spec.rules[0].retry.backoff: "0.5s" is not a Gateway API duration`},
+		{name: "backoff capped", rule: HTTPRouteRule{Retry: &HTTPRouteRetry{Backoff: "90m"}}, backoff: time.Hour,
+			note: "spec.rules[0].retry.backoff: 90m, capped at 1h0m0s"},
 	}
 	for _, tc := range cases {
 		route := HTTPRoute{Namespace: "shop", Name: "r", Rules: []HTTPRouteRule{tc.rule}}
@@ -199,6 +206,9 @@ func TestRulePoliciesFromGatewayAPI(t *testing.T) {
 			!slices.Equal(out.GetRetry().GetRetryOn(), tc.retryOn) {
 			t.Errorf("%s: retry %v, want %v retries on %v", tc.name, out.GetRetry(), tc.retries, tc.retryOn)
 		}
+		if got := out.GetRetry().GetBackoffBase().AsDuration(); got != tc.backoff || out.GetRetry().GetBackoffMax() != nil {
+			t.Errorf("%s: backoff base %s, max %v; want base %s and no max (10 × base)", tc.name, got, out.GetRetry().GetBackoffMax(), tc.backoff)
+		}
 		notes := strings.Join(policyNotes(route), "; ")
 		if (tc.note == "") != (notes == "") || !strings.Contains(notes, tc.note) {
 			t.Errorf("%s: notes %q, want %q", tc.name, notes, tc.note)
@@ -206,15 +216,20 @@ func TestRulePoliciesFromGatewayAPI(t *testing.T) {
 	}
 }
 
-// Timeouts and retries are programmed, so the route's Accepted message no longer calls
-// them unsupported; what is left out (a retry backoff) is named.
+// Timeouts, retries and their backoff are programmed, so the route's Accepted message no
+// longer calls them unsupported; what is left out (a backoff that does not parse) is named.
 func TestAcceptedMessageNamesIgnoredPolicies(t *testing.T) {
 	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "reviews"}, Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80}}}}
 	route := HTTPRoute{Namespace: "shop", Name: "r", Rules: []HTTPRouteRule{{
 		Timeouts: HTTPRouteTimeouts{Request: "10s"}, Retry: &HTTPRouteRetry{Codes: []int{503}, Backoff: "1s"},
 	}}}
 	v := CheckHTTPRouteParent(route, ServiceParent{Namespace: "shop", Name: "reviews"}, svc)
-	if !v.Accepted || strings.Contains(v.Message, "timeouts") || !strings.Contains(v.Message, "retry.backoff: not supported yet") {
-		t.Errorf("verdict %+v", v)
+	if !v.Accepted || strings.Contains(v.Message, "timeouts") || strings.Contains(v.Message, "backoff") {
+		t.Errorf("verdict %+v, want no note about a backoff proxies now honour", v)
+	}
+	route.Rules[0].Retry.Backoff = "1.5s"
+	v = CheckHTTPRouteParent(route, ServiceParent{Namespace: "shop", Name: "reviews"}, svc)
+	if !v.Accepted || !strings.Contains(v.Message, `retry.backoff: "1.5s" is not a Gateway API duration`) {
+		t.Errorf("verdict %+v, want a note naming the backoff that does not parse", v)
 	}
 }

@@ -34,6 +34,8 @@ type Handler struct {
 	rngs     sync.Pool
 	// mirrors holds a token per mirrored request under way (maxMirrorsInFlight).
 	mirrors chan struct{}
+	// backoff spaces retries.
+	backoff backoff
 }
 
 // exchange is what the handler and its reverse proxy share about one forwarded request.
@@ -56,9 +58,12 @@ type exchange struct {
 	body          requestBody
 	tried         []*router.EndpointState
 	triedArray    [4]*router.EndpointState
+	// attempted says that endpoint was tried: the request reached at least one attempt.
+	attempted bool
 	// status is the status of the answer, once the backend gave one or the proxy failed.
 	status     int
 	proxyError bool
+	denied     bool // the proxy refused the request: the workload may not reach the Service
 	// answered says that the answer went out whole: route returned rather than panicked.
 	answered bool
 	timedOut bool // a timeout was counted
@@ -70,7 +75,7 @@ type exchangeKey struct{}
 // new table applies to the next request without disturbing requests in flight. It
 // records every request in metrics, unless metrics is nil.
 func New(log logr.Logger, table *atomic.Pointer[router.Table], metrics *telemetry.Metrics) *Handler {
-	h := &Handler{log: log, table: table, metrics: metrics, upstream: newTransport(), mirrors: make(chan struct{}, maxMirrorsInFlight)}
+	h := &Handler{log: log, table: table, metrics: metrics, upstream: newTransport(), mirrors: make(chan struct{}, maxMirrorsInFlight), backoff: systemBackoff()}
 	h.rngs.New = func() any { return rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())) }
 	h.forward = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
@@ -127,12 +132,19 @@ func (h *Handler) record(x *exchange, start time.Time) {
 	}
 	result := telemetry.Success
 	switch {
+	case x.denied:
+		result = telemetry.Denied
 	case x.proxyError:
 		result = telemetry.ProxyError
 	case x.status >= 500 || !x.answered:
 		result = telemetry.Failure
 	}
-	h.metrics.Destination(x.port).Record(x.status, result, time.Since(start))
+	var ep *router.Endpoint
+	if x.attempted {
+		ep = &x.endpoint
+	}
+	h.metrics.Destination(x.port).Record(x.route, ep, x.status, result, time.Since(start))
+	h.metrics.Edges().Outbound(x.endpoint, x.status, !x.answered, time.Since(start)) // SMI TrafficMetrics edges
 }
 
 // route answers one request: it forwards it, or fails it itself. It notes in x the
@@ -149,11 +161,17 @@ func (h *Handler) route(w http.ResponseWriter, r *http.Request, x *exchange) {
 		return
 	}
 	x.port = port
+	if port.Denied != "" {
+		x.denied = true
+		x.fail(w, http.StatusForbidden, fmt.Sprintf("%s may not reach %s: %s", h.selfID(), port.Host(), port.Denied))
+		return
+	}
 	route := port.Route(r.Method, r.URL.Path, r.Header)
 	if route == nil {
 		x.fail(w, http.StatusNotFound, fmt.Sprintf("no route of service %s port %d matches %s %s", port.Service, port.Number, r.Method, r.URL.Path))
 		return
 	}
+	x.route = route
 	backend := route.Pick()
 	switch {
 	case backend == nil:
@@ -166,6 +184,17 @@ func (h *Handler) route(w http.ResponseWriter, r *http.Request, x *exchange) {
 		h.mirror(r, route)
 		h.forwardTo(w, r, x, route, backend)
 	}
+}
+
+// selfID names the proxy's own workload in its answers: its SPIFFE ID, or "this
+// workload" when it has no certificate (no mesh, or none yet).
+func (h *Handler) selfID() string {
+	if m, ok := h.upstream.(*meshRoundTripper); ok && m.ids != nil {
+		if id := m.ids.ID(); id != "" {
+			return id
+		}
+	}
+	return "this workload"
 }
 
 // forwardTo forwards a request to an endpoint of backend, under the route's timeout and

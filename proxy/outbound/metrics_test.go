@@ -22,8 +22,9 @@ import (
 	"github.com/braidmesh/braid/proxy/telemetry"
 )
 
-// requestCounts returns braid_proxy_requests_total as "dst_service dst_port code_class
-// result" → count, and the latency histogram's sample counts as "dst_service dst_port".
+// requestCounts returns braid_proxy_requests_total as "dst_service dst_port route
+// dst_identity code_class result" → count, and the latency histogram's sample counts as
+// "dst_service dst_port route dst_identity".
 func requestCounts(t *testing.T, m *telemetry.Metrics) (map[string]float64, map[string]uint64) {
 	t.Helper()
 	families, err := m.Registry().Gather()
@@ -45,9 +46,9 @@ func requestCounts(t *testing.T, m *telemetry.Metrics) (map[string]float64, map[
 			}
 			switch f.GetName() {
 			case "braid_proxy_requests_total":
-				counts[strings.Join([]string{l["dst_service"], l["dst_port"], l["code_class"], l["result"]}, " ")] = s.GetCounter().GetValue()
+				counts[strings.Join([]string{l["dst_service"], l["dst_port"], l["route"], l["dst_identity"], l["code_class"], l["result"]}, " ")] = s.GetCounter().GetValue()
 			case "braid_proxy_response_latency_seconds":
-				latencies[l["dst_service"]+" "+l["dst_port"]] = s.GetHistogram().GetSampleCount()
+				latencies[strings.Join([]string{l["dst_service"], l["dst_port"], l["route"], l["dst_identity"]}, " ")] = s.GetHistogram().GetSampleCount()
 			}
 		}
 	}
@@ -72,12 +73,20 @@ func equalCounts[V comparable](t *testing.T, what string, got, want map[string]V
 // newMeteredProxy serves a Handler that records in a new Metrics, over a real socket.
 func newMeteredProxy(t *testing.T, services ...*api.Service) (*telemetry.Metrics, string) {
 	t.Helper()
-	var table atomic.Pointer[router.Table]
+	m, url, _ := newMeteredProxyWithTable(t, services...)
+	return m, url
+}
+
+// newMeteredProxyWithTable is newMeteredProxy, with the pointer the handler reads its
+// table from.
+func newMeteredProxyWithTable(t *testing.T, services ...*api.Service) (*telemetry.Metrics, string, *atomic.Pointer[router.Table]) {
+	t.Helper()
+	table := &atomic.Pointer[router.Table]{}
 	table.Store(build(t, services...))
 	m := telemetry.New()
-	proxy := httptest.NewServer(outbound.New(testr.New(t), &table, m))
+	proxy := httptest.NewServer(outbound.New(testr.New(t), table, m))
 	t.Cleanup(proxy.Close)
-	return m, proxy.URL
+	return m, proxy.URL, table
 }
 
 func TestMetrics(t *testing.T) {
@@ -116,17 +125,20 @@ func TestMetrics(t *testing.T) {
 			t.Fatalf("%s%s: %d %q, want %d", r.host, r.path, code, body, r.status)
 		}
 	}
+	// By route (its index here) and the identity of the endpoint tried ("none" when the
+	// proxy answered before trying one).
 	waitCounts(t, m, map[string]float64{
-		"shop/web 80 2xx success":         3,
-		"shop/api 80 5xx failure":         2,
-		"shop/api 80 4xx proxy_error":     1,
-		"shop/gone 8080 5xx proxy_error":  1,
-		"shop/dead 80 5xx proxy_error":    1,
-		"unknown unknown 4xx proxy_error": 4,
+		"shop/web 80 0 unmeshed 2xx success":        3,
+		"shop/api 80 0 unmeshed 5xx failure":        2,
+		"shop/api 80 none none 4xx proxy_error":     1,
+		"shop/gone 8080 0 none 5xx proxy_error":     1,
+		"shop/dead 80 0 unmeshed 5xx proxy_error":   1,
+		"unknown unknown none none 4xx proxy_error": 4,
 	})
 	_, latencies := requestCounts(t, m)
 	equalCounts(t, "braid_proxy_response_latency_seconds counts", latencies, map[string]uint64{
-		"shop/web 80": 3, "shop/api 80": 3, "shop/gone 8080": 1, "shop/dead 80": 1, "unknown unknown": 4,
+		"shop/web 80 0 unmeshed": 3, "shop/api 80 0 unmeshed": 2, "shop/api 80 none none": 1,
+		"shop/gone 8080 0 none": 1, "shop/dead 80 0 unmeshed": 1, "unknown unknown none none": 4,
 	})
 }
 
@@ -155,7 +167,7 @@ func TestMetricsAbortedResponse(t *testing.T) {
 			t.Fatal("a broken-off response arrived whole")
 		}
 	}
-	waitCounts(t, m, map[string]float64{"shop/web 80 2xx failure": 1})
+	waitCounts(t, m, map[string]float64{"shop/web 80 0 unmeshed 2xx failure": 1})
 }
 
 // A request whose client goes away before any answer is not counted: there was none.
@@ -186,7 +198,7 @@ func TestMetricsClientGone(t *testing.T) {
 	if code, _, _ := do(t, proxyURL, http.MethodGet, "/", "nowhere.example", ""); code != http.StatusNotFound {
 		t.Fatalf("status %d, want 404", code)
 	}
-	waitCounts(t, m, map[string]float64{"unknown unknown 4xx proxy_error": 1})
+	waitCounts(t, m, map[string]float64{"unknown unknown none none 4xx proxy_error": 1})
 }
 
 // waitCounts waits until braid_proxy_requests_total holds exactly want: the handler
@@ -202,4 +214,30 @@ func waitCounts(t *testing.T, m *telemetry.Metrics, want map[string]float64) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// The identity label is the SPIFFE ID of the endpoint that answered, and the route label
+// the route's configured name: with a split over two named routes, each request counts
+// under the route that carried it and the workload behind the endpoint.
+func TestMetricsByRouteAndDestinationIdentity(t *testing.T) {
+	v1, _ := startBackend(t, "v1", http.StatusOK)
+	v2, _ := startBackend(t, "v2", http.StatusOK)
+	meshed := func(a netip.AddrPort, sa string) *api.Endpoint {
+		// The handler without UseMesh reaches every endpoint in plaintext at its address.
+		return &api.Endpoint{Ip: a.Addr().String(), Port: uint32(a.Port()), Identity: "spiffe://cluster.local/ns/shop/sa/" + sa, ProxyPort: 15006}
+	}
+	m, proxyURL := newMeteredProxy(t, &api.Service{Namespace: "shop", Name: "web", Ports: []*api.ServicePort{{Port: 80, Routes: []*api.Route{
+		{Name: "shop/web-canary/rules[0]", Matches: []*api.HTTPMatch{{PathRegex: "/canary"}},
+			Backends: []*api.Backend{{Service: "web-v2", Weight: 1, Endpoints: []*api.Endpoint{meshed(v2, "web-v2")}}}},
+		{Backends: []*api.Backend{{Service: "web-v1", Weight: 1, Endpoints: []*api.Endpoint{meshed(v1, "web-v1")}}}},
+	}}}})
+	for _, path := range []string{"/canary", "/", "/x", "/canary/y"} {
+		if code, _, body := do(t, proxyURL, http.MethodGet, path, "web", ""); code != http.StatusOK {
+			t.Fatalf("%s: %d %q", path, code, body)
+		}
+	}
+	waitCounts(t, m, map[string]float64{
+		"shop/web 80 shop/web-canary/rules[0] spiffe://cluster.local/ns/shop/sa/web-v2 2xx success": 2,
+		"shop/web 80 1 spiffe://cluster.local/ns/shop/sa/web-v1 2xx success":                        2,
+	})
 }

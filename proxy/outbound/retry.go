@@ -186,8 +186,9 @@ func (a attempts) RoundTrip(req *http.Request) (*http.Response, error) {
 			h.log.V(1).Info("Ejected an endpoint after consecutive failures", "endpoint", call.Endpoint().Addr.String(), "backend", x.backend.Service)
 		}
 		var next router.Call
+		var pause time.Duration
 		if retry && n < x.route.Retries {
-			next, retry = x.retryCall(rng, call)
+			next, pause, retry = x.retryCall(rng, call, h.backoff, n+1)
 		}
 		if !retry || n >= x.route.Retries {
 			x.call, x.hasCall = call, true
@@ -198,30 +199,40 @@ func (a attempts) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		call.End()
 		x.cancelAttempt()
+		if err := h.backoff.pause(x.ctx, pause); err != nil {
+			next.End()
+			return nil, err // the client went away, or the route's timeout fired
+		}
 		call = next
 	}
 }
 
-// retryCall picks the endpoint of a retry after call failed, and takes the retry from
-// the budget; it reports false when there is no endpoint or no budget left.
-func (x *exchange) retryCall(rng *rand.Rand, call router.Call) (router.Call, bool) {
+// retryCall picks the endpoint of the n-th retry after call failed, draws the pause
+// before it, and takes the retry from the budget; it reports false when there is no
+// endpoint, no time or no budget left.
+func (x *exchange) retryCall(rng *rand.Rand, call router.Call, b backoff, n int) (router.Call, time.Duration, bool) {
 	x.tried = append(x.tried, call.State)
 	next, err := x.backend.Pick(rng, x.tried)
 	if err != nil {
-		return router.Call{}, false
+		return router.Call{}, 0, false
+	}
+	pause, ok := b.draw(x.ctx, x.route, n)
+	if !ok {
+		next.End()
+		return router.Call{}, 0, false
 	}
 	if !x.route.Budget.Withdraw() {
 		next.End()
 		x.dest.RetrySkipped()
-		return router.Call{}, false
+		return router.Call{}, 0, false
 	}
 	x.dest.Retried()
-	return next, true
+	return next, pause, true
 }
 
 // attempt sends the request to the endpoint of call; n counts the attempts before it.
 func (h *Handler) attempt(req *http.Request, x *exchange, call router.Call, n int) (*http.Response, error) {
-	x.endpoint = call.Endpoint()
+	x.endpoint, x.attempted = call.Endpoint(), true
 	out := req
 	if n > 0 {
 		out = req.Clone(req.Context())

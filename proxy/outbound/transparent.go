@@ -65,6 +65,7 @@ type Listener struct {
 	// recognise one that comes back to the proxy (a redirect loop).
 	upstreams sync.Map // netip.AddrPort → struct{}
 	rngs      sync.Pool
+	backoff   backoff // spaces the connection attempts of a route with a retry backoff
 }
 
 type accepted struct {
@@ -74,6 +75,10 @@ type accepted struct {
 
 // NewListener serves lis: it starts accepting at once.
 func NewListener(lis net.Listener, cfg ListenerConfig) *Listener {
+	return newListener(lis, cfg, systemBackoff())
+}
+
+func newListener(lis net.Listener, cfg ListenerConfig, b backoff) *Listener {
 	if cfg.Dialer == nil {
 		cfg.Dialer = PlainDialer{}
 	}
@@ -82,7 +87,7 @@ func NewListener(lis net.Listener, cfg ListenerConfig) *Listener {
 	if cfg.OriginalDst == nil {
 		cfg.OriginalDst = origdst.Get
 	}
-	l := &Listener{lis: lis, cfg: cfg, http: make(chan accepted), done: make(chan struct{}), opaque: map[*net.TCPConn]struct{}{}}
+	l := &Listener{lis: lis, cfg: cfg, http: make(chan accepted), done: make(chan struct{}), opaque: map[*net.TCPConn]struct{}{}, backoff: b}
 	l.ctx, l.cancel = context.WithCancel(context.Background())
 	l.rngs.New = func() any { return rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())) }
 	go l.run()
@@ -228,6 +233,12 @@ func (l *Listener) detectAndServe(tc *net.TCPConn, dst netip.AddrPort, port *rou
 // forwardToService forwards an opaque connection to an endpoint of the port's opaque
 // route: a backend picked by weight, an endpoint of it by latency and connections open.
 func (l *Listener) forwardToService(tc *net.TCPConn, peeked []byte, port *router.Port, log logr.Logger) {
+	if port.Denied != "" {
+		log.V(1).Info("Refused an opaque connection: the workload may not reach the Service", "reason", port.Denied)
+		l.cfg.Metrics.DeniedTCP(port)
+		refuse(tc)
+		return
+	}
 	route, backend, why := opaqueBackend(port)
 	if why != "" {
 		log.V(1).Info("Refused an opaque connection", "reason", why)
@@ -267,10 +278,12 @@ func (l *Listener) dialService(port *router.Port, route *router.Route, backend *
 	defer l.rngs.Put(rng)
 	dest := l.cfg.Metrics.Destination(port)
 	call, err := backend.Pick(rng, nil)
+	if err != nil {
+		return nil, nil, err
+	}
 	var tried []*router.EndpointState
-	for n := 0; err == nil; n++ {
-		var up net.Conn
-		up, err = l.dial(call.Endpoint())
+	for n := 0; ; n++ {
+		up, err := l.dial(call.Endpoint())
 		if call.Responded(err != nil) {
 			dest.Ejected()
 		}
@@ -280,22 +293,38 @@ func (l *Listener) dialService(port *router.Port, route *router.Route, backend *
 		call.End()
 		l.cfg.Log.V(1).Info("Upstream connection failed", "endpoint", call.Endpoint().Addr.String(), "error", err.Error())
 		if n >= route.Retries {
-			break
+			return nil, nil, err
 		}
 		tried = append(tried, call.State)
-		next, perr := backend.Pick(rng, tried)
-		if perr != nil {
-			break
+		next, ok := l.retryCall(rng, dest, route, backend, tried, n+1)
+		if !ok {
+			return nil, nil, err
 		}
-		if !route.Budget.Withdraw() {
-			next.End()
-			dest.RetrySkipped()
-			break
-		}
-		dest.Retried()
 		call = next
 	}
-	return nil, nil, err
+}
+
+// retryCall picks the endpoint of the n-th connection attempt after the endpoints
+// tried failed, takes it from the route's retry budget and waits the route's backoff;
+// it reports false when there is no endpoint or no budget left, or the listener closed.
+func (l *Listener) retryCall(rng *rand.Rand, dest *telemetry.Destination, route *router.Route, backend *router.Backend,
+	tried []*router.EndpointState, n int) (router.Call, bool) {
+	next, err := backend.Pick(rng, tried)
+	if err != nil {
+		return router.Call{}, false
+	}
+	pause, _ := l.backoff.draw(l.ctx, route, n) // l.ctx has no deadline
+	if !route.Budget.Withdraw() {
+		next.End()
+		dest.RetrySkipped()
+		return router.Call{}, false
+	}
+	dest.Retried()
+	if err := l.backoff.pause(l.ctx, pause); err != nil {
+		next.End()
+		return router.Call{}, false
+	}
+	return next, true
 }
 
 // dial connects to ep within the connect timeout.

@@ -17,6 +17,28 @@ const (
 	DefaultMaxEjectionPercent     = 50
 )
 
+// DefaultBackoffMaxFactor is the longest backoff, in backoff bases, when a retry policy
+// sets a base and no maximum.
+const DefaultBackoffMaxFactor = 10
+
+// maxBackoff bounds a retry policy's backoff base and maximum.
+const maxBackoff = 24 * time.Hour
+
+// Backoff returns the longest pause before the n-th retry of a request (n from 1):
+// min(BackoffMax, BackoffBase × 2^(n-1)), or 0 when the route has no backoff. The pause
+// itself is drawn at random between 0 and that ("full jitter"), so that the retries of
+// many clients do not go out in step.
+func (r *Route) Backoff(n int) time.Duration {
+	if r.BackoffBase <= 0 || n < 1 {
+		return 0
+	}
+	d := r.BackoffBase
+	for i := 1; i < n && d < r.BackoffMax; i++ {
+		d *= 2 // at most 2 × BackoffMax, which stays far from overflowing
+	}
+	return min(d, r.BackoffMax)
+}
+
 // maxRetries bounds a route's retries per request, whatever its configuration says.
 const maxRetries = 10
 
@@ -59,6 +81,9 @@ func (b *builder) policies(port *Port, index int, r *api.Route, out *Route) (out
 		}
 		out.RetryOn = append(out.RetryOn, int(code))
 	}
+	if err := backoffPolicy(rp, out); err != nil {
+		return outlierConfig{}, err
+	}
 	percent := optional(rp.BudgetPercent, DefaultBudgetPercent)
 	if percent > 1000 {
 		return outlierConfig{}, fmt.Errorf("route %s: a retry budget of %d%% is more than 1000%%", out.Name, percent)
@@ -83,6 +108,24 @@ func (b *builder) policies(port *Port, index int, r *api.Route, out *Route) (out
 		return outlierConfig{}, fmt.Errorf("route %s: max ejection percent %d is more than 100", out.Name, oc.maxPercent)
 	}
 	return oc, nil
+}
+
+// backoffPolicy fills in the route's retry backoff, its default maximum applied.
+func backoffPolicy(rp *api.RetryPolicy, out *Route) error {
+	var err error
+	if out.BackoffBase, err = duration("backoff base", rp.GetBackoffBase()); err != nil {
+		return err
+	}
+	if out.BackoffMax, err = duration("backoff max", rp.GetBackoffMax()); err != nil {
+		return err
+	}
+	if out.BackoffBase > maxBackoff || out.BackoffMax > maxBackoff {
+		return fmt.Errorf("route %s: a retry backoff above %s", out.Name, maxBackoff)
+	}
+	if out.BackoffMax == 0 {
+		out.BackoffMax = out.BackoffBase * DefaultBackoffMaxFactor
+	}
+	return nil
 }
 
 func duration(what string, d *durationpb.Duration) (time.Duration, error) {

@@ -39,6 +39,10 @@ type service struct {
 	ports           map[uint32]*Port
 }
 
+// MaxRouteLabels bounds the distinct route labels of a port (see Route.Label): routes
+// past this many share the label "other".
+const MaxRouteLabels = 32
+
 // Port is one routable Service port.
 type Port struct {
 	Service string // namespace/name
@@ -46,8 +50,20 @@ type Port struct {
 	Split   string
 	// Protocol is how the port's traffic is carried.
 	Protocol api.Protocol
-	routes   []*Route
+	// Denied, when set, says why the proxy's own workload may not reach the Service
+	// (api.Service.denied): the port has no routes, and the proxy refuses its traffic.
+	Denied string
+	routes []*Route
 }
+
+// Host is the port's Service as "<name>.<namespace>", for messages.
+func (p *Port) Host() string {
+	ns, name, _ := strings.Cut(p.Service, "/")
+	return name + "." + ns
+}
+
+// Routes returns the port's routes, in order.
+func (p *Port) Routes() []*Route { return p.routes }
 
 // Route carries the requests its matches admit (all of them when it has none) to its
 // backends, by weight.
@@ -55,6 +71,10 @@ type Route struct {
 	// Name names the route in the proxy's answers: its configured name, or
 	// "<service> port <n> route <index>".
 	Name string
+	// Label names the route in metrics: its configured name, or its index in the port
+	// ("0", "1", …); "other" from the MaxRouteLabels-th route on, so that a port has a
+	// bounded number of route labels.
+	Label string
 	// Timeout bounds a whole request, retries included; BackendRequestTimeout each
 	// attempt at an endpoint. Zero: none.
 	Timeout, BackendRequestTimeout time.Duration
@@ -62,6 +82,9 @@ type Route struct {
 	// (connection failures always are).
 	Retries int
 	RetryOn []int
+	// BackoffBase and BackoffMax space the retries (see Backoff); a zero base sends them
+	// at once.
+	BackoffBase, BackoffMax time.Duration
 	// Budget limits the route's retries.
 	Budget *Budget
 
@@ -179,7 +202,7 @@ func (b *builder) build(snap *api.Snapshot, namespace, domain string) (*Table, e
 		}
 		svc := &service{namespace: key.namespace, name: key.name, ports: map[uint32]*Port{}}
 		for _, p := range s.GetPorts() {
-			port, err := b.buildPort(svc, p)
+			port, err := b.buildPort(svc, p, s.GetDenied())
 			if err != nil {
 				return nil, fmt.Errorf("service %s/%s: %w", key.namespace, key.name, err)
 			}
@@ -217,14 +240,19 @@ func (t *Table) ResolveAddr(dst netip.AddrPort) (*Port, bool) {
 	return p, ok
 }
 
-func (b *builder) buildPort(svc *service, p *api.ServicePort) (*Port, error) {
+// buildPort builds one port of svc; a port of a Service the workload may not reach
+// (denied says why) keeps no routes, whatever the snapshot carries.
+func (b *builder) buildPort(svc *service, p *api.ServicePort, denied string) (*Port, error) {
 	if p.GetPort() < 1 || p.GetPort() > 65535 {
 		return nil, fmt.Errorf("port %d is out of range", p.GetPort())
 	}
 	if _, dup := svc.ports[p.GetPort()]; dup {
 		return nil, fmt.Errorf("port %d appears twice", p.GetPort())
 	}
-	out := &Port{Service: svc.namespace + "/" + svc.name, Number: p.GetPort(), Split: p.GetSplit(), Protocol: p.GetProtocol()}
+	out := &Port{Service: svc.namespace + "/" + svc.name, Number: p.GetPort(), Split: p.GetSplit(), Protocol: p.GetProtocol(), Denied: denied}
+	if denied != "" {
+		return out, nil
+	}
 	for i, r := range p.GetRoutes() {
 		route, err := b.buildRoute(out, i, r)
 		if err != nil {
@@ -236,9 +264,13 @@ func (b *builder) buildPort(svc *service, p *api.ServicePort) (*Port, error) {
 }
 
 func (b *builder) buildRoute(port *Port, index int, r *api.Route) (*Route, error) {
-	out := &Route{Name: r.GetName()}
+	out := &Route{Name: r.GetName(), Label: r.GetName()}
 	if out.Name == "" {
 		out.Name = fmt.Sprintf("%s port %d route %d", port.Service, port.Number, index)
+		out.Label = strconv.Itoa(index)
+	}
+	if index >= MaxRouteLabels {
+		out.Label = "other"
 	}
 	out.picks.Store(rand.Uint64()) // proxies do not start in step
 	for _, m := range r.GetMatches() {
@@ -462,6 +494,9 @@ func (r *Route) Pick() *Backend {
 	}
 	return nil // unreachable: total is the sum of the weights
 }
+
+// Backends returns the route's backends, in configuration order.
+func (r *Route) Backends() []*Backend { return r.backends }
 
 // Endpoints returns the state of the backend's endpoints, in configuration order.
 func (b *Backend) Endpoints() []*EndpointState { return b.endpoints }

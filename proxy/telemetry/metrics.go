@@ -1,7 +1,8 @@
 // Package telemetry holds the proxy's Prometheus metrics: requests and their latency per
-// destination Service port, and the state of its configuration. Every label value comes
-// from the proxy's configuration or from a fixed set, never from a request, so the number
-// of series is bounded by the Service ports the proxy may route to.
+// destination Service port, route and workload identity, and the state of its
+// configuration. Every label value comes from the proxy's configuration or from a fixed
+// set, never from a request, so the number of series is bounded by the Service ports,
+// routes and identities the proxy may route to.
 package telemetry
 
 import (
@@ -19,6 +20,25 @@ import (
 // Unknown is the dst_service and dst_port of requests whose authority names no Service
 // port of the mesh: the raw host would make the labels unbounded.
 const Unknown = "unknown"
+
+// Label values of requests that did not get as far as a route or an endpoint.
+const (
+	// NoRoute is the route label of requests no route carried: no Service port, no route
+	// of the port admitted them, or the Service is denied.
+	NoRoute = "none"
+	// NoEndpoint is the dst_identity label of requests the proxy answered before trying
+	// any endpoint.
+	NoEndpoint = "none"
+	// Unmeshed is the dst_identity label of endpoints without a mesh identity, which the
+	// proxy reaches in plaintext.
+	Unmeshed = "unmeshed"
+	// Other is the label value shared by the routes and identities past a port's bounds
+	// (router.MaxRouteLabels, MaxIdentityLabels).
+	Other = "other"
+)
+
+// MaxIdentityLabels bounds the distinct dst_identity labels of a Service port.
+const MaxIdentityLabels = 32
 
 // DirectionOutbound is the direction label of requests from the workload to the mesh.
 const DirectionOutbound = "outbound"
@@ -38,13 +58,16 @@ const (
 	Failure
 	// ProxyError: the proxy answered itself (the answers with a Braid-Proxy-Error header).
 	ProxyError
+	// Denied: the proxy refused the request itself, because its workload may not reach
+	// the Service (a 403).
+	Denied
 )
 
 // codeClasses and results are the values of the code_class and result labels, indexed
 // by classOf and Result.
 var (
 	codeClasses = [...]string{"1xx", "2xx", "3xx", "4xx", "5xx"}
-	results     = [...]string{Success: "success", Failure: "failure", ProxyError: "proxy_error"}
+	results     = [...]string{Success: "success", Failure: "failure", ProxyError: "proxy_error", Denied: "denied"}
 )
 
 // Metrics are one proxy's metrics, in a registry of their own.
@@ -68,6 +91,8 @@ type Metrics struct {
 
 	inboundOnce sync.Once
 	inbound     *Inbound
+
+	edges *Edges // the requests per peer, for the SMI TrafficMetrics API (edges.go)
 }
 
 type destKey struct {
@@ -78,18 +103,18 @@ type destKey struct {
 // New returns the proxy's metrics, registered with a new registry together with the Go
 // runtime and process collectors.
 func New() *Metrics {
-	labels := []string{"direction", "dst_service", "dst_port"}
+	labels := []string{"direction", "dst_service", "dst_port", "route", "dst_identity"}
 	m := &Metrics{
 		registry: prometheus.NewRegistry(),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "braid_proxy_requests_total",
-			Help: "Requests the proxy answered, by destination Service port, status code class and result " +
-				"(success: the application answered below 500; failure: from 500, or its answer broke off; " +
-				"proxy_error: the proxy answered itself).",
+			Help: "Requests the proxy answered, by destination Service port, route, destination workload identity, " +
+				"status code class and result (success: the application answered below 500; failure: from 500, " +
+				"or its answer broke off; proxy_error: the proxy answered itself; denied: the workload may not reach the Service).",
 		}, append(labels, "code_class", "result")),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "braid_proxy_response_latency_seconds",
-			Help:    "Time from a request's arrival at the proxy to the end of its response, by destination Service port.",
+			Help:    "Time from a request's arrival at the proxy to the end of its response, by destination Service port, route and workload identity.",
 			Buckets: LatencyBuckets,
 		}, labels),
 		configVersion: prometheus.NewGauge(prometheus.GaugeOpts{
@@ -102,6 +127,7 @@ func New() *Metrics {
 		tcp:        newTCPMetrics(),
 		resilience: newResilienceMetrics(),
 		dests:      map[destKey]*Destination{},
+		edges:      NewEdges(EdgesOptions{}),
 	}
 	m.registry.MustRegister(m.requests, m.latency, m.configVersion, m.configRejections,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -115,28 +141,32 @@ func New() *Metrics {
 func (m *Metrics) Registry() *prometheus.Registry { return m.registry }
 
 // ConfigApplied records that the proxy now runs table: it sets the version, and forgets
-// the series of Service ports the table no longer has, so that removed Services do not
-// stay in the metrics forever.
+// the series of Service ports the table no longer has, and those of routes and
+// identities a port no longer has, so that removed Services do not stay in the metrics
+// forever.
 func (m *Metrics) ConfigApplied(table *router.Table) {
 	if m == nil {
 		return
 	}
 	m.configVersion.Set(float64(table.Version()))
-	keep := map[destKey]bool{}
+	keep := map[destKey]*router.Port{}
 	for p := range table.Ports() {
-		keep[destKey{p.Service, p.Number}] = true
+		keep[destKey{p.Service, p.Number}] = p
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.byPort.Clear()
 	for key, d := range m.dests {
-		if !keep[key] {
+		port := keep[key]
+		if port == nil {
 			delete(m.dests, key)
 			m.requests.DeletePartialMatch(d.labels)
 			m.latency.DeletePartialMatch(d.labels)
 			m.tcp.forget(d.labels)
 			m.resilience.forget(d.labels)
+			continue
 		}
+		d.prune(port)
 	}
 }
 
@@ -174,42 +204,161 @@ func (m *Metrics) Destination(port *router.Port) *Destination {
 
 func (m *Metrics) newDestination(service, port string) *Destination {
 	labels := prometheus.Labels{"direction": DirectionOutbound, "dst_service": service, "dst_port": port}
-	return &Destination{
+	d := &Destination{
+		m:          m,
 		labels:     labels,
-		requests:   m.requests.MustCurryWith(labels),
-		latency:    m.latency.With(labels),
 		resilience: m.newDestinationResilience(labels),
+		identities: map[string]bool{},
 	}
+	d.series.Store(&map[seriesKey]*series{})
+	return d
 }
 
 // Destination records the requests for one Service port.
 type Destination struct {
-	labels   prometheus.Labels
+	m      *Metrics
+	labels prometheus.Labels // direction, dst_service, dst_port
+	// series maps a route and an identity label to their series. It is copied on write
+	// (new series are rare), so that a request finds its series with one lock-free load
+	// and a map lookup, without allocating.
+	series     atomic.Pointer[map[seriesKey]*series]
+	mu         sync.Mutex      // serialises writers of series
+	identities map[string]bool // the dst_identity labels handed out; guarded by mu
+	resilience destinationResilience
+}
+
+// seriesKey is what a request is recorded by within its Service port: the labels of its
+// route and of its endpoint's identity as the request has them (before bounding).
+type seriesKey struct{ route, identity string }
+
+// series are the request counters and the latency histogram of one Service port, route
+// and identity.
+type series struct {
+	labels   prometheus.Labels      // every label but code_class and result
 	requests *prometheus.CounterVec // curried with labels
 	latency  prometheus.Observer
 	// counters holds the counter of each (code class, result) pair once a request has
 	// had it: series appear when they first count, not as zeros for every pair.
-	counters   [len(codeClasses) * len(results)]atomic.Pointer[counter]
-	resilience destinationResilience
+	counters [len(codeClasses) * len(results)]atomic.Pointer[counter]
 }
 
 type counter struct{ prometheus.Counter }
 
-// Record counts one answered request: its status code, its result and the time it took.
-func (d *Destination) Record(status int, result Result, elapsed time.Duration) {
+// RouteLabel is the route label of requests carried by route (nil: none).
+func RouteLabel(route *router.Route) string {
+	if route == nil {
+		return NoRoute
+	}
+	return route.Label
+}
+
+// IdentityLabel is the dst_identity label of requests sent to ep (nil: to no endpoint).
+func IdentityLabel(ep *router.Endpoint) string {
+	switch {
+	case ep == nil:
+		return NoEndpoint
+	case ep.Identity == "":
+		return Unmeshed
+	}
+	return ep.Identity
+}
+
+// Record counts one answered request: the route that carried it (nil: none), the
+// endpoint that answered it or was tried last (nil: none), its status code, its result
+// and the time it took.
+func (d *Destination) Record(route *router.Route, ep *router.Endpoint, status int, result Result, elapsed time.Duration) {
 	if d == nil {
 		return
 	}
+	s := d.seriesFor(seriesKey{RouteLabel(route), IdentityLabel(ep)})
 	class := classOf(status)
-	slot := &d.counters[class*len(results)+int(result)]
+	slot := &s.counters[class*len(results)+int(result)]
 	c := slot.Load()
 	if c == nil {
 		// Racing first requests may both get here; the vector returns the same counter.
-		c = &counter{d.requests.WithLabelValues(codeClasses[class], results[result])}
+		c = &counter{s.requests.WithLabelValues(codeClasses[class], results[result])}
 		slot.Store(c)
 	}
 	c.Inc()
-	d.latency.Observe(elapsed.Seconds())
+	s.latency.Observe(elapsed.Seconds())
+}
+
+func (d *Destination) seriesFor(key seriesKey) *series {
+	if s, ok := (*d.series.Load())[key]; ok {
+		return s
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	old := *d.series.Load()
+	if s, ok := old[key]; ok {
+		return s
+	}
+	bounded := seriesKey{key.route, d.identityLabel(key.identity)}
+	s, ok := old[bounded]
+	if !ok {
+		s = d.newSeries(bounded)
+	}
+	next := make(map[seriesKey]*series, len(old)+2)
+	for k, v := range old {
+		next[k] = v
+	}
+	next[bounded], next[key] = s, s
+	d.series.Store(&next)
+	return s
+}
+
+// identityLabel bounds the identity labels of the port; callers hold d.mu.
+func (d *Destination) identityLabel(identity string) string {
+	if d.identities[identity] {
+		return identity
+	}
+	if len(d.identities) >= MaxIdentityLabels {
+		return Other
+	}
+	d.identities[identity] = true
+	return identity
+}
+
+func (d *Destination) newSeries(key seriesKey) *series {
+	labels := prometheus.Labels{"route": key.route, "dst_identity": key.identity}
+	for k, v := range d.labels {
+		labels[k] = v
+	}
+	return &series{labels: labels, requests: d.m.requests.MustCurryWith(labels), latency: d.m.latency.With(labels)}
+}
+
+// prune forgets the series of routes and identities port no longer has; callers hold
+// m.mu.
+func (d *Destination) prune(port *router.Port) {
+	routes := map[string]bool{NoRoute: true}
+	identities := map[string]bool{NoEndpoint: true, Unmeshed: true, Other: true}
+	for _, r := range port.Routes() {
+		routes[r.Label] = true
+		for _, b := range r.Backends() {
+			for _, e := range b.Endpoints() {
+				identities[IdentityLabel(&e.Endpoint)] = true
+			}
+		}
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	next := map[seriesKey]*series{}
+	for k, s := range *d.series.Load() {
+		if routes[k.route] && identities[k.identity] {
+			next[k] = s
+			continue
+		}
+		if s.labels["route"] == k.route && s.labels["dst_identity"] == k.identity {
+			d.m.requests.DeletePartialMatch(s.labels)
+			d.m.latency.Delete(s.labels)
+		}
+	}
+	for id := range d.identities {
+		if !identities[id] {
+			delete(d.identities, id)
+		}
+	}
+	d.series.Store(&next)
 }
 
 // classOf returns the index in codeClasses of a status code; codes outside 100–599 count

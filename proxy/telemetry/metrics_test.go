@@ -18,7 +18,10 @@ func build(t *testing.T, version uint64, services ...string) *router.Table {
 	for _, s := range services {
 		ns, name, _ := strings.Cut(s, "/")
 		snap.Services = append(snap.Services, &api.Service{Namespace: ns, Name: name, Ports: []*api.ServicePort{
-			{Port: 80, Routes: []*api.Route{{Backends: []*api.Backend{{Service: name, Weight: 1}}}}},
+			{Port: 80, Routes: []*api.Route{{Backends: []*api.Backend{{Service: name, Weight: 1, Endpoints: []*api.Endpoint{
+				{Ip: "10.0.0.1", Port: 8080, Identity: "spiffe://cluster.local/ns/" + ns + "/sa/" + name, ProxyPort: 15006},
+				{Ip: "10.0.0.2", Port: 8080},
+			}}}}}},
 			{Port: 8080, Routes: []*api.Route{{Backends: []*api.Backend{{Service: name, Weight: 1}}}}},
 		}})
 	}
@@ -80,37 +83,97 @@ func checkSeries(t *testing.T, m *telemetry.Metrics, name string, want ...string
 	}
 }
 
+// endpoints returns the meshed and the unmeshed endpoint of the port's first backend.
+func endpoints(t *testing.T, port *router.Port) (meshed, unmeshed *router.Endpoint) {
+	t.Helper()
+	eps := port.Routes()[0].Backends()[0].Endpoints()
+	if len(eps) != 2 {
+		t.Fatalf("port %s %d has %d endpoints, want 2", port.Service, port.Number, len(eps))
+	}
+	return &eps[0].Endpoint, &eps[1].Endpoint
+}
+
 func TestRecord(t *testing.T) {
 	m := telemetry.New()
 	table := build(t, 1, "shop/web")
-	web := m.Destination(resolve(t, table, "web"))
+	port := resolve(t, table, "web")
+	route := port.Routes()[0]
+	meshed, _ := endpoints(t, port)
+	web := m.Destination(port)
 	for _, status := range []int{200, 200, 204, 301, 404, 101} {
-		web.Record(status, telemetry.Success, time.Millisecond)
+		web.Record(route, meshed, status, telemetry.Success, time.Millisecond)
 	}
-	web.Record(500, telemetry.Failure, time.Millisecond)
-	web.Record(503, telemetry.Failure, time.Millisecond)
-	web.Record(200, telemetry.Failure, time.Millisecond)
-	web.Record(503, telemetry.ProxyError, time.Millisecond)
-	web.Record(502, telemetry.ProxyError, time.Millisecond)
-	web.Record(404, telemetry.ProxyError, time.Millisecond)
+	web.Record(route, meshed, 500, telemetry.Failure, time.Millisecond)
+	web.Record(route, meshed, 503, telemetry.Failure, time.Millisecond)
+	web.Record(route, meshed, 200, telemetry.Failure, time.Millisecond)
+	web.Record(route, meshed, 503, telemetry.ProxyError, time.Millisecond)
+	web.Record(route, meshed, 502, telemetry.ProxyError, time.Millisecond)
+	web.Record(nil, nil, 404, telemetry.ProxyError, time.Millisecond)
+	web.Record(nil, nil, 403, telemetry.Denied, time.Millisecond)
 	unknown := m.Destination(nil)
-	unknown.Record(404, telemetry.ProxyError, time.Microsecond)
-	unknown.Record(404, telemetry.ProxyError, time.Microsecond)
+	unknown.Record(nil, nil, 404, telemetry.ProxyError, time.Microsecond)
+	unknown.Record(nil, nil, 404, telemetry.ProxyError, time.Microsecond)
 
-	const web80 = "direction=outbound,dst_port=80,dst_service=shop/web"
-	const unknownDst = "direction=outbound,dst_port=unknown,dst_service=unknown"
+	const web80 = "direction=outbound,dst_identity=spiffe://cluster.local/ns/shop/sa/web,dst_port=80,dst_service=shop/web"
+	const web80None = "direction=outbound,dst_identity=none,dst_port=80,dst_service=shop/web"
+	const unknownDst = "direction=outbound,dst_identity=none,dst_port=unknown,dst_service=unknown"
 	checkSeries(t, m, "braid_proxy_requests_total",
-		"code_class=1xx,"+web80+",result=success: 1",
-		"code_class=2xx,"+web80+",result=success: 3",
-		"code_class=2xx,"+web80+",result=failure: 1",
-		"code_class=3xx,"+web80+",result=success: 1",
-		"code_class=4xx,"+web80+",result=success: 1",
-		"code_class=5xx,"+web80+",result=failure: 2",
-		"code_class=5xx,"+web80+",result=proxy_error: 2",
-		"code_class=4xx,"+web80+",result=proxy_error: 1",
-		"code_class=4xx,"+unknownDst+",result=proxy_error: 2",
+		"code_class=1xx,"+web80+",result=success,route=0: 1",
+		"code_class=2xx,"+web80+",result=success,route=0: 3",
+		"code_class=2xx,"+web80+",result=failure,route=0: 1",
+		"code_class=3xx,"+web80+",result=success,route=0: 1",
+		"code_class=4xx,"+web80+",result=success,route=0: 1",
+		"code_class=5xx,"+web80+",result=failure,route=0: 2",
+		"code_class=5xx,"+web80+",result=proxy_error,route=0: 2",
+		"code_class=4xx,"+web80None+",result=proxy_error,route=none: 1",
+		"code_class=4xx,"+web80None+",result=denied,route=none: 1",
+		"code_class=4xx,"+unknownDst+",result=proxy_error,route=none: 2",
 	)
-	checkSeries(t, m, "braid_proxy_response_latency_seconds", web80+": 12", unknownDst+": 2")
+	checkSeries(t, m, "braid_proxy_response_latency_seconds", web80+",route=0: 11", web80None+",route=none: 2", unknownDst+",route=none: 2")
+}
+
+// Requests count by the route that carried them (its configured name, or its index) and
+// by the identity of the endpoint that answered ("unmeshed" without one).
+func TestRecordByRouteAndIdentity(t *testing.T) {
+	m := telemetry.New()
+	table, err := router.Build(&api.Snapshot{Version: 1, Services: []*api.Service{{Namespace: "shop", Name: "web", Ports: []*api.ServicePort{{Port: 80, Routes: []*api.Route{
+		{Name: "api", Matches: []*api.HTTPMatch{{PathRegex: "/api"}}, Backends: []*api.Backend{{Service: "web", Weight: 1, Endpoints: []*api.Endpoint{{Ip: "10.0.0.1", Port: 8080}}}}},
+		{Backends: []*api.Backend{{Service: "web-v2", Weight: 1, Endpoints: []*api.Endpoint{{Ip: "10.0.0.3", Port: 8080, Identity: "spiffe://cluster.local/ns/shop/sa/web-v2", ProxyPort: 15006}}}}},
+	}}}}}}, "shop", "cluster.local")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := resolve(t, table, "web")
+	api, rest := port.Routes()[0], port.Routes()[1]
+	d := m.Destination(port)
+	d.Record(api, &api.Backends()[0].Endpoints()[0].Endpoint, 200, telemetry.Success, time.Millisecond)
+	d.Record(rest, &rest.Backends()[0].Endpoints()[0].Endpoint, 200, telemetry.Success, time.Millisecond)
+	d.Record(rest, &rest.Backends()[0].Endpoints()[0].Endpoint, 200, telemetry.Success, time.Millisecond)
+	const web = "code_class=2xx,direction=outbound,"
+	checkSeries(t, m, "braid_proxy_requests_total",
+		web+"dst_identity=unmeshed,dst_port=80,dst_service=shop/web,result=success,route=api: 1",
+		web+"dst_identity=spiffe://cluster.local/ns/shop/sa/web-v2,dst_port=80,dst_service=shop/web,result=success,route=1: 2")
+}
+
+// A port's identity labels are bounded: past MaxIdentityLabels, identities count as
+// "other". (They come from the configuration, but a backend may have many.)
+func TestIdentityLabelsAreBounded(t *testing.T) {
+	m := telemetry.New()
+	table := build(t, 1, "shop/web")
+	port := resolve(t, table, "web")
+	d := m.Destination(port)
+	for i := range telemetry.MaxIdentityLabels + 5 {
+		ep := &router.Endpoint{Identity: fmt.Sprintf("spiffe://cluster.local/ns/shop/sa/a%d", i)}
+		d.Record(port.Routes()[0], ep, 200, telemetry.Success, time.Millisecond)
+		d.Record(port.Routes()[0], ep, 200, telemetry.Success, time.Millisecond)
+	}
+	got := series(t, m, "braid_proxy_response_latency_seconds")
+	if len(got) != telemetry.MaxIdentityLabels+1 {
+		t.Errorf("%d latency series, want %d identities and other:\n%s", len(got), telemetry.MaxIdentityLabels, strings.Join(got, "\n"))
+	}
+	if !slices.Contains(got, "direction=outbound,dst_identity=other,dst_port=80,dst_service=shop/web,route=0: 10") {
+		t.Errorf("no series of the 5 identities past the bound, 2 requests each:\n%s", strings.Join(got, "\n"))
+	}
 }
 
 // A request finds its destination by the *router.Port it resolved to; the ports of later
@@ -146,28 +209,68 @@ func TestConfigAppliedForgetsRemovedPorts(t *testing.T) {
 	t1 := build(t, 1, "shop/web", "other/api")
 	m.ConfigApplied(t1)
 	checkSeries(t, m, "braid_proxy_config_version", ": 1")
-	m.Destination(resolve(t, t1, "web")).Record(200, telemetry.Success, time.Millisecond)
-	m.Destination(resolve(t, t1, "api.other")).Record(200, telemetry.Success, time.Millisecond)
-	m.Destination(nil).Record(404, telemetry.ProxyError, time.Millisecond)
+	web, api := resolve(t, t1, "web"), resolve(t, t1, "api.other")
+	m.Destination(web).Record(web.Routes()[0], nil, 200, telemetry.Success, time.Millisecond)
+	m.Destination(api).Record(api.Routes()[0], nil, 200, telemetry.Success, time.Millisecond)
+	m.Destination(nil).Record(nil, nil, 404, telemetry.ProxyError, time.Millisecond)
 
 	t2 := build(t, 2, "shop/web")
 	m.ConfigApplied(t2)
 	checkSeries(t, m, "braid_proxy_config_version", ": 2")
 	checkSeries(t, m, "braid_proxy_requests_total",
-		"code_class=2xx,direction=outbound,dst_port=80,dst_service=shop/web,result=success: 1",
-		"code_class=4xx,direction=outbound,dst_port=unknown,dst_service=unknown,result=proxy_error: 1")
+		"code_class=2xx,direction=outbound,dst_identity=none,dst_port=80,dst_service=shop/web,result=success,route=0: 1",
+		"code_class=4xx,direction=outbound,dst_identity=none,dst_port=unknown,dst_service=unknown,result=proxy_error,route=none: 1")
 	checkSeries(t, m, "braid_proxy_response_latency_seconds",
-		"direction=outbound,dst_port=80,dst_service=shop/web: 1",
-		"direction=outbound,dst_port=unknown,dst_service=unknown: 1")
+		"direction=outbound,dst_identity=none,dst_port=80,dst_service=shop/web,route=0: 1",
+		"direction=outbound,dst_identity=none,dst_port=unknown,dst_service=unknown,route=none: 1")
 
 	// Back again: it counts from zero.
 	t3 := build(t, 3, "shop/web", "other/api")
 	m.ConfigApplied(t3)
-	m.Destination(resolve(t, t3, "api.other")).Record(500, telemetry.Failure, time.Millisecond)
+	api = resolve(t, t3, "api.other")
+	m.Destination(api).Record(api.Routes()[0], nil, 500, telemetry.Failure, time.Millisecond)
 	checkSeries(t, m, "braid_proxy_requests_total",
-		"code_class=2xx,direction=outbound,dst_port=80,dst_service=shop/web,result=success: 1",
-		"code_class=4xx,direction=outbound,dst_port=unknown,dst_service=unknown,result=proxy_error: 1",
-		"code_class=5xx,direction=outbound,dst_port=80,dst_service=other/api,result=failure: 1")
+		"code_class=2xx,direction=outbound,dst_identity=none,dst_port=80,dst_service=shop/web,result=success,route=0: 1",
+		"code_class=4xx,direction=outbound,dst_identity=none,dst_port=unknown,dst_service=unknown,result=proxy_error,route=none: 1",
+		"code_class=5xx,direction=outbound,dst_identity=none,dst_port=80,dst_service=other/api,result=failure,route=0: 1")
+}
+
+// A route or an endpoint identity the port no longer has loses its series on the next
+// configuration; those the port keeps go on counting.
+func TestConfigAppliedForgetsRemovedRoutesAndIdentities(t *testing.T) {
+	m := telemetry.New()
+	t1 := build(t, 1, "shop/web")
+	m.ConfigApplied(t1)
+	port := resolve(t, t1, "web")
+	meshed, unmeshed := endpoints(t, port)
+	d := m.Destination(port)
+	d.Record(port.Routes()[0], meshed, 200, telemetry.Success, time.Millisecond)
+	d.Record(port.Routes()[0], unmeshed, 200, telemetry.Success, time.Millisecond)
+
+	// The same port, its route renamed and its meshed endpoint gone.
+	t2, err := router.Build(&api.Snapshot{Version: 2, Services: []*api.Service{{Namespace: "shop", Name: "web", Ports: []*api.ServicePort{
+		{Port: 80, Routes: []*api.Route{{Name: "renamed", Backends: []*api.Backend{{Service: "web", Weight: 1, Endpoints: []*api.Endpoint{{Ip: "10.0.0.2", Port: 8080}}}}}}},
+	}}}}, "shop", "cluster.local")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.ConfigApplied(t2)
+	checkSeries(t, m, "braid_proxy_response_latency_seconds")
+	port = resolve(t, t2, "web")
+	m.Destination(port).Record(port.Routes()[0], &port.Routes()[0].Backends()[0].Endpoints()[0].Endpoint, 200, telemetry.Success, time.Millisecond)
+	checkSeries(t, m, "braid_proxy_response_latency_seconds",
+		"direction=outbound,dst_identity=unmeshed,dst_port=80,dst_service=shop/web,route=renamed: 1")
+
+	// A configuration that keeps the route and the endpoint keeps the series.
+	t3, err := router.Build(&api.Snapshot{Version: 3, Services: []*api.Service{{Namespace: "shop", Name: "web", Ports: []*api.ServicePort{
+		{Port: 80, Routes: []*api.Route{{Name: "renamed", Backends: []*api.Backend{{Service: "web", Weight: 1, Endpoints: []*api.Endpoint{{Ip: "10.0.0.2", Port: 8080}}}}}}},
+	}}}}, "shop", "cluster.local")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.ConfigApplied(t3)
+	checkSeries(t, m, "braid_proxy_response_latency_seconds",
+		"direction=outbound,dst_identity=unmeshed,dst_port=80,dst_service=shop/web,route=renamed: 1")
 }
 
 func TestConfigRejected(t *testing.T) {
@@ -184,7 +287,8 @@ func TestNilMetrics(t *testing.T) {
 	var m *telemetry.Metrics
 	m.ConfigApplied(build(t, 1, "shop/web"))
 	m.ConfigRejected()
-	m.Destination(nil).Record(200, telemetry.Success, time.Millisecond)
+	m.Destination(nil).Record(nil, nil, 200, telemetry.Success, time.Millisecond)
+	m.DeniedTCP(nil)
 }
 
 func TestRuntimeMetrics(t *testing.T) {
@@ -209,10 +313,12 @@ func BenchmarkRecord(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	route := &router.Route{Label: "0"}
+	ep := &router.Endpoint{Identity: "spiffe://cluster.local/ns/shop/sa/web"}
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			m.Destination(port).Record(200, telemetry.Success, 300*time.Microsecond)
+			m.Destination(port).Record(route, ep, 200, telemetry.Success, 300*time.Microsecond)
 		}
 	})
 }

@@ -13,7 +13,7 @@ const Passthrough = "passthrough"
 
 // tcpMetrics count the connections the proxy forwards as opaque TCP.
 type tcpMetrics struct {
-	opened, closed, sent, received *prometheus.CounterVec
+	opened, closed, sent, received, denied *prometheus.CounterVec
 }
 
 func newTCPMetrics() tcpMetrics {
@@ -30,16 +30,18 @@ func newTCPMetrics() tcpMetrics {
 			"Bytes of opaque TCP connections from the client to the destination, by destination Service port."),
 		received: vec("braid_proxy_tcp_received_bytes_total",
 			"Bytes of opaque TCP connections from the destination to the client, by destination Service port."),
+		denied: vec("braid_proxy_tcp_connections_denied_total",
+			"Opaque TCP connections the proxy closed at once because its workload may not reach the Service, by destination Service port."),
 	}
 }
 
 func (t *tcpMetrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{t.opened, t.closed, t.sent, t.received}
+	return []prometheus.Collector{t.opened, t.closed, t.sent, t.received, t.denied}
 }
 
 // forget deletes the series of a destination.
 func (t *tcpMetrics) forget(labels prometheus.Labels) {
-	for _, v := range []*prometheus.CounterVec{t.opened, t.closed, t.sent, t.received} {
+	for _, v := range []*prometheus.CounterVec{t.opened, t.closed, t.sent, t.received, t.denied} {
 		v.DeletePartialMatch(labels)
 	}
 }
@@ -62,6 +64,17 @@ func (m *Metrics) OpenTCP(port *router.Port) *TCPConn {
 	}
 	m.tcp.opened.With(labels).Inc()
 	return &TCPConn{closed: m.tcp.closed.With(labels), sent: m.tcp.sent.With(labels), received: m.tcp.received.With(labels)}
+}
+
+// DeniedTCP counts an opaque TCP connection to a Service port the workload may not
+// reach, which the proxy closed without dialing anything. It counts as opened and closed
+// too, like every connection the proxy could not forward.
+func (m *Metrics) DeniedTCP(port *router.Port) {
+	if m == nil {
+		return
+	}
+	m.OpenTCP(port).Closed()
+	m.tcp.denied.With(m.Destination(port).labels).Inc()
 }
 
 // Sent counts n bytes from the client to the destination.

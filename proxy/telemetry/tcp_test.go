@@ -43,3 +43,17 @@ func TestNilMetricsRecordNoTCP(_ *testing.T) { // nothing to check: it must not 
 	c.Received(1)
 	c.Closed()
 }
+
+// A connection to a Service the workload may not reach counts as denied, and as opened
+// and closed like every connection the proxy could not forward.
+func TestDeniedTCP(t *testing.T) {
+	m := telemetry.New()
+	t1 := build(t, 1, "shop/web")
+	m.ConfigApplied(t1)
+	m.DeniedTCP(resolve(t, t1, "web"))
+	m.DeniedTCP(resolve(t, t1, "web"))
+	const web80 = "direction=outbound,dst_port=80,dst_service=shop/web: 2"
+	checkSeries(t, m, "braid_proxy_tcp_connections_denied_total", web80)
+	checkSeries(t, m, "braid_proxy_tcp_connections_opened_total", web80)
+	checkSeries(t, m, "braid_proxy_tcp_connections_closed_total", web80)
+}

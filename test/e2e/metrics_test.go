@@ -23,7 +23,8 @@ func TestProxyMetrics(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	unknown := map[string]string{"direction": "outbound", "dst_service": "unknown", "dst_port": "unknown", "code_class": "4xx", "result": "proxy_error"}
+	unknown := map[string]string{"direction": "outbound", "dst_service": "unknown", "dst_port": "unknown", "route": "none", "dst_identity": "none",
+		"code_class": "4xx", "result": "proxy_error"}
 	before := scrape(ctx, t)
 	unknownBefore, _ := before.Value("braid_proxy_requests_total", unknown)
 
@@ -39,7 +40,8 @@ func TestProxyMetrics(t *testing.T) {
 		}
 	}
 
-	web := map[string]string{"direction": "outbound", "dst_service": ns + "/web", "dst_port": "80", "code_class": "2xx", "result": "success"}
+	web := map[string]string{"direction": "outbound", "dst_service": ns + "/web", "dst_port": "80", "route": "0", "dst_identity": "unmeshed",
+		"code_class": "2xx", "result": "success"}
 	waitSample(ctx, t, "braid_proxy_requests_total", web, func(v float64) bool { return v == n })
 	waitSample(ctx, t, "braid_proxy_requests_total", unknown, func(v float64) bool { return v-unknownBefore == m })
 

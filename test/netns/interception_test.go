@@ -133,7 +133,7 @@ func testServiceClusterIP(t *testing.T, p *pod, s *servers) {
 		t.Errorf("the web server saw the request from %s, want the pod's address %s", seen, podIP)
 	}
 	p.waitMetric(t, "braid_proxy_requests_total", map[string]string{"direction": "outbound", "dst_service": "shop/web",
-		"dst_port": "80", "code_class": "2xx", "result": "success"}, 1)
+		"dst_port": "80", "route": "0", "dst_identity": "unmeshed", "code_class": "2xx", "result": "success"}, 1)
 }
 
 func testPassthrough(t *testing.T, p *pod, s *servers) {

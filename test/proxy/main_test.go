@@ -5,10 +5,13 @@ package proxy
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"maps"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -27,7 +30,17 @@ func TestMain(m *testing.M) {
 	os.Exit(run(m))
 }
 
+// Environment of a re-run of this program in an isolated network (see isolated): the one
+// test it runs, and the braid-proxy binary it uses.
+const (
+	isolatedTestEnv = "BRAID_TEST_PROXY_ISOLATED_TEST"
+	proxyBinEnv     = "BRAID_TEST_PROXY_BIN"
+)
+
 func run(m *testing.M) int {
+	if harness.InIsolatedNetwork() {
+		return runIsolated(m)
+	}
 	dir, err := os.MkdirTemp("", "braid-proxy-test-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -41,6 +54,45 @@ func run(m *testing.M) int {
 		return 1
 	}
 	return m.Run()
+}
+
+// runIsolated runs, in the isolated network, the one test the environment names, with the
+// binary the first run built.
+func runIsolated(m *testing.M) int {
+	if err := harness.SetupIsolatedNetwork(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	proxyBin = os.Getenv(proxyBinEnv)
+	flag.Parse()
+	if err := flag.Set("test.run", "^"+regexp.QuoteMeta(os.Getenv(isolatedTestEnv))+"$"); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return m.Run()
+}
+
+// isolated runs the calling test again in a network namespace of its own, where it may
+// change the firewall (nftables rules that redirect connections to the proxy, as
+// braid-proxy init does in a pod): it returns true there, and the test goes on; in the
+// first run it waits for that re-run, fails the test when it failed, and returns false.
+// It skips the test where a network namespace or nft is not available.
+func isolated(t *testing.T) bool {
+	t.Helper()
+	if harness.InIsolatedNetwork() {
+		return true
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("this test changes nftables rules in a network namespace of its own: it needs root (CI runs it as root)")
+	}
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("this test needs the nft command (nftables) to redirect connections to the proxy")
+	}
+	code, err := harness.RunInIsolatedNetwork(isolatedTestEnv+"="+t.Name(), proxyBinEnv+"="+proxyBin)
+	if err != nil || code != 0 {
+		t.Fatalf("the test in its isolated network failed (exit code %d, %v): see its output above", code, err)
+	}
+	return false
 }
 
 // standalone writes config to a file and starts a braid-proxy run on it, for a workload

@@ -22,9 +22,9 @@ import (
 // meshPair is two braid-proxy processes, a client (shop/web) and a server (shop/reviews)
 // whose inbound listener fronts the application, each with a certificate from one test CA.
 type meshPair struct {
-	client, server *harness.Proxy
-	serverConfig   string // the server proxy's config file
-	inboundPort    int
+	client, server             *harness.Proxy
+	clientConfig, serverConfig string // the proxies' config files
+	inboundPort                int
 }
 
 // identityArgs writes a workload certificate for shop/sa and returns the proxy flags to use it.
@@ -48,15 +48,16 @@ func freePort(t *testing.T) int {
 }
 
 // newMeshPair starts the pair; the client routes service name (port 80) to appPort on
-// 127.0.0.1 through the server proxy, which enforces inbound (YAML of an Inbound).
-func newMeshPair(t *testing.T, service string, appPort int, protocol, inbound string) *meshPair {
+// 127.0.0.1 through the server proxy, which admits every client (Permissive) until a
+// test rewrites its config.
+func newMeshPair(t *testing.T, service string, appPort int, protocol string) *meshPair {
 	t.Helper()
 	ca, err := harness.NewTestCA("cluster.local")
 	if err != nil {
 		t.Fatal(err)
 	}
 	mp := &meshPair{inboundPort: freePort(t)}
-	mp.server, mp.serverConfig = standalone(t, "version: 1\ninbound: "+inbound+"\n",
+	mp.server, mp.serverConfig = standalone(t, "version: 1\ninbound: {mode: Permissive, allowAll: true}\n",
 		append(identityArgs(t, ca, "reviews"), "--inbound-listen", fmt.Sprintf("127.0.0.1:%d", mp.inboundPort))...)
 	client := fmt.Sprintf(`version: 1
 inbound: {mode: Strict}
@@ -73,7 +74,7 @@ services:
         endpoints:
         - {ip: 127.0.0.1, port: %d, identity: "spiffe://cluster.local/ns/shop/sa/reviews", proxyPort: %d}
 `, service, protocol, service, appPort, mp.inboundPort)
-	mp.client, _ = standalone(t, client, identityArgs(t, ca, "web")...)
+	mp.client, mp.clientConfig = standalone(t, client, identityArgs(t, ca, "web")...)
 	return mp
 }
 
@@ -92,7 +93,7 @@ func TestProxyPairCarriesRequestsOverMTLSAndEnforcesTargets(t *testing.T) {
 	t.Cleanup(func() { _ = app.Close() })
 	appPort := lis.Addr().(*net.TCPAddr).Port
 
-	mp := newMeshPair(t, "reviews", appPort, "PROTOCOL_HTTP1", "{mode: Permissive, allowAll: true}")
+	mp := newMeshPair(t, "reviews", appPort, "PROTOCOL_HTTP1")
 	res, err := mp.client.Request(ctx, "reviews", "/echo", nil)
 	if err != nil || res.Status != http.StatusOK || res.Body != "reviews /echo" {
 		t.Fatalf("through the pair: %+v, %v; want 200 from the app", res, err)
@@ -140,7 +141,7 @@ func TestProxyPairCarriesGRPCStreams(t *testing.T) {
 	go func() { _ = gs.Serve(lis) }()
 	t.Cleanup(gs.Stop)
 
-	mp := newMeshPair(t, "ratings", lis.Addr().(*net.TCPAddr).Port, "PROTOCOL_HTTP2", "{mode: Permissive, allowAll: true}")
+	mp := newMeshPair(t, "ratings", lis.Addr().(*net.TCPAddr).Port, "PROTOCOL_HTTP2")
 	conn, err := grpc.NewClient(mp.client.OutboundAddr, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithAuthority("ratings"))
 	if err != nil {
 		t.Fatal(err)

@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+
+	"github.com/braidmesh/braid/test/harness"
 )
 
 // failingBackend answers every request with a 500 of its own (no Braid-Proxy-Error).
@@ -70,22 +72,27 @@ services:
 		expectStatus(t, get(ctx, t, p, "gone.shop"), http.StatusServiceUnavailable)
 	}
 
-	requests := func(service, port, class, result string) map[string]string {
-		return map[string]string{"direction": "outbound", "dst_service": service, "dst_port": port, "code_class": class, "result": result}
+	// By route (the index of the unnamed route) and the identity of the endpoint that
+	// answered: "unmeshed" for these plaintext endpoints, "none" when the proxy answered
+	// before trying one.
+	latency := func(service, port, route, identity string) map[string]string {
+		return map[string]string{"direction": "outbound", "dst_service": service, "dst_port": port, "route": route, "dst_identity": identity}
+	}
+	requests := func(service, port, route, identity, class, result string) map[string]string {
+		l := latency(service, port, route, identity)
+		l["code_class"], l["result"] = class, result
+		return l
 	}
 	const total = "braid_proxy_requests_total"
-	metric(ctx, t, p, total, requests("shop/web", "80", "2xx", "success"), n)
-	metric(ctx, t, p, total, requests("shop/api", "8080", "5xx", "failure"), k)
-	metric(ctx, t, p, total, requests("unknown", "unknown", "4xx", "proxy_error"), unknownHosts)
-	metric(ctx, t, p, total, requests("shop/gone", "80", "5xx", "proxy_error"), unavailable)
-	latency := func(service, port string) map[string]string {
-		return map[string]string{"direction": "outbound", "dst_service": service, "dst_port": port}
-	}
+	metric(ctx, t, p, total, requests("shop/web", "80", "0", "unmeshed", "2xx", "success"), n)
+	metric(ctx, t, p, total, requests("shop/api", "8080", "0", "unmeshed", "5xx", "failure"), k)
+	metric(ctx, t, p, total, requests("unknown", "unknown", "none", "none", "4xx", "proxy_error"), unknownHosts)
+	metric(ctx, t, p, total, requests("shop/gone", "80", "0", "none", "5xx", "proxy_error"), unavailable)
 	const count = "braid_proxy_response_latency_seconds_count"
-	metric(ctx, t, p, count, latency("shop/web", "80"), n)
-	metric(ctx, t, p, count, latency("shop/api", "8080"), k)
-	metric(ctx, t, p, count, latency("unknown", "unknown"), unknownHosts)
-	metric(ctx, t, p, count, latency("shop/gone", "80"), unavailable)
+	metric(ctx, t, p, count, latency("shop/web", "80", "0", "unmeshed"), n)
+	metric(ctx, t, p, count, latency("shop/api", "8080", "0", "unmeshed"), k)
+	metric(ctx, t, p, count, latency("unknown", "unknown", "none", "none"), unknownHosts)
+	metric(ctx, t, p, count, latency("shop/gone", "80", "0", "none"), unavailable)
 	metric(ctx, t, p, "braid_proxy_config_version", map[string]string{}, 42)
 
 	// Nothing else was counted.
@@ -96,16 +103,7 @@ services:
 	if got := samples.Named(total); len(got) != 4 {
 		t.Errorf("%s has %d series, want 4: %v", total, len(got), got)
 	}
-	// Label values come from the configuration, never from a request.
-	allowed := map[string]bool{"shop/web": true, "shop/api": true, "shop/gone": true, "80": true, "8080": true, "unknown": true}
-	for _, sample := range samples {
-		if !strings.HasPrefix(sample.Name, "braid_proxy_re") {
-			continue
-		}
-		if !allowed[sample.Labels["dst_service"]] || !allowed[sample.Labels["dst_port"]] {
-			t.Errorf("%s%v: a destination the configuration does not name; labels would be unbounded", sample.Name, sample.Labels)
-		}
-	}
+	checkConfiguredLabels(t, samples)
 
 	// The profiles are on the admin port too.
 	index, err := p.Admin(ctx, "/debug/pprof/")
@@ -114,5 +112,23 @@ services:
 	}
 	if heap, err := p.Admin(ctx, "/debug/pprof/heap?debug=1"); err != nil || !strings.Contains(heap, "heap profile") {
 		t.Errorf("/debug/pprof/heap: %v", err)
+	}
+}
+
+// checkConfiguredLabels checks that the request metrics' label values are those of the
+// configuration of TestMetricsCountRequests, never values from a request.
+func checkConfiguredLabels(t *testing.T, samples harness.Samples) {
+	t.Helper()
+	allowed := map[string]bool{"shop/web": true, "shop/api": true, "shop/gone": true, "80": true, "8080": true, "unknown": true,
+		"0": true, "none": true, "unmeshed": true}
+	for _, sample := range samples {
+		if sample.Name != "braid_proxy_requests_total" && !strings.HasPrefix(sample.Name, "braid_proxy_response_latency") {
+			continue
+		}
+		for _, label := range []string{"dst_service", "dst_port", "route", "dst_identity"} {
+			if !allowed[sample.Labels[label]] {
+				t.Errorf("%s%v: a %s the configuration does not name; labels would be unbounded", sample.Name, sample.Labels, label)
+			}
+		}
 	}
 }
