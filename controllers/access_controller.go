@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"reflect"
@@ -171,17 +172,37 @@ func (r *AccessReconciler) programmed(tt *smi.TrafficTarget, v mesh.TargetVerdic
 	}
 	sa := tt.Spec.Destination.Name
 	r.Waiting.Await(tt.Namespace) // before counting, so no acknowledgement is missed
-	acked, rejected, connected, rejection := r.Sink.AckStatusFor(version, tt.Namespace, sa)
+	acked, rejected, connected, rejection := r.ackStatus(tt, version)
 	switch {
 	case rejected > 0:
 		return condition(ConditionProgrammed, false, ReasonRejected, fmt.Sprintf(
-			"%d of %d connected proxies of ServiceAccount %s rejected config version %d and keep their last good configuration; for example %s", rejected, connected, sa, version, rejection))
+			"%d of %d connected proxies of ServiceAccount %s and of its sources rejected config version %d and keep their last good configuration; for example %s", rejected, connected, sa, version, rejection))
 	case acked < connected:
 		return condition(ConditionProgrammed, false, ReasonPending, fmt.Sprintf(
-			"%d of %d connected proxies of ServiceAccount %s run config version %d", acked, connected, sa, version))
+			"%d of %d connected proxies of ServiceAccount %s and of its sources run config version %d", acked, connected, sa, version))
 	}
 	return condition(ConditionProgrammed, true, ReasonProgrammed, fmt.Sprintf(
-		"all %d connected proxies of ServiceAccount %s enforce it (config version %d)", connected, sa, version))
+		"all %d connected proxies of ServiceAccount %s enforce it, and its sources' proxies reach it (config version %d)", connected, sa, version))
+}
+
+// ackStatus counts the connected proxies a target's grant must reach: those of its
+// destination, which enforce it, and those of its sources, which are sent the
+// destination's Services only once a grant lets them reach it (configserver scoping).
+func (r *AccessReconciler) ackStatus(tt *smi.TrafficTarget, version uint64) (acked, rejected, connected int, rejection string) {
+	type identity struct{ namespace, serviceAccount string }
+	ids := []identity{{tt.Namespace, tt.Spec.Destination.Name}}
+	for _, src := range tt.Spec.Sources {
+		id := identity{cmp.Or(src.Namespace, tt.Namespace), src.Name}
+		if src.Kind == "ServiceAccount" && !slices.Contains(ids, id) {
+			ids = append(ids, id)
+		}
+	}
+	for _, id := range ids {
+		a, rj, c, why := r.Sink.AckStatusFor(version, id.namespace, id.serviceAccount)
+		acked, rejected, connected = acked+a, rejected+rj, connected+c
+		rejection = cmp.Or(rejection, why)
+	}
+	return acked, rejected, connected, rejection
 }
 
 // CompileAll compiles every namespace; the operator runs it once before serving proxies.

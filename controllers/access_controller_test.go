@@ -226,6 +226,44 @@ func TestUnacknowledgedPolicyIsPendingUntilTheProxyAcks(t *testing.T) {
 	wantCondition(ctx, t, tt, "Programmed", metav1.ConditionTrue, "Programmed")
 }
 
+// Scoped config: a grant is programmed only once its sources' proxies have it too, since
+// they are sent the destination's Services only when a grant lets them reach it.
+func TestGrantIsPendingUntilTheSourcesProxiesHaveIt(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	ns := accessNamespace(ctx, t, braidv1alpha1.AccessStrict)
+	source, err := harness.DialConfigAs(ctx, cp.ConfigAddr, t.Name()+"-a", ns, "a") // acknowledges nothing yet
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = source.Close() })
+	first, err := source.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, dest := inboundOf(ctx, t, ns, "b")
+	mustCreate(ctx, t, harness.TCPRoute(ns, "all"))
+	tt := harness.TrafficTarget("access.smi-spec.io/v1alpha3", ns, "b-from-a", "b", []string{"a"}, harness.TargetRule{Kind: "TCPRoute", Name: "all"})
+	mustCreate(ctx, t, tt)
+	for len(nextInbound(t, dest).GetAuthorizations()) == 0 { // b acknowledges up to the grant
+	}
+	for {
+		c := wantCondition(ctx, t, tt, "Programmed", metav1.ConditionFalse, "Pending")
+		if strings.Contains(c.Message, "1 of 2 connected proxies") {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("Programmed must wait for the source's proxy: %q", c.Message)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// a acknowledges its full snapshot: nothing sent since holds anything for it.
+	if err := source.Ack(first.GetVersion(), ""); err != nil {
+		t.Fatal(err)
+	}
+	wantCondition(ctx, t, tt, "Programmed", metav1.ConditionTrue, "Programmed")
+}
+
 // Endpoints of injected pods are reached through their proxies, under the identity of
 // their ServiceAccount; the others in plaintext.
 func TestEndpointsOfMeshedPodsCarryTheirIdentity(t *testing.T) {

@@ -253,13 +253,20 @@ func TestHTTPRouteIsProgrammedOnceProxiesRunIt(t *testing.T) {
 		p := harness.FindPort(s, ns, "web", 80)
 		return len(harness.Backends(p)) == 1 && harness.Backends(p)[0].GetService() == "web-v2"
 	})
-	st := waitRouteCondition(ctx, t, key, parent, "Programmed", metav1.ConditionFalse, "Pending")
-	if c := harness.RouteCondition(st, "Programmed"); !strings.Contains(c.Message, "0 of 1 connected proxies") || c.ObservedGeneration != 1 {
-		t.Errorf("the pending condition should count proxies and observe generation 1: %+v", c)
+	for { // Pending says first that the generation is not compiled, then counts proxies
+		st := waitRouteCondition(ctx, t, key, parent, "Programmed", metav1.ConditionFalse, "Pending")
+		c := harness.RouteCondition(st, "Programmed")
+		if strings.Contains(c.Message, "0 of 1 connected proxies") && c.ObservedGeneration == 1 {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("the pending condition should count proxies and observe generation 1: %+v", c)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 
 	proxy.SetAcking(true)
-	st = waitRouteCondition(ctx, t, key, parent, "Programmed", metav1.ConditionTrue, "Programmed")
+	st := waitRouteCondition(ctx, t, key, parent, "Programmed", metav1.ConditionTrue, "Programmed")
 	if c := harness.RouteCondition(st, "Programmed"); !strings.Contains(c.Message, "all 1 connected proxies") {
 		t.Errorf("unexpected message: %q", c.Message)
 	}

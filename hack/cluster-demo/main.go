@@ -141,8 +141,8 @@ func canary(ctx context.Context, kit *clusterkit.Kit, frontendIP string) error {
 }
 
 // access shows a TrafficTarget at work: reviews admits only the ServiceAccount it lists,
-// on the caller's verified mTLS identity; frontend is denied (403 from reviews' proxy),
-// then allowed.
+// on the caller's verified mTLS identity; frontend is denied (a 403 from its own proxy,
+// which the control plane tells it may not reach reviews), then allowed.
 func access(ctx context.Context, kit *clusterkit.Kit, frontendIP string) error {
 	fmt.Printf("\nAccess control: TrafficTarget %s/reviews, 10 requests from frontend per step:\n", ns)
 	for _, step := range []struct {

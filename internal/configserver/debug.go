@@ -10,7 +10,8 @@ import (
 
 // DebugHandler serves the connected proxies as a table: identity, versions and state
 // (SYNCED, STALE or REJECTED), the root their certificate chains to (the first 8 bytes
-// of its SHA-256 fingerprint), with the error of a rejected version.
+// of its SHA-256 fingerprint), how many Services its workload may not reach (sent as
+// denied stubs), with the error of a rejected version.
 func (s *Server) DebugHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -18,10 +19,10 @@ func (s *Server) DebugHandler() http.Handler {
 		proxies := s.Proxies()
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 		_, _ = fmt.Fprintf(tw, "config version %d, %d proxies connected\n\n", version, len(proxies))
-		_, _ = fmt.Fprintln(tw, "PROXY\tNAMESPACE\tSERVICE ACCOUNT\tSENT\tACKED\tSTATE\tCERT ROOT\tCONNECTED\tERROR")
+		_, _ = fmt.Fprintln(tw, "PROXY\tNAMESPACE\tSERVICE ACCOUNT\tSENT\tACKED\tSTATE\tDENIED\tCERT ROOT\tCONNECTED\tERROR")
 		for _, p := range proxies {
-			_, _ = fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\n", p.ID, p.Namespace, p.ServiceAccount,
-				p.Sent, p.Acked, p.State(), shortFingerprint(p.CertificateRoot), p.Connected.UTC().Format("2006-01-02T15:04:05Z"), p.Nack)
+			_, _ = fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%d\t%s\t%s\t%s\n", p.ID, p.Namespace, p.ServiceAccount,
+				p.Sent, p.Acked, p.State(), p.Denied, shortFingerprint(p.CertificateRoot), p.Connected.UTC().Format("2006-01-02T15:04:05Z"), p.Nack)
 		}
 		_ = tw.Flush()
 	})

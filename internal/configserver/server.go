@@ -51,6 +51,13 @@ type Server struct {
 	proxies   map[*proxyConn]struct{}
 	wakeArmed bool // a debounce timer will wake the streams
 
+	// Scoping (scope.go): what stands behind each Service, the Services behind which
+	// each namespace's workloads stand, and the stub each Service is sent as to the
+	// workloads that may not reach it.
+	backings     map[string]backing
+	byWorkloadNS map[string]map[string]struct{}
+	stubs        map[string]*api.Service
+
 	// onAcks is called, outside the lock, whenever what proxies have acknowledged changes.
 	onAcks func()
 	// rejections counts the NACKs proxies sent.
@@ -125,6 +132,8 @@ type proxyConn struct {
 	bundle  string       // the trust bundle last sent
 	nack    string       // the error of the last rejected version, until a later ACK
 	nacked  uint64       // the version nack is about
+	// denied holds the stubs sent for the Services the proxy's workload may not reach.
+	denied map[string]*api.Service
 	// certRoot is the fingerprint of the root the proxy's certificate chains to, as its
 	// last Ack said.
 	certRoot string
@@ -144,6 +153,8 @@ type ProxyStatus struct {
 	Nacked uint64
 	// Synced is true when the proxy runs the server's current version.
 	Synced bool
+	// Denied counts the Services its workload may not reach, sent to it as stubs.
+	Denied int
 	// CertificateRoot is the SHA-256 fingerprint of the root the proxy's workload
 	// certificate chains to, as the proxy last reported it; empty when it did not.
 	CertificateRoot string
@@ -173,7 +184,11 @@ func New(log logr.Logger, opts Options) *Server {
 		changedAt: map[string]uint64{},
 		policies:  map[string]*Policy{},
 		proxies:   map[*proxyConn]struct{}{},
-		ready:     make(chan struct{}),
+
+		backings:     map[string]backing{},
+		byWorkloadNS: map[string]map[string]struct{}{},
+		stubs:        map[string]*api.Service{},
+		ready:        make(chan struct{}),
 		rejections: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "braid_config_rejections_total", Help: "Configuration versions that proxies rejected (NACKs).",
 		}),
@@ -220,6 +235,7 @@ func (s *Server) SetService(namespace, name string, svc *api.Service) uint64 {
 	if svc != nil {
 		s.changedAt[key] = s.version
 	}
+	s.indexBacking(key, svc)
 	s.snapshot = nil
 	s.changes = append(s.changes, change{version: s.version, key: key})
 	s.compactChanges()
@@ -442,26 +458,10 @@ func (s *Server) fullSnapshot() *api.Snapshot {
 	return snap
 }
 
-// deltaSince returns the changes after version; callers hold s.mu and ensure
-// version >= s.floor.
-func (s *Server) deltaSince(version uint64) *api.Snapshot {
-	snap := &api.Snapshot{Version: s.version}
-	i, _ := slices.BinarySearchFunc(s.changes, version+1, func(c change, v uint64) int { return cmp.Compare(c.version, v) })
-	seen := map[string]bool{}
-	for _, c := range s.changes[i:] {
-		if c.policy || seen[c.key] {
-			continue
-		}
-		seen[c.key] = true
-		if svc, ok := s.services[c.key]; ok {
-			snap.Services = append(snap.Services, svc)
-		} else {
-			snap.Removed = append(snap.Removed, c.key)
-		}
-	}
-	sortServices(snap.Services)
-	slices.Sort(snap.Removed)
-	return snap
+// changeIndex is the index of the first change at version or later; callers hold s.mu.
+func (s *Server) changeIndex(version uint64) int {
+	i, _ := slices.BinarySearchFunc(s.changes, version, func(c change, v uint64) int { return cmp.Compare(c.version, v) })
+	return i
 }
 
 func sortServices(services []*api.Service) {
@@ -481,6 +481,7 @@ func (s *Server) Proxies() []ProxyStatus {
 			Connected: p.connected, Sent: p.sent, Acked: p.acked, Nack: p.nack, Nacked: p.nacked,
 			Synced:          p.ackedAny && p.acked == s.version && p.nack == "",
 			CertificateRoot: p.certRoot,
+			Denied:          len(p.denied),
 		})
 	}
 	slices.SortFunc(out, func(a, b ProxyStatus) int { return strings.Compare(a.ID, b.ID) })
@@ -586,9 +587,9 @@ func (s *Server) nextSnapshot(p *proxyConn) *api.Snapshot {
 	switch {
 	case !p.sentAny || p.sent < s.floor:
 		full := s.fullSnapshot()
-		snap = &api.Snapshot{Version: full.GetVersion(), Full: true, Services: full.GetServices(), Inbound: inbound, TrustBundle: s.bundle}
+		snap = &api.Snapshot{Version: full.GetVersion(), Full: true, Services: s.scopedFull(p, full.GetServices()), Inbound: inbound, TrustBundle: s.bundle}
 	case p.sent < s.version:
-		snap = s.deltaSince(p.sent)
+		snap = s.scopedDelta(p)
 		if !proto.Equal(inbound, p.inbound) {
 			snap.Inbound = inbound
 		}

@@ -16,17 +16,12 @@ import (
 	"github.com/braidmesh/braid/test/harness"
 )
 
-// meshedApp is a meshed workload: a Pod object (injected, with its ServiceAccount and IP),
-// its Service's EndpointSlices pointing at the pod, the application on the pod's address,
-// and a braid-proxy serving the pod's inbound port 15006 there, with a certificate of the
+// meshedService starts a meshed workload of ServiceAccount sa behind Service name (port
+// 80): a Pod object (injected, with its ServiceAccount and IP), the Service's
+// EndpointSlices pointing at the pod, the application on the pod's address, and a
+// braid-proxy serving the pod's inbound port 15006 there, with a certificate of the
 // ServiceAccount's identity.
-type meshedApp struct {
-	proxy *harness.Proxy
-	addr  string
-}
-
-// meshedService starts a meshed workload of ServiceAccount sa behind Service name (port 80).
-func meshedService(ctx context.Context, t *testing.T, ca *harness.TestCA, ns, name, sa, ip string) *meshedApp {
+func meshedService(ctx context.Context, t *testing.T, ca *harness.TestCA, ns, name, sa, ip string) {
 	t.Helper()
 	app, err := harness.StartBackendPort(name, ip, 8080)
 	if err != nil {
@@ -47,7 +42,7 @@ func meshedService(ctx context.Context, t *testing.T, ca *harness.TestCA, ns, na
 		s.Endpoints[0].TargetRef = &corev1.ObjectReference{Kind: "Pod", Namespace: ns, Name: pod.Name}
 		create(ctx, t, env.cp.Client, s)
 	}
-	return &meshedApp{proxy: meshProxy(ctx, t, ca, ns, sa, "--inbound-listen", ip+":15006", "--app-host", ip), addr: ip}
+	meshProxy(ctx, t, ca, ns, sa, "--inbound-listen", ip+":15006", "--app-host", ip)
 }
 
 // meshProxy starts a braid-proxy for ServiceAccount sa of ns, with its certificate.
@@ -88,9 +83,10 @@ func waitStatus(ctx context.Context, t *testing.T, p *harness.Proxy, host, path 
 	return last
 }
 
-// SMI's access scenarios, end to end: a strict namespace denies with 403s from the server
-// proxy until TrafficTargets grant, on the client's verified identity, exactly what their
-// routes allow.
+// SMI's access scenarios, end to end: a strict namespace denies with 403s (from the
+// client's own proxy while no grant lets it reach the destination at all, from the server
+// proxy for requests a grant does not cover) until TrafficTargets grant, on the client's
+// verified identity, exactly what their routes allow.
 func TestTrafficTargetsGovernMeshedTraffic(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
@@ -107,14 +103,9 @@ func TestTrafficTargetsGovernMeshedTraffic(t *testing.T) {
 	other := meshProxy(ctx, t, ca, ns, "intruder")
 	host := "reviews." + ns
 
-	// The client proxy reaches reviews through its proxy, under reviews' identity.
-	if _, err := web.WaitForConfig(ctx, func(s *api.Snapshot) bool {
-		p := harness.FindPort(s, ns, "reviews", 80)
-		return p != nil && len(harness.Backends(p)) == 1 && len(harness.Backends(p)[0].GetEndpoints()) == 1 &&
-			harness.Backends(p)[0].GetEndpoints()[0].GetIdentity() == "spiffe://cluster.local/ns/access/sa/reviews"
-	}); err != nil {
-		t.Fatal(err)
-	}
+	// Scoped config: until a TrafficTarget admits web, its proxy knows reviews only as a
+	// stub that says why it may not reach it: no endpoint, no identity.
+	waitScope(ctx, t, web, ns, "reviews", false)
 	// Scenario 1: strict, no TrafficTarget: 403, not a reset.
 	res := waitStatus(ctx, t, web, host, "/echo", http.StatusForbidden)
 	if !strings.Contains(res.Body, "spiffe://cluster.local/ns/access/sa/web") {
@@ -125,6 +116,8 @@ func TestTrafficTargetsGovernMeshedTraffic(t *testing.T) {
 	create(ctx, t, env.cp.Client, harness.TCPRoute(ns, "all"))
 	tt := harness.TrafficTarget("access.smi-spec.io/v1alpha3", ns, "reviews-from-web", "reviews", []string{"web"}, harness.TargetRule{Kind: "TCPRoute", Name: "all"})
 	create(ctx, t, env.cp.Client, tt)
+	// The grant reveals reviews to web's proxy, under reviews' identity.
+	waitScope(ctx, t, web, ns, "reviews", true)
 	if res := waitStatus(ctx, t, web, host, "/echo", http.StatusOK); res.Body != "reviews" {
 		t.Errorf("allowed request answered %q, want the reviews app", res.Body)
 	}
@@ -150,4 +143,32 @@ func TestTrafficTargetsGovernMeshedTraffic(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitStatus(ctx, t, web, host, "/metrics", http.StatusForbidden)
+}
+
+// waitScope waits until p's config holds Service namespace/name whole, under the identity
+// of its ServiceAccount of the same name (reachable), or as a denied stub without routes.
+func waitScope(ctx context.Context, t *testing.T, p *harness.Proxy, namespace, name string, reachable bool) {
+	t.Helper()
+	identity := "spiffe://cluster.local/ns/" + namespace + "/sa/" + name
+	if _, err := p.WaitForConfig(ctx, func(s *api.Snapshot) bool {
+		svc := findService(s, namespace, name)
+		if !reachable {
+			return svc != nil && svc.GetDenied() != "" && len(svc.GetPorts()) == 1 && len(svc.GetPorts()[0].GetRoutes()) == 0
+		}
+		port := harness.FindPort(s, namespace, name, 80)
+		return svc.GetDenied() == "" && port != nil && len(harness.Backends(port)) == 1 &&
+			len(harness.Backends(port)[0].GetEndpoints()) == 1 && harness.Backends(port)[0].GetEndpoints()[0].GetIdentity() == identity
+	}); err != nil {
+		t.Fatalf("%s/%s never became %s in the config of the client proxy: %v", namespace, name, map[bool]string{true: "reachable", false: "a denied stub"}[reachable], err)
+	}
+}
+
+// findService returns the Service namespace/name of a snapshot, or nil.
+func findService(s *api.Snapshot, namespace, name string) *api.Service {
+	for _, svc := range s.GetServices() {
+		if svc.GetNamespace() == namespace && svc.GetName() == name {
+			return svc
+		}
+	}
+	return nil
 }
