@@ -46,7 +46,7 @@ func requestCounts(t *testing.T, m *telemetry.Metrics) (map[string]float64, map[
 			}
 			switch f.GetName() {
 			case "braid_proxy_requests_total":
-				counts[strings.Join([]string{l["dst_service"], l["dst_port"], l["route"], l["dst_identity"], l["code_class"], l["result"]}, " ")] = s.GetCounter().GetValue()
+				counts[strings.Join([]string{l["dst_service"], l["dst_port"], l["route"], l["dst_identity"], l["code_class"], l["result"]}, " ")] += s.GetCounter().GetValue() // summed over status codes
 			case "braid_proxy_response_latency_seconds":
 				latencies[strings.Join([]string{l["dst_service"], l["dst_port"], l["route"], l["dst_identity"]}, " ")] = s.GetHistogram().GetSampleCount()
 			}

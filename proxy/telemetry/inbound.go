@@ -39,8 +39,8 @@ func (m *Metrics) Inbound() *Inbound {
 		in := &Inbound{
 			requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 				Name: "braid_proxy_inbound_requests_total",
-				Help: "HTTP requests the inbound listener answered, by client identity, application port, status code class and result (success, failure, denied by the inbound policy).",
-			}, []string{"src_identity", "dst_port", "code_class", "result"}),
+				Help: "HTTP requests the inbound listener answered, by client identity, application port, status code class, status code and result (success, failure, denied by the inbound policy).",
+			}, []string{"src_identity", "dst_port", "code_class", "status_code", "result"}),
 			latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 				Name:    "braid_proxy_inbound_response_latency_seconds",
 				Help:    "Time from a request's arrival at the inbound listener to the end of its response, by client identity and application port.",
@@ -85,7 +85,7 @@ func (in *Inbound) Request(identity string, port uint32, status int, result stri
 		return
 	}
 	src, p := source(identity), in.port(port)
-	in.requests.WithLabelValues(src, p, codeClasses[classOf(status)], result).Inc()
+	in.requests.WithLabelValues(src, p, codeClasses[classOf(status)], StatusLabel(status), result).Inc()
 	in.latency.WithLabelValues(src, p).Observe(elapsed.Seconds())
 }
 

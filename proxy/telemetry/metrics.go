@@ -109,9 +109,9 @@ func New() *Metrics {
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "braid_proxy_requests_total",
 			Help: "Requests the proxy answered, by destination Service port, route, destination workload identity, " +
-				"status code class and result (success: the application answered below 500; failure: from 500, " +
+				"status code class, status code and result (success: the application answered below 500; failure: from 500, " +
 				"or its answer broke off; proxy_error: the proxy answered itself; denied: the workload may not reach the Service).",
-		}, append(labels, "code_class", "result")),
+		}, append(labels, "code_class", "status_code", "result")),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "braid_proxy_response_latency_seconds",
 			Help:    "Time from a request's arrival at the proxy to the end of its response, by destination Service port, route and workload identity.",
@@ -234,15 +234,58 @@ type seriesKey struct{ route, identity string }
 // series are the request counters and the latency histogram of one Service port, route
 // and identity.
 type series struct {
-	labels   prometheus.Labels      // every label but code_class and result
+	labels   prometheus.Labels      // every label but code_class, status_code and result
 	requests *prometheus.CounterVec // curried with labels
 	latency  prometheus.Observer
-	// counters holds the counter of each (code class, result) pair once a request has
-	// had it: series appear when they first count, not as zeros for every pair.
-	counters [len(codeClasses) * len(results)]atomic.Pointer[counter]
+	// counters holds the counter of each (status code, result) pair once a request has
+	// had it: series appear when they first count, not as zeros for every pair. It is
+	// copied on write, as Destination.series.
+	counters atomic.Pointer[map[counterKey]prometheus.Counter]
+	mu       sync.Mutex // serialises writers of counters
 }
 
 type counter struct{ prometheus.Counter }
+
+type counterKey struct {
+	status int
+	result Result
+}
+
+// counter returns the counter of requests answered status with result.
+func (s *series) counter(status int, result Result) prometheus.Counter {
+	key := counterKey{status, result}
+	if m := s.counters.Load(); m != nil {
+		if c, ok := (*m)[key]; ok {
+			return c
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var old map[counterKey]prometheus.Counter
+	if m := s.counters.Load(); m != nil {
+		old = *m
+	}
+	if c, ok := old[key]; ok {
+		return c
+	}
+	c := s.requests.WithLabelValues(codeClasses[classOf(status)], StatusLabel(status), results[result])
+	next := make(map[counterKey]prometheus.Counter, len(old)+1)
+	for k, v := range old {
+		next[k] = v
+	}
+	next[key] = c
+	s.counters.Store(&next)
+	return c
+}
+
+// StatusLabel is the status_code label of a status: its number from 100 to 599, "other"
+// outside (the label must stay bounded whatever an application answers).
+func StatusLabel(status int) string {
+	if status < 100 || status > 599 {
+		return Other
+	}
+	return strconv.Itoa(status)
+}
 
 // RouteLabel is the route label of requests carried by route (nil: none).
 func RouteLabel(route *router.Route) string {
@@ -271,15 +314,7 @@ func (d *Destination) Record(route *router.Route, ep *router.Endpoint, status in
 		return
 	}
 	s := d.seriesFor(seriesKey{RouteLabel(route), IdentityLabel(ep)})
-	class := classOf(status)
-	slot := &s.counters[class*len(results)+int(result)]
-	c := slot.Load()
-	if c == nil {
-		// Racing first requests may both get here; the vector returns the same counter.
-		c = &counter{s.requests.WithLabelValues(codeClasses[class], results[result])}
-		slot.Store(c)
-	}
-	c.Inc()
+	s.counter(status, result).Inc()
 	s.latency.Observe(elapsed.Seconds())
 }
 

@@ -118,16 +118,19 @@ func TestRecord(t *testing.T) {
 	const web80None = "direction=outbound,dst_identity=none,dst_port=80,dst_service=shop/web"
 	const unknownDst = "direction=outbound,dst_identity=none,dst_port=unknown,dst_service=unknown"
 	checkSeries(t, m, "braid_proxy_requests_total",
-		"code_class=1xx,"+web80+",result=success,route=0: 1",
-		"code_class=2xx,"+web80+",result=success,route=0: 3",
-		"code_class=2xx,"+web80+",result=failure,route=0: 1",
-		"code_class=3xx,"+web80+",result=success,route=0: 1",
-		"code_class=4xx,"+web80+",result=success,route=0: 1",
-		"code_class=5xx,"+web80+",result=failure,route=0: 2",
-		"code_class=5xx,"+web80+",result=proxy_error,route=0: 2",
-		"code_class=4xx,"+web80None+",result=proxy_error,route=none: 1",
-		"code_class=4xx,"+web80None+",result=denied,route=none: 1",
-		"code_class=4xx,"+unknownDst+",result=proxy_error,route=none: 2",
+		"code_class=1xx,"+web80+",result=success,route=0,status_code=101: 1",
+		"code_class=2xx,"+web80+",result=success,route=0,status_code=200: 2",
+		"code_class=2xx,"+web80+",result=success,route=0,status_code=204: 1",
+		"code_class=2xx,"+web80+",result=failure,route=0,status_code=200: 1",
+		"code_class=3xx,"+web80+",result=success,route=0,status_code=301: 1",
+		"code_class=4xx,"+web80+",result=success,route=0,status_code=404: 1",
+		"code_class=5xx,"+web80+",result=failure,route=0,status_code=500: 1",
+		"code_class=5xx,"+web80+",result=failure,route=0,status_code=503: 1",
+		"code_class=5xx,"+web80+",result=proxy_error,route=0,status_code=502: 1",
+		"code_class=5xx,"+web80+",result=proxy_error,route=0,status_code=503: 1",
+		"code_class=4xx,"+web80None+",result=proxy_error,route=none,status_code=404: 1",
+		"code_class=4xx,"+web80None+",result=denied,route=none,status_code=403: 1",
+		"code_class=4xx,"+unknownDst+",result=proxy_error,route=none,status_code=404: 2",
 	)
 	checkSeries(t, m, "braid_proxy_response_latency_seconds", web80+",route=0: 11", web80None+",route=none: 2", unknownDst+",route=none: 2")
 }
@@ -151,8 +154,8 @@ func TestRecordByRouteAndIdentity(t *testing.T) {
 	d.Record(rest, &rest.Backends()[0].Endpoints()[0].Endpoint, 200, telemetry.Success, time.Millisecond)
 	const web = "code_class=2xx,direction=outbound,"
 	checkSeries(t, m, "braid_proxy_requests_total",
-		web+"dst_identity=unmeshed,dst_port=80,dst_service=shop/web,result=success,route=api: 1",
-		web+"dst_identity=spiffe://cluster.local/ns/shop/sa/web-v2,dst_port=80,dst_service=shop/web,result=success,route=1: 2")
+		web+"dst_identity=unmeshed,dst_port=80,dst_service=shop/web,result=success,route=api,status_code=200: 1",
+		web+"dst_identity=spiffe://cluster.local/ns/shop/sa/web-v2,dst_port=80,dst_service=shop/web,result=success,route=1,status_code=200: 2")
 }
 
 // A port's identity labels are bounded: past MaxIdentityLabels, identities count as
@@ -218,8 +221,8 @@ func TestConfigAppliedForgetsRemovedPorts(t *testing.T) {
 	m.ConfigApplied(t2)
 	checkSeries(t, m, "braid_proxy_config_version", ": 2")
 	checkSeries(t, m, "braid_proxy_requests_total",
-		"code_class=2xx,direction=outbound,dst_identity=none,dst_port=80,dst_service=shop/web,result=success,route=0: 1",
-		"code_class=4xx,direction=outbound,dst_identity=none,dst_port=unknown,dst_service=unknown,result=proxy_error,route=none: 1")
+		"code_class=2xx,direction=outbound,dst_identity=none,dst_port=80,dst_service=shop/web,result=success,route=0,status_code=200: 1",
+		"code_class=4xx,direction=outbound,dst_identity=none,dst_port=unknown,dst_service=unknown,result=proxy_error,route=none,status_code=404: 1")
 	checkSeries(t, m, "braid_proxy_response_latency_seconds",
 		"direction=outbound,dst_identity=none,dst_port=80,dst_service=shop/web,route=0: 1",
 		"direction=outbound,dst_identity=none,dst_port=unknown,dst_service=unknown,route=none: 1")
@@ -230,9 +233,9 @@ func TestConfigAppliedForgetsRemovedPorts(t *testing.T) {
 	api = resolve(t, t3, "api.other")
 	m.Destination(api).Record(api.Routes()[0], nil, 500, telemetry.Failure, time.Millisecond)
 	checkSeries(t, m, "braid_proxy_requests_total",
-		"code_class=2xx,direction=outbound,dst_identity=none,dst_port=80,dst_service=shop/web,result=success,route=0: 1",
-		"code_class=4xx,direction=outbound,dst_identity=none,dst_port=unknown,dst_service=unknown,result=proxy_error,route=none: 1",
-		"code_class=5xx,direction=outbound,dst_identity=none,dst_port=80,dst_service=other/api,result=failure,route=0: 1")
+		"code_class=2xx,direction=outbound,dst_identity=none,dst_port=80,dst_service=shop/web,result=success,route=0,status_code=200: 1",
+		"code_class=4xx,direction=outbound,dst_identity=none,dst_port=unknown,dst_service=unknown,result=proxy_error,route=none,status_code=404: 1",
+		"code_class=5xx,direction=outbound,dst_identity=none,dst_port=80,dst_service=other/api,result=failure,route=0,status_code=500: 1")
 }
 
 // A route or an endpoint identity the port no longer has loses its series on the next
@@ -321,4 +324,14 @@ func BenchmarkRecord(b *testing.B) {
 			m.Destination(port).Record(route, ep, 200, telemetry.Success, 300*time.Microsecond)
 		}
 	})
+}
+
+// Status codes label requests by number, and anything outside 100–599 (which only a
+// broken application could answer) shares one label.
+func TestStatusLabelsAreBounded(t *testing.T) {
+	for status, want := range map[int]string{200: "200", 599: "599", 100: "100", 0: "other", 99: "other", 600: "other", 1000: "other"} {
+		if got := telemetry.StatusLabel(status); got != want {
+			t.Errorf("StatusLabel(%d) = %q, want %q", status, got, want)
+		}
+	}
 }

@@ -24,7 +24,7 @@ func TestProxyMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	unknown := map[string]string{"direction": "outbound", "dst_service": "unknown", "dst_port": "unknown", "route": "none", "dst_identity": "none",
-		"code_class": "4xx", "result": "proxy_error"}
+		"code_class": "4xx", "status_code": "404", "result": "proxy_error"}
 	before := scrape(ctx, t)
 	unknownBefore, _ := before.Value("braid_proxy_requests_total", unknown)
 
@@ -41,7 +41,7 @@ func TestProxyMetrics(t *testing.T) {
 	}
 
 	web := map[string]string{"direction": "outbound", "dst_service": ns + "/web", "dst_port": "80", "route": "0", "dst_identity": "unmeshed",
-		"code_class": "2xx", "result": "success"}
+		"code_class": "2xx", "status_code": "200", "result": "success"}
 	waitSample(ctx, t, "braid_proxy_requests_total", web, func(v float64) bool { return v == n })
 	waitSample(ctx, t, "braid_proxy_requests_total", unknown, func(v float64) bool { return v-unknownBefore == m })
 

@@ -133,7 +133,7 @@ func testServiceClusterIP(t *testing.T, p *pod, s *servers) {
 		t.Errorf("the web server saw the request from %s, want the pod's address %s", seen, podIP)
 	}
 	p.waitMetric(t, "braid_proxy_requests_total", map[string]string{"direction": "outbound", "dst_service": "shop/web",
-		"dst_port": "80", "route": "0", "dst_identity": "unmeshed", "code_class": "2xx", "result": "success"}, 1)
+		"dst_port": "80", "route": "0", "dst_identity": "unmeshed", "code_class": "2xx", "status_code": "200", "result": "success"}, 1)
 }
 
 func testPassthrough(t *testing.T, p *pod, s *servers) {
@@ -485,5 +485,5 @@ func testInboundHTTP(t *testing.T, p *pod, _ *servers) {
 		t.Fatalf("the application answered %d %q: want 200 and no client identity", resp.StatusCode, body)
 	}
 	p.waitMetric(t, "braid_proxy_inbound_requests_total",
-		map[string]string{"src_identity": "plaintext", "dst_port": "8082", "code_class": "2xx", "result": "success"}, 1)
+		map[string]string{"src_identity": "plaintext", "dst_port": "8082", "code_class": "2xx", "status_code": "200", "result": "success"}, 1)
 }

@@ -59,5 +59,5 @@ func TestStandaloneRetryBackoff(t *testing.T) {
 		t.Errorf("10 requests made %d attempts, want 10: no retry whose pause would pass the timeout", n)
 	}
 	metric(ctx, t, p, "braid_proxy_requests_total", map[string]string{"direction": "outbound", "dst_service": "shop/web", "dst_port": "80",
-		"route": "0", "dst_identity": "unmeshed", "code_class": "5xx", "result": "failure"}, 10)
+		"route": "0", "dst_identity": "unmeshed", "code_class": "5xx", "status_code": "503", "result": "failure"}, 10)
 }

@@ -124,8 +124,8 @@ inbound:
 
 	// The server proxy counts what it served by the client's verified identity.
 	web, port := "spiffe://cluster.local/ns/shop/sa/web", fmt.Sprint(appPort)
-	metric(ctx, t, mp.server, "braid_proxy_inbound_requests_total", map[string]string{"src_identity": web, "dst_port": port, "code_class": "2xx", "result": "success"}, 2)
-	metric(ctx, t, mp.server, "braid_proxy_inbound_requests_total", map[string]string{"src_identity": web, "dst_port": port, "code_class": "4xx", "result": "denied"}, 1)
+	metric(ctx, t, mp.server, "braid_proxy_inbound_requests_total", map[string]string{"src_identity": web, "dst_port": port, "code_class": "2xx", "status_code": "200", "result": "success"}, 2)
+	metric(ctx, t, mp.server, "braid_proxy_inbound_requests_total", map[string]string{"src_identity": web, "dst_port": port, "code_class": "4xx", "status_code": "403", "result": "denied"}, 1)
 }
 
 // gRPC streaming crosses the pair: h2c from the client application, HTTP/2 over mTLS

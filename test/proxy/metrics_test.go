@@ -78,16 +78,16 @@ services:
 	latency := func(service, port, route, identity string) map[string]string {
 		return map[string]string{"direction": "outbound", "dst_service": service, "dst_port": port, "route": route, "dst_identity": identity}
 	}
-	requests := func(service, port, route, identity, class, result string) map[string]string {
+	requests := func(service, port, route, identity, status, result string) map[string]string {
 		l := latency(service, port, route, identity)
-		l["code_class"], l["result"] = class, result
+		l["code_class"], l["status_code"], l["result"] = status[:1]+"xx", status, result
 		return l
 	}
 	const total = "braid_proxy_requests_total"
-	metric(ctx, t, p, total, requests("shop/web", "80", "0", "unmeshed", "2xx", "success"), n)
-	metric(ctx, t, p, total, requests("shop/api", "8080", "0", "unmeshed", "5xx", "failure"), k)
-	metric(ctx, t, p, total, requests("unknown", "unknown", "none", "none", "4xx", "proxy_error"), unknownHosts)
-	metric(ctx, t, p, total, requests("shop/gone", "80", "0", "none", "5xx", "proxy_error"), unavailable)
+	metric(ctx, t, p, total, requests("shop/web", "80", "0", "unmeshed", "200", "success"), n)
+	metric(ctx, t, p, total, requests("shop/api", "8080", "0", "unmeshed", "500", "failure"), k)
+	metric(ctx, t, p, total, requests("unknown", "unknown", "none", "none", "404", "proxy_error"), unknownHosts)
+	metric(ctx, t, p, total, requests("shop/gone", "80", "0", "none", "503", "proxy_error"), unavailable)
 	const count = "braid_proxy_response_latency_seconds_count"
 	metric(ctx, t, p, count, latency("shop/web", "80", "0", "unmeshed"), n)
 	metric(ctx, t, p, count, latency("shop/api", "8080", "0", "unmeshed"), k)

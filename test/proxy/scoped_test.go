@@ -76,7 +76,7 @@ func TestProxyPairRefusesADeniedService(t *testing.T) {
 			resp.StatusCode, body, resp.Header.Get("Braid-Proxy-Error"), resp.Header.Get("Content-Type"), want)
 	}
 	metric(ctx, t, mp.client, "braid_proxy_requests_total", map[string]string{"direction": "outbound", "dst_service": "shop/reviews", "dst_port": "80",
-		"route": "none", "dst_identity": "none", "code_class": "4xx", "result": "denied"}, 1)
+		"route": "none", "dst_identity": "none", "code_class": "4xx", "status_code": "403", "result": "denied"}, 1)
 	if n := hits.Load(); n != 0 {
 		t.Errorf("the application got %d requests while the service was denied, want none", n)
 	}
