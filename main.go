@@ -23,6 +23,7 @@ import (
 	"github.com/braidmesh/braid/controllers"
 	"github.com/braidmesh/braid/internal/ca"
 	"github.com/braidmesh/braid/internal/configserver"
+	"github.com/braidmesh/braid/internal/metricsapi"
 	"github.com/braidmesh/braid/webhooks"
 )
 
@@ -37,6 +38,7 @@ func main() {
 		webhookPort                        int
 		validatingWebhook, mutatingWebhook string
 		configTLS                          string
+		metricsAPIAddr, metricsAPIService  string
 	)
 	flag.StringVar(&configTLS, "config-server-tls", "auto", "serve the config stream over mTLS, authenticating each proxy by its workload certificate: on, off, or auto (on in a pod)")
 	flag.StringVar(&identityAddr, "identity-server-address", ":15011", "address proxies get their certificates from (TLS, on every replica); 0 disables it")
@@ -49,6 +51,8 @@ func main() {
 	flag.IntVar(&webhookPort, "webhook-port", 9443, "port the webhooks are served on, on every replica")
 	flag.StringVar(&validatingWebhook, "validating-webhook-configuration", controllers.DefaultValidatingWebhookConfiguration, "ValidatingWebhookConfiguration whose caBundle the operator keeps with --webhook-certs=self; empty keeps none")
 	flag.StringVar(&mutatingWebhook, "mutating-webhook-configuration", controllers.DefaultMutatingWebhookConfiguration, "MutatingWebhookConfiguration whose caBundle the operator keeps with --webhook-certs=self; empty keeps none")
+	flag.StringVar(&metricsAPIAddr, "metrics-api-listen", ":9444", "address of the SMI TrafficMetrics API (metrics.smi-spec.io, served through the API server's aggregation layer, TLS with the operator's serving certificate); 0 disables it")
+	flag.StringVar(&metricsAPIService, "metrics-apiservice", controllers.DefaultMetricsAPIService, "APIService of the TrafficMetrics API whose caBundle the operator keeps; empty keeps none")
 	flag.DurationVar(&debounce, "config-debounce", 10*time.Millisecond, "how long a configuration change waits for others before proxies get it")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(flag.CommandLine)
@@ -59,6 +63,7 @@ func main() {
 	if err := run(ctrl.SetupSignalHandler(), log, options{
 		metricsAddr: metricsAddr, probeAddr: probeAddr, configAddr: configAddr, leaderElect: leaderElect, debounce: debounce, webhookCertDir: webhookCertDir,
 		identityAddr: identityAddr, webhookCerts: webhookCerts, webhookPort: webhookPort, configTLS: configTLS,
+		metricsAPIAddr: metricsAPIAddr, metricsAPIService: metricsAPIService,
 		caBundles: controllers.CABundleOptions{ValidatingWebhookConfiguration: validatingWebhook, MutatingWebhookConfiguration: mutatingWebhook},
 	}); err != nil {
 		log.Error(err, "Operator failed")
@@ -76,6 +81,7 @@ type options struct {
 	webhookPort                        int
 	caBundles                          controllers.CABundleOptions
 	configTLS                          string
+	metricsAPIAddr, metricsAPIService  string
 }
 
 func run(ctx context.Context, log logr.Logger, o options) error {
@@ -118,6 +124,9 @@ func run(ctx context.Context, log logr.Logger, o options) error {
 	if err := setupWebhooks(ctx, log, mgr, plan, holder, o); err != nil {
 		return err
 	}
+	if err := setupMetricsAPI(mgr, log, holder, serving, o); err != nil {
+		return err
+	}
 	if err := secureConfigServer(log, srv, o, holder, serving); err != nil {
 		return err
 	}
@@ -147,6 +156,19 @@ func configServerRunnable(srv *configserver.Server, addr string) manager.Runnabl
 		}
 		return srv.Serve(ctx, lis)
 	})
+}
+
+// setupMetricsAPI serves the SMI TrafficMetrics API with the operator's serving
+// certificate, and keeps its APIService's caBundle, unless --metrics-api-listen is 0.
+func setupMetricsAPI(mgr manager.Manager, log logr.Logger, holder *ca.Holder, serving *ca.ServingCert, o options) error {
+	if o.metricsAPIAddr == "0" {
+		log.Info("The SMI TrafficMetrics API is off (--metrics-api-listen 0)")
+		return nil
+	}
+	if err := metricsapi.Setup(mgr, log.WithName("metrics-api"), o.metricsAPIAddr, serving.GetCertificate); err != nil {
+		return err
+	}
+	return controllers.SetupCABundles(mgr, holder, controllers.CABundleOptions{APIService: o.metricsAPIService})
 }
 
 // setupWebhooks serves the validating and injecting webhooks as plan says, and keeps

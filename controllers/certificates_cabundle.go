@@ -3,12 +3,15 @@ package controllers
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"strconv"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/workqueue"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -27,6 +30,9 @@ import (
 const (
 	DefaultValidatingWebhookConfiguration = "braid-smi-validation"
 	DefaultMutatingWebhookConfiguration   = "braid-injector"
+	// DefaultMetricsAPIService is the APIService of the SMI TrafficMetrics API
+	// (config/default/apiservice.yaml), which the operator serves with the same certificate.
+	DefaultMetricsAPIService = "v1alpha1.metrics.smi-spec.io"
 )
 
 // Marks of a webhook configuration whose caBundle another tool injects: cert-manager's
@@ -42,6 +48,8 @@ type CABundleOptions struct {
 	// ValidatingWebhookConfiguration and MutatingWebhookConfiguration name the
 	// configurations kept; "" keeps none of that kind.
 	ValidatingWebhookConfiguration, MutatingWebhookConfiguration string
+	// APIService names the APIService whose spec.caBundle is kept; "" keeps none.
+	APIService string
 }
 
 // CABundleReconciler keeps clientConfig.caBundle of every webhook of one webhook
@@ -63,6 +71,8 @@ type CABundleReconciler struct {
 // +kubebuilder:rbac:groups=admissionregistration.k8s.io,resources=mutatingwebhookconfigurations,verbs=list;watch
 // +kubebuilder:rbac:groups=admissionregistration.k8s.io,resources=validatingwebhookconfigurations,verbs=get;patch,resourceNames=braid-smi-validation
 // +kubebuilder:rbac:groups=admissionregistration.k8s.io,resources=mutatingwebhookconfigurations,verbs=get;patch,resourceNames=braid-injector
+// +kubebuilder:rbac:groups=apiregistration.k8s.io,resources=apiservices,verbs=list;watch
+// +kubebuilder:rbac:groups=apiregistration.k8s.io,resources=apiservices,verbs=get;patch,resourceNames=v1alpha1.metrics.smi-spec.io
 
 // Reconcile patches the caBundle of the webhooks whose caBundle is not the trust bundle.
 func (r *CABundleReconciler) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
@@ -79,6 +89,9 @@ func (r *CABundleReconciler) Reconcile(ctx context.Context, req reconcile.Reques
 		return reconcile.Result{}, nil
 	}
 	ops := caBundlePatch(webhookCABundles(obj), bundle)
+	if u, ok := obj.(*unstructured.Unstructured); ok {
+		ops = apiServiceCABundlePatch(u, bundle)
+	}
 	if len(ops) == 0 {
 		return reconcile.Result{}, nil
 	}
@@ -129,6 +142,24 @@ func webhookCABundles(obj client.Object) []webhookCABundle {
 	return out
 }
 
+// apiServiceCABundlePatch sets an APIService's spec.caBundle (base64 in JSON) to bundle
+// when it differs.
+func apiServiceCABundlePatch(u *unstructured.Unstructured, bundle []byte) []jsonPatchOp {
+	current, _, _ := unstructured.NestedString(u.Object, "spec", "caBundle")
+	if decoded, err := base64.StdEncoding.DecodeString(current); err == nil && bytes.Equal(decoded, bundle) {
+		return nil
+	}
+	return []jsonPatchOp{{Op: "add", Path: "/spec/caBundle", Value: bundle}}
+}
+
+// newAPIService returns an empty APIService (apiregistration.k8s.io/v1, read unstructured:
+// the aggregator's Go types are not a dependency).
+func newAPIService() client.Object {
+	u := &unstructured.Unstructured{}
+	u.SetGroupVersionKind(schema.GroupVersionKind{Group: "apiregistration.k8s.io", Version: "v1", Kind: "APIService"})
+	return u
+}
+
 // jsonPatchOp is an RFC 6902 operation.
 type jsonPatchOp struct {
 	Op    string `json:"op"`
@@ -163,6 +194,7 @@ func SetupCABundles(mgr manager.Manager, holder *ca.Holder, o CABundleOptions) e
 	}{
 		{o.ValidatingWebhookConfiguration, "cabundle-validating", func() client.Object { return &admissionregistrationv1.ValidatingWebhookConfiguration{} }},
 		{o.MutatingWebhookConfiguration, "cabundle-mutating", func() client.Object { return &admissionregistrationv1.MutatingWebhookConfiguration{} }},
+		{o.APIService, "cabundle-apiservice", newAPIService},
 	}
 	byObject := map[client.Object]cache.ByObject{}
 	for _, k := range kinds {

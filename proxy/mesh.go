@@ -101,7 +101,7 @@ func startInbound(log logr.Logger, st *state) (*inbound.Server, error) {
 		return nil, fmt.Errorf("inbound listener: %w", err)
 	}
 	return inbound.New(lis, inbound.Config{
-		Log: log.WithName("inbound"), IDs: st.ids, Policy: &st.mesh.policy, AppHost: st.opts.AppHost, Metrics: st.metrics.Inbound(),
+		Log: log.WithName("inbound"), IDs: st.ids, Policy: &st.mesh.policy, AppHost: st.opts.AppHost, Metrics: st.metrics.Inbound(), Edges: st.metrics.Edges(),
 		ProxyPorts: listenPorts(st.opts.OutboundAddr, st.opts.AdminAddr),
 	}), nil
 }

@@ -57,6 +57,8 @@ type Config struct {
 	HandshakeTimeout time.Duration
 	// Metrics records requests and connections; nil records nothing.
 	Metrics *telemetry.Inbound
+	// Edges records requests per peer for the SMI TrafficMetrics API; nil records nothing.
+	Edges *telemetry.Edges
 	// ProxyPorts are the proxy's own ports on the application's host (admin, outbound):
 	// no client may target them, or a peer could send traffic out through this proxy
 	// under this workload's identity. The inbound port itself is always refused.
@@ -372,6 +374,7 @@ func (s *Server) serveMeshHTTP(w http.ResponseWriter, r *http.Request) {
 			result = telemetry.InboundFailure
 		}
 		s.cfg.Metrics.Request(peer, uint32(port), status, result, time.Since(start))
+		s.cfg.Edges.Inbound(r.RemoteAddr, peer, status, time.Since(start))
 	}()
 	rp := s.forward
 	if r.Header.Get(TargetProtocolHeader) == "h2c" {

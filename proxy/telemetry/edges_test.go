@@ -118,3 +118,38 @@ func TestEdgeLatencyHistogram(t *testing.T) {
 		}
 	}
 }
+
+// Requests record concurrently with snapshots and evictions (run with -race).
+func TestEdgesConcurrentUse(t *testing.T) {
+	clk := clocktesting.NewFakePassiveClock(time.Unix(1000, 0))
+	e := telemetry.NewEdges(telemetry.EdgesOptions{Clock: clk, MaxPeers: 4})
+	done := make(chan struct{})
+	for g := range 4 {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for i := range 500 {
+				peer := netip.AddrFrom4([4]byte{10, 0, byte(g), byte(i % 8)})
+				e.Record(telemetry.EdgeInbound, peer, "", i%5 == 0, time.Millisecond)
+			}
+		}()
+	}
+	for range 50 {
+		if n := len(e.Snapshot(time.Minute).Edges); n > 4 {
+			t.Fatalf("%d edges held, want at most 4", n)
+		}
+	}
+	for range 4 {
+		<-done
+	}
+}
+
+func BenchmarkEdgesRecord(b *testing.B) {
+	e := telemetry.NewEdges(telemetry.EdgesOptions{})
+	ep := router.Endpoint{Addr: netip.MustParseAddrPort("10.0.0.2:8080"), Identity: "spiffe://cluster.local/ns/shop/sa/b"}
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			e.Outbound(ep, 200, false, time.Millisecond)
+		}
+	})
+}

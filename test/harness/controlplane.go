@@ -41,6 +41,8 @@ type ControlPlane struct {
 	// ConfigServer is the operator's config server; ConfigAddr is where it listens.
 	ConfigServer *configserver.Server
 	ConfigAddr   string
+	// FrontProxy is the API server's aggregation layer (aggregation.go).
+	FrontProxy *FrontProxy
 
 	cancel context.CancelFunc
 	done   chan error
@@ -88,14 +90,20 @@ func StartControlPlaneWith(ctx context.Context, log logr.Logger, opts Options) (
 		// advertised address from.
 		env.ControlPlane.GetAPIServer().Configure().Set("advertise-address", MeshAddr(1))
 	}
+	frontProxy, err := configureFrontProxy(env)
+	if err != nil {
+		return nil, err
+	}
 	cfg, err := env.Start()
 	if err != nil {
+		_ = frontProxy.Close()
 		return nil, fmt.Errorf("starting the API server (is KUBEBUILDER_ASSETS set? 'make envtest-assets' prints it): %w", err)
 	}
-	cp = &ControlPlane{Env: env, RestConfig: cfg, done: make(chan error, 1)}
+	cp = &ControlPlane{Env: env, RestConfig: cfg, FrontProxy: frontProxy, done: make(chan error, 1)}
 	defer func() {
 		if err != nil {
 			_ = env.Stop()
+			_ = frontProxy.Close()
 		}
 	}()
 	scheme, err := controllers.NewScheme()
@@ -150,5 +158,5 @@ func StartControlPlaneWith(ctx context.Context, log logr.Logger, opts Options) (
 func (cp *ControlPlane) Stop() error {
 	cp.cancel()
 	err := <-cp.done
-	return errors.Join(err, cp.Env.Stop())
+	return errors.Join(err, cp.Env.Stop(), cp.FrontProxy.Close())
 }
