@@ -60,10 +60,14 @@ func run(args []string) error {
 		fs.StringVar(&opts.TokenFile, "token-file", os.Getenv("BRAID_TOKEN_FILE"), "projected ServiceAccount token (audience braid) proving the proxy's identity")
 		fs.StringVar(&opts.TrustDomain, "trust-domain", envOr("BRAID_TRUST_DOMAIN", "cluster.local"), "trust domain of the proxy's SPIFFE ID")
 	}
+	gc := gcFlags(fs)
 	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
 		return nil
 	} else if err != nil {
 		return fmt.Errorf("parsing the command line: %w", err)
+	}
+	if err := gc.apply(); err != nil {
+		return err
 	}
 	switch {
 	case fs.NArg() > 0:

@@ -6,9 +6,11 @@ package configfile
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
+	"runtime/debug"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -22,6 +24,28 @@ import (
 // lowerCamelCase (pathRegex) or the proto names (path_regex); an unknown field is an error,
 // so a misspelt one cannot silently widen or empty a route.
 func Parse(data []byte) (*api.Snapshot, error) {
+	snap, err := decode(data)
+	if err != nil {
+		return nil, err
+	}
+	if len(snap.GetRemoved()) > 0 {
+		return nil, errors.New("a config file holds the whole configuration: removed has no meaning in it")
+	}
+	snap.Full = true
+	return snap, nil
+}
+
+// decode decodes a JSON file as it is, and YAML (or JSON that protojson refuses, such as
+// JSON with a key twice, which YAML reads as the last one) through its JSON form. The
+// detour costs a file of 1000 Services about 17 MB of garbage and, at its peak, 10 MB
+// live: the YAML tree, its JSON-ready copy and the JSON text at once.
+func decode(data []byte) (*api.Snapshot, error) {
+	if json.Valid(data) {
+		snap := &api.Snapshot{}
+		if err := protojson.Unmarshal(data, snap); err == nil {
+			return snap, nil
+		}
+	}
 	js, err := yaml.YAMLToJSON(data)
 	if err != nil {
 		return nil, fmt.Errorf("parsing YAML: %w", err)
@@ -32,10 +56,6 @@ func Parse(data []byte) (*api.Snapshot, error) {
 			return nil, fmt.Errorf("decoding the snapshot: %w", err)
 		}
 	}
-	if len(snap.GetRemoved()) > 0 {
-		return nil, errors.New("a config file holds the whole configuration: removed has no meaning in it")
-	}
-	snap.Full = true
 	return snap, nil
 }
 
@@ -90,6 +110,7 @@ func (w *Watcher) Start() error {
 	}
 	w.last = stamp
 	w.Log.Info("Applied the config file", "path", w.Path, "version", snap.GetVersion(), "services", len(snap.GetServices()))
+	releaseParseMemory()
 	return nil
 }
 
@@ -133,7 +154,14 @@ func (w *Watcher) check() {
 		return
 	}
 	w.Log.Info("Applied the config file", "path", w.Path, "version", snap.GetVersion(), "services", len(snap.GetServices()))
+	releaseParseMemory()
 }
+
+// releaseParseMemory returns to the operating system the memory that decoding a file took
+// and no longer holds (for 1000 Services, several times the configuration's own size).
+// The runtime would keep most of it resident for minutes; a file is applied rarely, so
+// the collection this forces is cheap.
+func releaseParseMemory() { debug.FreeOSMemory() }
 
 func stat(path string) (os.FileInfo, error) {
 	fi, err := os.Stat(path)

@@ -1,9 +1,10 @@
 // Package inbound is the proxy's inbound listener. Peer proxies reach it directly, over
-// mTLS: HTTP requests multiplexed on HTTP/2 (each naming its target port in a header) or
-// one opaque TCP connection per TLS session (preceded by its two-byte target port). Clients
-// without a proxy reach it through the pod's redirection rules, in plaintext, with their
-// original destination port. Every request and connection is authorised against the
-// workload's inbound policy before it reaches the application on 127.0.0.1.
+// mTLS: HTTP requests multiplexed on HTTP/2, or on HTTP/1.1 for protocol upgrades (each
+// naming its target port in a header), or one opaque TCP connection per TLS session
+// (preceded by its two-byte target port). Clients without a proxy reach it through the
+// pod's redirection rules, in plaintext, with their original destination port. Every
+// request and connection is authorised against the workload's inbound policy before it
+// reaches the application on 127.0.0.1.
 package inbound
 
 import (
@@ -282,12 +283,21 @@ func (c *plaintextConn) CloseWrite() error {
 	return c.Close()
 }
 
-type plaintextKey struct{}
+type (
+	plaintextKey struct{}
+	peerKey      struct{}
+)
 
-// connContext notes, for the HTTP server, the port a plaintext connection was for.
+// connContext notes, for the HTTP server, the port a plaintext connection was for, and
+// the verified identity of a peer proxy's connection: its handshake is over, and reading
+// the identity once per connection spares each request a copy of the TLS state and the
+// formatting of the ID.
 func connContext(ctx context.Context, c net.Conn) context.Context {
-	if pc, ok := c.(*plaintextConn); ok {
-		return context.WithValue(ctx, plaintextKey{}, pc.port)
+	switch c := c.(type) {
+	case *plaintextConn:
+		return context.WithValue(ctx, plaintextKey{}, c.port)
+	case *tls.Conn:
+		return context.WithValue(ctx, peerKey{}, tlsid.PeerID(c.ConnectionState()))
 	}
 	return ctx
 }
@@ -394,7 +404,10 @@ func requestTarget(r *http.Request) (peer string, port uint64, ok bool) {
 		return "", uint64(p), true
 	}
 	if r.TLS != nil {
-		peer = tlsid.PeerID(*r.TLS)
+		var known bool
+		if peer, known = r.Context().Value(peerKey{}).(string); !known {
+			peer = tlsid.PeerID(*r.TLS)
+		}
 	}
 	port, err := strconv.ParseUint(r.Header.Get(TargetPortHeader), 10, 16)
 	return peer, port, err == nil && port != 0 && r.TLS != nil

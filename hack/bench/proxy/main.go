@@ -35,6 +35,7 @@ type options struct {
 	qps              float64
 	conns            int
 	services         int
+	configFormat     string
 	rounds           int
 	cases            []string
 	fortio, proxy    string
@@ -51,6 +52,7 @@ func main() {
 	flag.Float64Var(&o.qps, "qps", 1000, "the fixed rate")
 	flag.IntVar(&o.conns, "c", 16, "fortio connections")
 	flag.IntVar(&o.services, "services", 1000, "Services in the braid client proxy's configuration (one used)")
+	flag.StringVar(&o.configFormat, "config-format", "json", "format of the braid client proxy's config file: json (decoded in one pass, as the control plane's protobuf is) or yaml (decoded through JSON: its peak memory is the file format's)")
 	flag.IntVar(&o.rounds, "rounds", 3, "measure every case this many times, interleaved; each figure is the median")
 	flag.StringVar(&cases, "cases", "direct,braid,nginx,haproxy", "cases to run, in this order (direct is the baseline)")
 	flag.StringVar(&o.fortio, "fortio", "bin/fortio-v1.68.2", "the fortio binary")
@@ -95,8 +97,10 @@ type caseResult struct {
 	// waitFixed and waitMax are the milliseconds per 1000 requests the client and server
 	// proxy spent runnable in a run queue, waiting for their core.
 	waitFixed, waitMax [2]float64
-	// rssNow is the resident set (VmRSS) in MB at the end of the fixed-rate run.
-	rssNow [2]float64
+	// rssNow is the resident set (VmRSS) in MB at the end of the fixed-rate run, and
+	// fileNow the part of it that is the pages of files mapped (RssFile: for braid, its
+	// binary's).
+	rssNow, fileNow [2]float64
 	// othersFixed and othersMax are the CPU that processes other than the benchmark's
 	// used during each run, in cores: the noise from the rest of the machine.
 	othersFixed, othersMax float64
@@ -108,7 +112,7 @@ func (r *caseResult) floats() []*float64 {
 		&r.max.qps, &r.max.p50, &r.max.p90, &r.max.p99, &r.max.p999,
 		&r.cpuFixed[0], &r.cpuFixed[1], &r.cpuMax[0], &r.cpuMax[1],
 		&r.waitFixed[0], &r.waitFixed[1], &r.waitMax[0], &r.waitMax[1],
-		&r.rssFixed[0], &r.rssFixed[1], &r.rssMax[0], &r.rssMax[1], &r.rssNow[0], &r.rssNow[1], &r.othersFixed, &r.othersMax}
+		&r.rssFixed[0], &r.rssFixed[1], &r.rssMax[0], &r.rssMax[1], &r.rssNow[0], &r.rssNow[1], &r.fileNow[0], &r.fileNow[1], &r.othersFixed, &r.othersMax}
 }
 
 // median is, figure by figure, the median of rs; errors and requests add up.
@@ -210,6 +214,9 @@ func (o *options) check() error {
 			return fmt.Errorf("unknown case %q (direct, braid, nginx, haproxy)", c)
 		}
 	}
+	if o.configFormat != "json" && o.configFormat != "yaml" {
+		return fmt.Errorf("unknown -config-format %q (json, yaml)", o.configFormat)
+	}
 	if !slices.Contains(o.cases, "direct") {
 		return errors.New("the cases must include direct, the baseline")
 	}
@@ -245,7 +252,7 @@ func setUp(dir string, ps *procs, o options) (*env, error) {
 	if err := waitTCP(backend, addrs[0]); err != nil {
 		return nil, err
 	}
-	return &env{dir: dir, ps: ps, certs: c, proxyBin: o.proxy, backend: addrs[0], backendP: backend, services: o.services}, nil
+	return &env{dir: dir, ps: ps, certs: c, proxyBin: o.proxy, backend: addrs[0], backendP: backend, services: o.services, configFormat: o.configFormat}, nil
 }
 
 // measureCase starts the case, warms it up, runs the fixed rate then the max, and
@@ -276,10 +283,7 @@ func measureCase(ctx context.Context, e *env, l *loader, name string, o options,
 	if err := mid.take(e, p); err != nil {
 		return r, err
 	}
-	if r.rssFixed, err = rss(p, peakRSS); err != nil {
-		return r, err
-	}
-	if r.rssNow, err = rss(p, currentRSS); err != nil {
+	if err := r.memoryAfterFixed(p); err != nil {
 		return r, err
 	}
 	if err := heapProfile(ctx, p, profileDir); err != nil {
@@ -308,6 +312,20 @@ func measureCase(ctx context.Context, e *env, l *loader, name string, o options,
 	r.othersFixed = mid.others(before, fortioFixed)
 	r.othersMax = after.others(mid, l.cpu)
 	return r, nil
+}
+
+// memoryAfterFixed records the proxies' peak and current RSS after the fixed-rate run,
+// and the part of the current one that is the binary's own pages.
+func (r *caseResult) memoryAfterFixed(p *pair) error {
+	var err error
+	if r.rssFixed, err = rss(p, peakRSS); err != nil {
+		return err
+	}
+	if r.rssNow, err = rss(p, currentRSS); err != nil {
+		return err
+	}
+	r.fileNow, err = rss(p, fileRSS)
+	return err
 }
 
 // heapProfile saves the client proxy's heap profile into dir, unless dir is empty.
@@ -408,7 +426,7 @@ func cpus(p *pair) ([2]time.Duration, error) {
 }
 
 // rss is the RSS in MB of the client and server proxy of p (zero for direct), as
-// measure (peakRSS or currentRSS) reads it.
+// measure (peakRSS, currentRSS or fileRSS) reads it.
 func rss(p *pair, measure func(int) (int64, error)) ([2]float64, error) {
 	var out [2]float64
 	for i, q := range p.procs() {

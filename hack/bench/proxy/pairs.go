@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 
+	"sigs.k8s.io/yaml"
+
 	"github.com/braidmesh/braid/internal/identity"
 )
 
@@ -135,6 +137,8 @@ type env struct {
 	backend  string // host:port of the backend
 	backendP *proc
 	services int // Services in braid's client config
+	// configFormat is the format of braid's client config file: json or yaml.
+	configFormat string
 }
 
 // startCase starts the pair of the named case and checks that a request crosses it.
@@ -251,9 +255,14 @@ inbound:
     sources: ["spiffe://%s/ns/%s/sa/client"]
     anyRequest: true
 `, namespace, trustDomain, namespace)
-	clientCfg := filepath.Join(e.dir, "braid-client.yaml")
-	if err := errors.Join(os.WriteFile(serverCfg, []byte(grant), 0o600),
-		os.WriteFile(clientCfg, []byte(braidClientConfig(e.services, e.backend, inbound)), 0o600)); err != nil {
+	clientCfg := filepath.Join(e.dir, "braid-client."+e.configFormat)
+	client := []byte(braidClientConfig(e.services, e.backend, inbound))
+	if e.configFormat == "json" {
+		if client, err = yaml.YAMLToJSON(client); err != nil {
+			return nil, err
+		}
+	}
+	if err := errors.Join(os.WriteFile(serverCfg, []byte(grant), 0o600), os.WriteFile(clientCfg, client, 0o600)); err != nil {
 		return nil, err
 	}
 	// One core each, so one P each.

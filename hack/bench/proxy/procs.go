@@ -233,6 +233,10 @@ func peakRSS(pid int) (int64, error) { return statusField(pid, "VmHWM:") }
 // currentRSS is the largest VmRSS (resident set now) among pid and its descendants.
 func currentRSS(pid int) (int64, error) { return statusField(pid, "VmRSS:") }
 
+// fileRSS is the largest RssFile (resident pages of mapped files: a Go program's binary)
+// among pid and its descendants.
+func fileRSS(pid int) (int64, error) { return statusField(pid, "RssFile:") }
+
 func statusField(pid int, field string) (int64, error) {
 	var peak int64
 	for _, p := range tree(pid) {

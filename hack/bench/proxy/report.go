@@ -69,7 +69,7 @@ func report(o options, m machine, res map[string]caseResult, rounds map[string][
 	fmt.Fprintf(b, "fortio load, HTTP/1.1 GET, 1 KB answers, %d connections: %g qps for %s, then max for %s;\n", o.conns, o.qps, o.duration, o.duration)
 	fmt.Fprintf(b, "loopback; mTLS (TLS 1.3) between the proxies of a pair; client proxy pinned to core %d,\n", clientCore)
 	fmt.Fprintf(b, "server proxy to core %d; fortio and the backend (fortio server) unpinned, on both cores.\n", serverCore)
-	fmt.Fprintf(b, "braid: GOMAXPROCS=1, %d Services in the client's config; nginx: 1 worker; haproxy: nbthread 1.\n", o.services)
+	fmt.Fprintf(b, "braid: GOMAXPROCS=1, %d Services in the client's config (a %s file); nginx: 1 worker; haproxy: nbthread 1.\n", o.services, strings.ToUpper(o.configFormat))
 	fmt.Fprintf(b, "machine: %d cores, %s, kernel %s; load average (1 min) %.2f at start, %.2f at end, %.2f at most\n",
 		runtime.NumCPU(), m.cpu, m.kernel, m.loadStart, m.loadEnd, m.loadMax)
 	fmt.Fprintf(b, "versions: nginx %s; %s; fortio %s\n\n", or(m.nginx), or(m.haproxy), or(m.fortio))
@@ -200,7 +200,7 @@ func budgetTable(b *strings.Builder, o options, res map[string]caseResult) {
 	cpuC, cpuS := braid.cpuFixed[0]/1000, braid.cpuFixed[1]/1000
 	t.add("CPU per proxy, vCPU per 1000 rps", fmt.Sprintf("client %.3f, server %.3f", cpuC, cpuS), fmt.Sprintf("<= %.2f each", budgetCPU), pass(max(cpuC, cpuS) <= budgetCPU))
 	t.add(fmt.Sprintf("peak RSS (VmHWM), client proxy, %d Services", o.services), fmt.Sprintf("%.1f MB", braid.rssFixed[0]), fmt.Sprintf("<= %.0f MB", budgetRSS), pass(braid.rssFixed[0] <= budgetRSS))
-	t.add(fmt.Sprintf("RSS at %g qps (VmRSS), client proxy", o.qps), fmt.Sprintf("%.1f MB", braid.rssNow[0]), fmt.Sprintf("<= %.0f MB", budgetRSS), pass(braid.rssNow[0] <= budgetRSS))
+	t.add(fmt.Sprintf("RSS at %g qps (VmRSS), client proxy", o.qps), fmt.Sprintf("%.1f MB (%.1f of the binary)", braid.rssNow[0], braid.fileNow[0]), fmt.Sprintf("<= %.0f MB", budgetRSS), pass(braid.rssNow[0] <= budgetRSS))
 	if hasNginx {
 		t.add("max throughput, one core per proxy", fmt.Sprintf("%.0f rps", braid.max.qps), fmt.Sprintf(">= %.0f rps (nginx)", ng.max.qps), pass(braid.max.qps >= ng.max.qps))
 	}
