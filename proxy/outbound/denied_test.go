@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -72,9 +73,17 @@ func TestTransparentDeniedService(t *testing.T) {
 		expectDenied403(t, tp.dial(t, source))
 	}
 	for _, source := range []string{"127.0.1.11", "127.0.1.12"} { // OPAQUE, DETECT
-		c := tp.dial(t, source)
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(source)}, Timeout: 5 * time.Second}
+		c, err := d.Dial("tcp", tp.addr)
+		if err != nil { // the proxy's reset may come before connect returns
+			if !errors.Is(err, syscall.ECONNRESET) {
+				t.Errorf("from %s: %v, want the connection accepted, then closed", source, err)
+			}
+			continue
+		}
 		_, _ = io.WriteString(c, "\x00\x01opaque bytes")
 		expectClosed(t, c)
+		_ = c.Close()
 	}
 	tp.waitCounter(t, "braid_proxy_tcp_connections_denied_total", labels("shop/web-PROTOCOL_OPAQUE", strconv.Itoa(int(dst.Port()))), 1)
 	tp.waitCounter(t, "braid_proxy_tcp_connections_denied_total", labels("shop/web-PROTOCOL_DETECT", strconv.Itoa(int(dst.Port()))), 1)
