@@ -9,6 +9,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
@@ -72,13 +73,16 @@ func TestHTTPRouteStatusEchoesTheParentRef(t *testing.T) {
 
 	// Another controller's entry (the Gateway's) survives Braid's writes.
 	foreign := addForeignParent(ctx, t, key, 1)
-	// Flagger's step: weights changed in place, a new generation.
-	if err := cp.Client.Get(ctx, key, &stored); err != nil {
-		t.Fatal(err)
-	}
-	stored.Spec.Rules[0].BackendRefs[0].Weight = ptr.To(int32(90))
-	stored.Spec.Rules[0].BackendRefs[1].Weight = ptr.To(int32(10))
-	if err := cp.Client.Update(ctx, &stored); err != nil {
+	// Flagger's step: weights changed in place, a new generation (Braid writes status
+	// meanwhile, so the update is retried on conflict, as Flagger's is).
+	if err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		if err := cp.Client.Get(ctx, key, &stored); err != nil {
+			return err
+		}
+		stored.Spec.Rules[0].BackendRefs[0].Weight = ptr.To(int32(90))
+		stored.Spec.Rules[0].BackendRefs[1].Weight = ptr.To(int32(10))
+		return cp.Client.Update(ctx, &stored)
+	}); err != nil {
 		t.Fatal(err)
 	}
 	p = waitRouteCondition(ctx, t, key, specRef, gatewayv1.RouteConditionAccepted, metav1.ConditionTrue, gatewayv1.RouteReasonAccepted)
@@ -95,16 +99,19 @@ func TestHTTPRouteStatusEchoesTheParentRef(t *testing.T) {
 // parentRef at index i.
 func addForeignParent(ctx context.Context, t *testing.T, key types.NamespacedName, i int) gatewayv1.RouteParentStatus {
 	t.Helper()
-	var hr gatewayv1.HTTPRoute
-	if err := cp.Client.Get(ctx, key, &hr); err != nil {
-		t.Fatal(err)
-	}
-	foreign := gatewayv1.RouteParentStatus{
-		ParentRef: hr.Spec.ParentRefs[i], ControllerName: "example.com/gateway-controller",
-		Conditions: []metav1.Condition{{Type: "Accepted", Status: metav1.ConditionTrue, Reason: "Accepted", LastTransitionTime: metav1.Now(), ObservedGeneration: hr.Generation}},
-	}
-	hr.Status.Parents = append([]gatewayv1.RouteParentStatus{foreign}, hr.Status.Parents...)
-	if err := cp.Client.Status().Update(ctx, &hr); err != nil {
+	var foreign gatewayv1.RouteParentStatus
+	if err := retry.RetryOnConflict(retry.DefaultRetry, func() error { // Braid writes status too
+		var hr gatewayv1.HTTPRoute
+		if err := cp.Client.Get(ctx, key, &hr); err != nil {
+			return err
+		}
+		foreign = gatewayv1.RouteParentStatus{
+			ParentRef: hr.Spec.ParentRefs[i], ControllerName: "example.com/gateway-controller",
+			Conditions: []metav1.Condition{{Type: "Accepted", Status: metav1.ConditionTrue, Reason: "Accepted", LastTransitionTime: metav1.Now(), ObservedGeneration: hr.Generation}},
+		}
+		hr.Status.Parents = append([]gatewayv1.RouteParentStatus{foreign}, hr.Status.Parents...)
+		return cp.Client.Status().Update(ctx, &hr)
+	}); err != nil {
 		t.Fatal(err)
 	}
 	return foreign

@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"encoding/json"
-
 	"math"
 	"reflect"
 	"testing"
@@ -16,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/braidmesh/braid/internal/mesh"
@@ -158,11 +158,14 @@ func TestFlagger(t *testing.T) {
 
 func flaggerUpdate(ctx context.Context, t *testing.T, tool client.Client, v smiVersion, split client.Object, weights []int) {
 	t.Helper()
-	if err := tool.Get(ctx, client.ObjectKeyFromObject(split), split); err != nil {
-		t.Fatal(err)
-	}
-	v.setWeights(split, weights)
-	if err := tool.Update(ctx, split); err != nil {
+	// A conflict with Braid's status writes makes Flagger try again (on its next tick).
+	if err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		if err := tool.Get(ctx, client.ObjectKeyFromObject(split), split); err != nil {
+			return err
+		}
+		v.setWeights(split, weights)
+		return tool.Update(ctx, split)
+	}); err != nil {
 		t.Fatalf("Flagger's update to %v: %v", weights, err)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
@@ -119,13 +120,17 @@ func TestGAMMAFlagger(t *testing.T) {
 
 	for i, step := range [][2]int32{{100, 0}, {90, 10}, {50, 50}} {
 		if i > 0 {
-			var cur gatewayv1.HTTPRoute
-			if err := env.cp.Client.Get(ctx, key, &cur); err != nil {
-				t.Fatal(err)
-			}
-			cur.Spec.Rules[0].BackendRefs[0].Weight = ptr.To(step[0])
-			cur.Spec.Rules[0].BackendRefs[1].Weight = ptr.To(step[1])
-			if err := env.cp.Client.Update(ctx, &cur); err != nil {
+			// Flagger reads the route and updates it whole; a conflict with Braid's status
+			// writes makes it try again (on its next tick).
+			if err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+				var cur gatewayv1.HTTPRoute
+				if err := env.cp.Client.Get(ctx, key, &cur); err != nil {
+					return err
+				}
+				cur.Spec.Rules[0].BackendRefs[0].Weight = ptr.To(step[0])
+				cur.Spec.Rules[0].BackendRefs[1].Weight = ptr.To(step[1])
+				return env.cp.Client.Update(ctx, &cur)
+			}); err != nil {
 				t.Fatalf("Flagger's update to %v: %v", step, err)
 			}
 		}
