@@ -98,8 +98,9 @@ func New(lis net.Listener, cfg Config) *Server {
 	app := &http.Transport{
 		DialContext:         (&net.Dialer{Timeout: 3 * time.Second}).DialContext,
 		MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second,
+		DisableCompression: true, // the client's Accept-Encoding reaches the application as it is
 	}
-	appH2 := &http.Transport{DialContext: app.DialContext, IdleConnTimeout: 90 * time.Second}
+	appH2 := &http.Transport{DialContext: app.DialContext, IdleConnTimeout: 90 * time.Second, DisableCompression: true}
 	appH2.Protocols = new(http.Protocols)
 	appH2.Protocols.SetUnencryptedHTTP2(true)
 	s.forward, s.forwardH2 = newForward(app), newForward(appH2)

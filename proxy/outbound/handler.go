@@ -111,6 +111,10 @@ func newTransport() *http.Transport {
 		IdleConnTimeout:       90 * time.Second,
 		ResponseHeaderTimeout: 0, // per-route timeouts: see Handler.route
 		ForceAttemptHTTP2:     false,
+		// The client's Accept-Encoding passes as it is, and answers come back as the
+		// application encoded them: without this, a request that did not ask for gzip
+		// would ask for it, and the proxy would decompress the answer.
+		DisableCompression: true,
 	}
 }
 

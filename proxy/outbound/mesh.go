@@ -153,9 +153,10 @@ func (m *meshRoundTripper) transport(ep router.Endpoint, upgrade bool) *http.Tra
 		DialTLSContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
 			return dialPeer(ctx, m.ids, addr, identity, tlsid.ProtoHTTP2)
 		},
-		ForceAttemptHTTP2: true,
-		Proxy:             nil,
-		IdleConnTimeout:   90 * time.Second,
+		ForceAttemptHTTP2:  true,
+		Proxy:              nil,
+		IdleConnTimeout:    90 * time.Second,
+		DisableCompression: true, // content coding is the client's and the application's
 	}
 	t.Protocols = new(http.Protocols)
 	t.Protocols.SetHTTP2(true)
@@ -173,8 +174,9 @@ func (m *meshRoundTripper) upgradeTransport(identity string) *http.Transport {
 		DialTLSContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
 			return dialPeer(ctx, m.ids, addr, identity, tlsid.ProtoHTTP1)
 		},
-		Proxy:           nil,
-		IdleConnTimeout: 90 * time.Second,
+		Proxy:              nil,
+		IdleConnTimeout:    90 * time.Second,
+		DisableCompression: true,
 	}
 	m.upgrades[identity] = t
 	return t

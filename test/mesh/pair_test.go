@@ -44,6 +44,8 @@ type pair struct {
 	reserved netip.AddrPort
 	// upgradeApp, when set, answers the app's requests that ask for an upgrade.
 	upgradeApp http.HandlerFunc
+	// appHandler, when set, answers the app's other requests.
+	appHandler http.HandlerFunc
 }
 
 func newPair(t *testing.T) *pair {
@@ -57,6 +59,10 @@ func newPair(t *testing.T) *pair {
 		p.seen <- r.Header.Clone()
 		if p.upgradeApp != nil && r.Header.Get("Upgrade") != "" {
 			p.upgradeApp(w, r)
+			return
+		}
+		if p.appHandler != nil {
+			p.appHandler(w, r)
 			return
 		}
 		_, _ = io.WriteString(w, "app: "+r.Method+" "+r.URL.Path)
