@@ -163,7 +163,7 @@ func Run(ctx context.Context, log logr.Logger, opts Options) error {
 		MaxHeaderBytes:    64 << 10,
 	}
 	adminSrv := &http.Server{
-		Handler:           admin.HandlerWithReadiness(st.snap.Load, st.identityReadiness(), st.metrics.Registry(), admin.WithAppProbes(opts.AppProbes), admin.WithEdges(st.metrics.Edges())),
+		Handler:           admin.HandlerWithReadiness(st.snap.Load, st.identityReadiness(), st.metrics.Registry(), admin.WithAppProbes(opts.AppProbes, opts.AppHost), admin.WithEdges(st.metrics.Edges())),
 		ReadHeaderTimeout: 5 * time.Second,
 	}
 	log.Info("Proxy starting", "outbound", outLis.Addr().String(), "admin", adminLis.Addr().String(),

@@ -28,7 +28,8 @@ import (
 //	{"web": {"readiness": {"httpGet": {"path": "/healthz", "port": 8080}, "timeoutSeconds": 2}}}
 //
 // Its field names are those of the Kubernetes Probe they come from; ports are numbers
-// (the injector resolves named ports). The proxy runs each against 127.0.0.1.
+// (the injector resolves named ports). The proxy runs each against the application's
+// address (--app-host, 127.0.0.1 in a pod), where it forwards the application's traffic.
 type AppProbes map[string]map[string]AppProbe
 
 // AppProbe is one probe: exactly one of HTTPGet, GRPC and TCPSocket is set.
@@ -78,8 +79,8 @@ const (
 // AppProbePathPrefix is where the admin server answers the rewritten probes.
 const AppProbePathPrefix = "/app-probe/"
 
-// probeHost is where the application listens, seen from the proxy.
-const probeHost = "127.0.0.1"
+// defaultAppHost is where the application listens, seen from the proxy in its pod.
+const defaultAppHost = "127.0.0.1"
 
 // Option adds to the admin handler.
 type Option func(mux *http.ServeMux)
@@ -87,8 +88,10 @@ type Option func(mux *http.ServeMux)
 // WithAppProbes serves GET /app-probe/<container>/<kind>: it runs the application probe
 // raw (the JSON of AppProbes) holds under that name and answers 200, or 503 with the
 // reason, or 404 for a probe it does not hold. Raw empty serves nothing; raw that does not
-// decode answers every probe 503 naming the error, so the pod's events show it.
-func WithAppProbes(raw string) Option {
+// decode answers every probe 503 naming the error, so the pod's events show it. Probes run
+// against appHost ("" for 127.0.0.1), the address the proxy forwards the application's
+// traffic to.
+func WithAppProbes(raw, appHost string) Option {
 	return func(mux *http.ServeMux) {
 		if raw == "" {
 			return
@@ -101,19 +104,24 @@ func WithAppProbes(raw string) Option {
 			})
 			return
 		}
-		mux.Handle("GET "+AppProbePathPrefix+"{container}/{kind}", NewAppProber(probes))
+		mux.Handle("GET "+AppProbePathPrefix+"{container}/{kind}", NewAppProber(probes, appHost))
 	}
 }
 
 // AppProber answers the rewritten application probes.
 type AppProber struct {
 	probes AppProbes
+	host   string
 	http   *http.Client
 }
 
-// NewAppProber returns the handler of /app-probe/{container}/{kind} for probes.
-func NewAppProber(probes AppProbes) *AppProber {
-	return &AppProber{probes: probes, http: &http.Client{
+// NewAppProber returns the handler of /app-probe/{container}/{kind} for probes, which it
+// runs against host ("" for 127.0.0.1).
+func NewAppProber(probes AppProbes, host string) *AppProber {
+	if host == "" {
+		host = defaultAppHost
+	}
+	return &AppProber{probes: probes, host: host, http: &http.Client{
 		Transport: &http.Transport{
 			// Like the kubelet: no proxy from the environment, a new connection per probe,
 			// no certificate verification.
@@ -140,9 +148,9 @@ func (p *AppProber) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case probe.HTTPGet != nil:
 		err = p.httpGet(ctx, probe.HTTPGet, r.UserAgent())
 	case probe.GRPC != nil:
-		err = grpcHealth(ctx, probe.GRPC)
+		err = grpcHealth(ctx, p.host, probe.GRPC)
 	case probe.TCPSocket != nil:
-		err = tcpDial(ctx, probe.TCPSocket.Port)
+		err = tcpDial(ctx, p.host, probe.TCPSocket.Port)
 	default:
 		err = errors.New("the probe has no httpGet, grpc or tcpSocket")
 	}
@@ -164,7 +172,7 @@ func (p *AppProber) httpGet(ctx context.Context, probe *HTTPGetProbe, userAgent 
 	if !strings.HasPrefix(path, "/") {
 		path = "/" + path
 	}
-	u, err := url.Parse(scheme + "://" + net.JoinHostPort(probeHost, strconv.Itoa(int(probe.Port))) + path)
+	u, err := url.Parse(scheme + "://" + net.JoinHostPort(p.host, strconv.Itoa(int(probe.Port))) + path)
 	if err != nil {
 		return fmt.Errorf("invalid path %q: %w", probe.Path, err)
 	}
@@ -194,8 +202,8 @@ func (p *AppProber) httpGet(ctx context.Context, probe *HTTPGetProbe, userAgent 
 	return nil
 }
 
-func grpcHealth(ctx context.Context, probe *GRPCProbe) error {
-	conn, err := grpc.NewClient("passthrough:///"+net.JoinHostPort(probeHost, strconv.Itoa(int(probe.Port))),
+func grpcHealth(ctx context.Context, host string, probe *GRPCProbe) error {
+	conn, err := grpc.NewClient("passthrough:///"+net.JoinHostPort(host, strconv.Itoa(int(probe.Port))),
 		grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return err
@@ -211,9 +219,9 @@ func grpcHealth(ctx context.Context, probe *GRPCProbe) error {
 	return nil
 }
 
-func tcpDial(ctx context.Context, port int32) error {
+func tcpDial(ctx context.Context, host string, port int32) error {
 	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", net.JoinHostPort(probeHost, strconv.Itoa(int(port))))
+	conn, err := d.DialContext(ctx, "tcp", net.JoinHostPort(host, strconv.Itoa(int(port))))
 	if err != nil {
 		return err
 	}

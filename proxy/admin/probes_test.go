@@ -22,7 +22,7 @@ func noSnapshot() *api.Snapshot { return nil }
 // listenLoopback listens on a free port of 127.0.0.1, where the prober sends probes.
 func listenLoopback(t *testing.T) (net.Listener, int32) {
 	t.Helper()
-	lis, err := net.Listen("tcp", probeHost+":0")
+	lis, err := net.Listen("tcp", defaultAppHost+":0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,7 +121,7 @@ func TestAppProbes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	admin := httptest.NewServer(Handler(noSnapshot, nil, WithAppProbes(string(raw))))
+	admin := httptest.NewServer(Handler(noSnapshot, nil, WithAppProbes(string(raw), "")))
 	defer admin.Close()
 
 	cases := []struct {
@@ -155,7 +155,7 @@ func TestAppProbes(t *testing.T) {
 }
 
 func TestAppProbesInvalidJSON(t *testing.T) {
-	admin := httptest.NewServer(Handler(noSnapshot, nil, WithAppProbes("{not json")))
+	admin := httptest.NewServer(Handler(noSnapshot, nil, WithAppProbes("{not json", "")))
 	defer admin.Close()
 	if code, body := get(t, admin.URL+"/app-probe/web/readiness"); code != http.StatusServiceUnavailable || !strings.Contains(body, "BRAID_APP_PROBES") {
 		t.Errorf("GET with invalid probes = %d %q, want 503 naming BRAID_APP_PROBES", code, body)
@@ -163,7 +163,7 @@ func TestAppProbesInvalidJSON(t *testing.T) {
 }
 
 func TestNoAppProbes(t *testing.T) {
-	admin := httptest.NewServer(Handler(noSnapshot, nil, WithAppProbes("")))
+	admin := httptest.NewServer(Handler(noSnapshot, nil, WithAppProbes("", "")))
 	defer admin.Close()
 	if code, _ := get(t, admin.URL+"/app-probe/web/readiness"); code != http.StatusNotFound {
 		t.Errorf("GET without probes = %d, want 404", code)
@@ -188,4 +188,35 @@ func get(t *testing.T, url string) (int, string) {
 	defer func() { _ = resp.Body.Close() }()
 	body, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(body)
+}
+
+// Probes run where the proxy forwards the application's traffic (--app-host): an
+// application listening on another address than 127.0.0.1 is probed there.
+func TestAppProbesUseTheAppHost(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.3:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = lis.Close() })
+	go func() {
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			_ = c.Close()
+		}
+	}()
+	port := int32(lis.Addr().(*net.TCPAddr).Port)
+	raw, err := json.Marshal(AppProbes{"db": {ProbeReadiness: {TCPSocket: &TCPSocketProbe{Port: port}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for host, want := range map[string]int{"127.0.0.3": http.StatusOK, "": http.StatusServiceUnavailable} {
+		admin := httptest.NewServer(Handler(noSnapshot, nil, WithAppProbes(string(raw), host)))
+		if code, body := get(t, admin.URL+"/app-probe/db/readiness"); code != want {
+			t.Errorf("app host %q: %d %q, want %d", host, code, body, want)
+		}
+		admin.Close()
+	}
 }
