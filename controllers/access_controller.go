@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"reflect"
 	"slices"
+	"strings"
 	"sync"
 
 	accessv1alpha3 "github.com/servicemeshinterface/smi-sdk-go/pkg/apis/access/v1alpha3"
@@ -15,9 +16,11 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
@@ -51,6 +54,7 @@ type AccessReconciler struct {
 // +kubebuilder:rbac:groups=access.smi-spec.io,resources=traffictargets,verbs=get;list;watch
 // +kubebuilder:rbac:groups=access.smi-spec.io,resources=traffictargets/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=specs.smi-spec.io,resources=tcproutes;udproutes,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=serviceaccounts,verbs=get;list;watch
 
 // Reconcile compiles the namespace req.Name.
 func (r *AccessReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
@@ -116,10 +120,31 @@ func (r *AccessReconciler) input(ctx context.Context, namespace string) (mesh.Ac
 	for i := range targets.Items {
 		in.Targets = append(in.Targets, toMeshTarget(&targets.Items[i]))
 	}
+	accounts, err := r.serviceAccounts(ctx, in.Targets)
+	if err != nil {
+		return mesh.AccessInput{}, nil, err
+	}
+	in.ServiceAccounts = accounts
 	if targets.Items == nil {
 		targets.Items = []smi.TrafficTarget{}
 	}
 	return in, targets.Items, nil
+}
+
+// serviceAccounts reports which of the ServiceAccounts targets name exist.
+func (r *AccessReconciler) serviceAccounts(ctx context.Context, targets []mesh.Target) (map[string]bool, error) {
+	exist := map[string]bool{}
+	for _, key := range mesh.ReferencedServiceAccounts(targets) {
+		ns, name, _ := strings.Cut(key, "/")
+		err := r.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, &corev1.ServiceAccount{})
+		switch {
+		case err == nil:
+			exist[key] = true
+		case !apierrors.IsNotFound(err):
+			return nil, fmt.Errorf("reading ServiceAccount %s: %w", key, err)
+		}
+	}
+	return exist, nil
 }
 
 func toMeshTarget(tt *smi.TrafficTarget) mesh.Target {
@@ -234,8 +259,27 @@ func (r *AccessReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&smi.TCPRoute{}, toNamespace).
 		Watches(&smi.UDPRoute{}, toNamespace).
 		Watches(&braidv1alpha1.MeshConfig{}, handler.EnqueueRequestsFromMapFunc(r.allNamespaces)).
+		Watches(&corev1.ServiceAccount{}, handler.EnqueueRequestsFromMapFunc(r.namespacesNaming),
+			builder.WithPredicates(predicate.Funcs{UpdateFunc: func(event.UpdateEvent) bool { return false }})).
 		WatchesRawSource(source.Channel(r.Waiting.Events(), &handler.TypedEnqueueRequestForObject[*corev1.Namespace]{})).
 		Complete(r)
+}
+
+// namespacesNaming maps a ServiceAccount that appeared or went to the namespaces whose
+// targets may name it: its own, and those with targets admitting sources from it.
+func (r *AccessReconciler) namespacesNaming(ctx context.Context, sa client.Object) []reconcile.Request {
+	reqs := []reconcile.Request{{NamespacedName: types.NamespacedName{Name: sa.GetNamespace()}}}
+	var list smi.TrafficTargetList
+	if err := r.Client.List(ctx, &list, client.MatchingFields{indexTargetSourceNamespace: sa.GetNamespace()}); err != nil {
+		ctrl.LoggerFrom(ctx).Error(err, "Listing TrafficTargets by source namespace", "namespace", sa.GetNamespace())
+		return reqs
+	}
+	for _, tt := range list.Items {
+		if tt.Namespace != sa.GetNamespace() {
+			reqs = append(reqs, reconcile.Request{NamespacedName: types.NamespacedName{Name: tt.Namespace}})
+		}
+	}
+	return reqs
 }
 
 func (r *AccessReconciler) allNamespaces(ctx context.Context, _ client.Object) []reconcile.Request {

@@ -106,6 +106,14 @@ func TestStrictNamespaceDeniesUntilATargetAllows(t *testing.T) {
 		t.Fatalf("b's inbound policy = %v, want one L4 grant to %s", in, want)
 	}
 	wantCondition(ctx, t, tt, "Accepted", metav1.ConditionTrue, mesh.ReasonAccepted)
+	// Neither ServiceAccount exists yet: the grant is in force all the same (identities
+	// are names), and ResolvedRefs says which accounts are missing until they appear.
+	c := wantCondition(ctx, t, tt, "ResolvedRefs", metav1.ConditionFalse, mesh.ReasonServiceAccountNotFound)
+	if !strings.Contains(c.Message, `ServiceAccount "b"`) || !strings.Contains(c.Message, `ServiceAccount "a"`) {
+		t.Errorf("ResolvedRefs must name both missing accounts: %q", c.Message)
+	}
+	mustCreate(ctx, t, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "b"}})
+	mustCreate(ctx, t, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "a"}})
 	wantCondition(ctx, t, tt, "ResolvedRefs", metav1.ConditionTrue, mesh.ReasonResolvedRefs)
 	// The simulated proxy of b acknowledged the version carrying the grant.
 	prog := wantCondition(ctx, t, tt, "Programmed", metav1.ConditionTrue, "Programmed")
@@ -123,16 +131,22 @@ func TestStrictNamespaceDeniesUntilATargetAllows(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// The two deletions may be compiled one at a time: with the route gone first, the
-	// target grants no port (tcp_ports [0]) until it goes too. Every policy on the way
-	// admits nothing, and the last has no grant left.
+	expectGrantGone(t, stream)
+}
+
+// expectGrantGone reads b's policies while its target and the target's TCPRoute are
+// deleted. The two deletions may be compiled one at a time: with the route gone first,
+// the target grants no port (tcp_ports [0]) until it goes too. Every policy on the way
+// admits nothing, and the last has no grant left.
+func expectGrantGone(t *testing.T, stream *harness.StreamClient) {
+	t.Helper()
 	for {
-		in = nextInbound(t, stream)
+		in := nextInbound(t, stream)
 		if in.GetAllowAll() {
 			t.Fatalf("after deleting the target, b's inbound = %v admits everyone", in)
 		}
 		if len(in.GetAuthorizations()) == 0 {
-			break
+			return
 		}
 		if g := in.GetAuthorizations()[0]; !slices.Equal(g.GetTcpPorts(), []uint32{0}) {
 			t.Fatalf("while the target goes, b's inbound = %v still grants a port", in)
@@ -169,6 +183,9 @@ func TestInvalidAndDanglingTargetsSayWhy(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
 	ns := accessNamespace(ctx, t, braidv1alpha1.AccessStrict)
+	for _, sa := range []string{"a", "b"} {
+		mustCreate(ctx, t, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: sa}})
+	}
 
 	// Scenario 17: a destination in another namespace is refused and grants nothing.
 	elsewhere := harness.TrafficTarget("access.smi-spec.io/v1alpha3", ns, "elsewhere", "b", []string{"a"}, harness.TargetRule{Kind: "TCPRoute", Name: "all"})

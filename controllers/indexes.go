@@ -4,8 +4,10 @@
 package controllers
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"slices"
 
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -34,6 +36,8 @@ const (
 	// indexHTTPRouteBackend indexes HTTPRoutes by the names of the Services of their own
 	// namespace that their backendRefs name.
 	indexHTTPRouteBackend = "braid.dev/httproute-backend"
+	// indexTargetSourceNamespace indexes TrafficTargets by the namespaces of their sources.
+	indexTargetSourceNamespace = "braid.dev/target-source-namespace"
 )
 
 // SetupIndexes registers the field indexes the reconcilers use. Call it once per manager,
@@ -67,6 +71,18 @@ func SetupIndexes(ctx context.Context, mgr manager.Manager) error {
 		return nil
 	}); err != nil {
 		return fmt.Errorf("indexing EndpointSlices by service: %w", err)
+	}
+	if err := idx.IndexField(ctx, &smi.TrafficTarget{}, indexTargetSourceNamespace, func(o client.Object) []string {
+		tt := o.(*smi.TrafficTarget)
+		var out []string
+		for _, s := range tt.Spec.Sources {
+			if ns := cmp.Or(s.Namespace, tt.Namespace); !slices.Contains(out, ns) {
+				out = append(out, ns)
+			}
+		}
+		return out
+	}); err != nil {
+		return fmt.Errorf("indexing TrafficTargets by source namespace: %w", err)
 	}
 	return nil
 }

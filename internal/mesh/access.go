@@ -61,6 +61,11 @@ type AccessInput struct {
 	UDPRoutes   map[string]*L4Route
 	// Ports maps the namespace's workload ports to their protocol, when known.
 	Ports map[uint32]api.Protocol
+	// ServiceAccounts holds the ServiceAccounts ("namespace/name") that exist among those
+	// the targets name; nil skips the check. A target naming one that does not exist is
+	// compiled all the same (identities are names: it takes effect once the account
+	// exists) and its ResolvedRefs says so.
+	ServiceAccounts map[string]bool
 }
 
 // NamespacePolicy is the compiled inbound policy of a namespace's workloads: one per
@@ -88,6 +93,8 @@ const (
 	ReasonRouteNotFound      = "RouteNotFound"
 	ReasonMatchNotFound      = "MatchNotFound"
 	ReasonNotEnforced        = "NotEnforced"
+	// ReasonServiceAccountNotFound: a ServiceAccount a target names does not exist.
+	ReasonServiceAccountNotFound = "ServiceAccountNotFound"
 )
 
 // TargetVerdict is what the compiler decided about one TrafficTarget.
@@ -189,8 +196,17 @@ func compileTarget(in AccessInput, t Target) (*api.Authorization, RefsVerdict) {
 		rs.add(in, t.Namespace, i, r, auth)
 	}
 	rs.finish(auth)
+	var problems []string
 	if len(rs.problems) > 0 {
-		return auth, RefsVerdict{Reason: rs.reason, Message: strings.Join(rs.problems, "; ") + "; the other rules still apply"}
+		problems = append(problems, strings.Join(rs.problems, "; ")+"; the other rules still apply")
+	}
+	accounts := checkAccounts(in, t)
+	problems = append(problems, accounts...)
+	switch {
+	case len(rs.problems) > 0:
+		return auth, RefsVerdict{Reason: rs.reason, Message: strings.Join(problems, "; ")}
+	case len(accounts) > 0:
+		return auth, RefsVerdict{Reason: ReasonServiceAccountNotFound, Message: strings.Join(problems, "; ")}
 	}
 	return auth, RefsVerdict{Resolved: true, Reason: ReasonResolvedRefs, Message: "every rule references an existing route"}
 }
@@ -239,6 +255,39 @@ func (rs *ruleSet) add(in AccessInput, namespace string, i int, r TargetRule, au
 		}
 		auth.UdpPorts = appendPorts(auth.UdpPorts, route.Ports)
 	}
+}
+
+// checkAccounts says which ServiceAccounts t names do not exist (when in knows).
+func checkAccounts(in AccessInput, t Target) []string {
+	if in.ServiceAccounts == nil {
+		return nil
+	}
+	var problems []string
+	if !in.ServiceAccounts[t.Namespace+"/"+t.Destination.Name] {
+		problems = append(problems, fmt.Sprintf("spec.destination: ServiceAccount %q does not exist in namespace %s; the grant takes effect when it does",
+			t.Destination.Name, t.Namespace))
+	}
+	for i, s := range t.Sources {
+		ns := cmpOr(s.Namespace, t.Namespace)
+		if !in.ServiceAccounts[ns+"/"+s.Name] {
+			problems = append(problems, fmt.Sprintf("spec.sources[%d]: ServiceAccount %q does not exist in namespace %s; it is admitted once it does", i, s.Name, ns))
+		}
+	}
+	return problems
+}
+
+// ReferencedServiceAccounts lists, as "namespace/name", the ServiceAccounts targets name:
+// their destinations and sources.
+func ReferencedServiceAccounts(targets []Target) []string {
+	var out []string
+	for _, t := range targets {
+		out = append(out, t.Namespace+"/"+t.Destination.Name)
+		for _, s := range t.Sources {
+			out = append(out, cmpOr(s.Namespace, t.Namespace)+"/"+s.Name)
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
 }
 
 // noPort is the port list of a grant that admits no TCP port: port 0 never carries traffic.
