@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"fmt"
+	"slices"
 
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
@@ -56,8 +57,11 @@ func toMeshRule(namespace string, rule gatewayv1.HTTPRouteRule) mesh.HTTPRouteRu
 		out.Matches = append(out.Matches, toMeshMatch(m))
 	}
 	for _, b := range rule.BackendRefs {
-		out.Backends = append(out.Backends, toMeshBackend(namespace, b.BackendRef))
+		ref := toMeshBackend(namespace, b.BackendRef)
+		ref.RequestHeaders, ref.ResponseHeaders = headerFilters(b.Filters)
+		out.Backends = append(out.Backends, ref)
 	}
+	out.RequestHeaders, out.ResponseHeaders = headerFilters(rule.Filters)
 	if t := rule.Timeouts; t != nil {
 		out.Timeouts = mesh.HTTPRouteTimeouts{Request: durationString(t.Request), BackendRequest: durationString(t.BackendRequest)}
 	}
@@ -84,6 +88,39 @@ func toMeshRule(namespace string, rule gatewayv1.HTTPRouteRule) mesh.HTTPRouteRu
 		}
 	}
 	return out
+}
+
+// headerFilters returns the RequestHeaderModifier and ResponseHeaderModifier of filters.
+func headerFilters(filters []gatewayv1.HTTPRouteFilter) (request, response *mesh.HeaderModifier) {
+	for _, f := range filters {
+		switch {
+		case f.Type == gatewayv1.HTTPRouteFilterRequestHeaderModifier && f.RequestHeaderModifier != nil:
+			request = toMeshHeaderModifier(f.RequestHeaderModifier)
+		case f.Type == gatewayv1.HTTPRouteFilterResponseHeaderModifier && f.ResponseHeaderModifier != nil:
+			response = toMeshHeaderModifier(f.ResponseHeaderModifier)
+		}
+	}
+	return request, response
+}
+
+func toMeshHeaderModifier(f *gatewayv1.HTTPHeaderFilter) *mesh.HeaderModifier {
+	out := &mesh.HeaderModifier{Remove: slices.Clone(f.Remove)}
+	for _, h := range f.Set {
+		out.Set = append(out.Set, mesh.HTTPHeader{Name: string(h.Name), Value: h.Value})
+	}
+	for _, h := range f.Add {
+		out.Add = append(out.Add, mesh.HTTPHeader{Name: string(h.Name), Value: h.Value})
+	}
+	return out
+}
+
+// runsFilter says whether proxies carry out a filter type.
+func runsFilter(t gatewayv1.HTTPRouteFilterType) bool {
+	switch t {
+	case gatewayv1.HTTPRouteFilterRequestMirror, gatewayv1.HTTPRouteFilterRequestHeaderModifier, gatewayv1.HTTPRouteFilterResponseHeaderModifier:
+		return true
+	}
+	return false
 }
 
 func durationString(d *gatewayv1.Duration) string {
@@ -144,14 +181,15 @@ func unsupportedFeatures(rule gatewayv1.HTTPRouteRule) []string {
 		out = append(out, "sessionPersistence")
 	}
 	for _, f := range rule.Filters {
-		if f.Type == gatewayv1.HTTPRouteFilterRequestMirror {
-			continue // carried out by the proxies
+		if !runsFilter(f.Type) {
+			out = append(out, fmt.Sprintf("filter %s", f.Type))
 		}
-		out = append(out, fmt.Sprintf("filter %s", f.Type))
 	}
 	for i, b := range rule.BackendRefs {
 		for _, f := range b.Filters {
-			out = append(out, fmt.Sprintf("backendRefs[%d] filter %s", i, f.Type))
+			if f.Type != gatewayv1.HTTPRouteFilterRequestHeaderModifier && f.Type != gatewayv1.HTTPRouteFilterResponseHeaderModifier {
+				out = append(out, fmt.Sprintf("backendRefs[%d] filter %s", i, f.Type))
+			}
 		}
 	}
 	return out

@@ -57,6 +57,7 @@ func TestCompileService(t *testing.T) {
 		{name: "protocols-and-cluster-ips"},
 		{name: "meshed-endpoints"},
 		{name: "httproute-request-mirror"},
+		{name: "httproute-header-modifiers"},
 		{name: "named-target-port"},
 		{name: "dual-stack"},
 		{name: "split-80-20"},
@@ -373,10 +374,16 @@ type routeDoc struct {
 			Name      string `json:"name"`
 			Port      int32  `json:"port,omitempty"`
 			Weight    *int32 `json:"weight,omitempty"`
+			// RequestHeaders and ResponseHeaders are the backendRef's header filters.
+			RequestHeaders  *HeaderModifier `json:"requestHeaders,omitempty"`
+			ResponseHeaders *HeaderModifier `json:"responseHeaders,omitempty"`
 		} `json:"backends,omitempty"`
-		Timeouts    HTTPRouteTimeouts `json:"timeouts,omitzero"`
-		Retry       *HTTPRouteRetry   `json:"retry,omitempty"`
-		Unsupported []string          `json:"unsupported,omitempty"`
+		// RequestHeaders and ResponseHeaders are the rule's header filters.
+		RequestHeaders  *HeaderModifier   `json:"requestHeaders,omitempty"`
+		ResponseHeaders *HeaderModifier   `json:"responseHeaders,omitempty"`
+		Timeouts        HTTPRouteTimeouts `json:"timeouts,omitzero"`
+		Retry           *HTTPRouteRetry   `json:"retry,omitempty"`
+		Unsupported     []string          `json:"unsupported,omitempty"`
 		// Mirrors are RequestMirror filters: a Service name and port, and a percent.
 		Mirrors []struct {
 			Name    string `json:"name"`
@@ -392,7 +399,8 @@ func (d routeDoc) route() HTTPRoute {
 		r.Parents = append(r.Parents, ServiceParent{Namespace: cmp.Or(p.Namespace, d.Namespace), Name: p.Name, SectionName: p.SectionName, Port: p.Port})
 	}
 	for _, dr := range d.Rules {
-		rule := HTTPRouteRule{Name: dr.Name, Timeouts: dr.Timeouts, Retry: dr.Retry, Unsupported: dr.Unsupported}
+		rule := HTTPRouteRule{Name: dr.Name, Timeouts: dr.Timeouts, Retry: dr.Retry, Unsupported: dr.Unsupported,
+			RequestHeaders: dr.RequestHeaders, ResponseHeaders: dr.ResponseHeaders}
 		for _, m := range dr.Matches {
 			rm := HTTPRouteMatch{Method: m.Method, Headers: m.Headers, QueryParams: m.QueryParams}
 			if m.Path != nil {
@@ -406,7 +414,8 @@ func (d routeDoc) route() HTTPRoute {
 				weight = *b.Weight
 			}
 			rule.Backends = append(rule.Backends, HTTPBackendRef{Group: b.Group, Kind: cmp.Or(b.Kind, "Service"),
-				Namespace: cmp.Or(b.Namespace, d.Namespace), Name: b.Name, Port: b.Port, Weight: weight})
+				Namespace: cmp.Or(b.Namespace, d.Namespace), Name: b.Name, Port: b.Port, Weight: weight,
+				RequestHeaders: b.RequestHeaders, ResponseHeaders: b.ResponseHeaders})
 		}
 		for _, m := range dr.Mirrors {
 			rule.Mirrors = append(rule.Mirrors, HTTPRouteMirror{Percent: m.Percent,

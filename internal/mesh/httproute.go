@@ -58,10 +58,40 @@ type HTTPRouteRule struct {
 	// Mirrors are the rule's RequestMirror filters: backends that get copies of its
 	// requests.
 	Mirrors []HTTPRouteMirror
+	// RequestHeaders and ResponseHeaders are the rule's RequestHeaderModifier and
+	// ResponseHeaderModifier filters; nil when unset.
+	RequestHeaders, ResponseHeaders *HeaderModifier
 	// Unsupported names what the rule asks for that proxies cannot do yet (filters,
 	// session persistence): the rule is programmed without it, and the route's Accepted
 	// condition says so.
 	Unsupported []string
+}
+
+// HeaderModifier is a RequestHeaderModifier or ResponseHeaderModifier filter: Set replaces
+// a header's values, Add appends one, Remove deletes headers.
+type HeaderModifier struct {
+	Set, Add []HTTPHeader
+	Remove   []string
+}
+
+// HTTPHeader is a header name and value.
+type HTTPHeader struct {
+	Name, Value string
+}
+
+// toWire is the modifier as proxies run it; nil for none.
+func (m *HeaderModifier) toWire() *api.HeaderModifier {
+	if m == nil || len(m.Set) == 0 && len(m.Add) == 0 && len(m.Remove) == 0 {
+		return nil
+	}
+	out := &api.HeaderModifier{Remove: slices.Clone(m.Remove)}
+	for _, h := range m.Set {
+		out.Set = append(out.Set, &api.HeaderValue{Name: h.Name, Value: h.Value})
+	}
+	for _, h := range m.Add {
+		out.Add = append(out.Add, &api.HeaderValue{Name: h.Name, Value: h.Value})
+	}
+	return out
 }
 
 // HTTPRouteMirror is a RequestMirror filter: copies of Percent% of the rule's requests go
@@ -141,6 +171,9 @@ type HTTPBackendRef struct {
 	Port int32
 	// Weight is the relative weight: 0 sends nothing.
 	Weight int32
+	// RequestHeaders and ResponseHeaders are the backendRef's own header filters,
+	// applied after the rule's; nil when unset.
+	RequestHeaders, ResponseHeaders *HeaderModifier
 }
 
 // IsService reports whether the backendRef names a Service.
@@ -402,6 +435,7 @@ func httpRouteRoutes(routes []HTTPRoute, services map[string]Endpoints) []*api.R
 			Backends: ruleBackends(r.Namespace, r.Rules[m.rule].Backends, services),
 		}
 		rulePolicies(r.Rules[m.rule], route)
+		route.RequestHeaders, route.ResponseHeaders = r.Rules[m.rule].RequestHeaders.toWire(), r.Rules[m.rule].ResponseHeaders.toWire()
 		for _, mirror := range r.Rules[m.rule].Mirrors {
 			ref := mirror.Backend
 			ref.Weight = 1
@@ -520,7 +554,7 @@ func ruleBackends(namespace string, refs []HTTPBackendRef, services map[string]E
 	out := make([]*api.Backend, 0, len(refs))
 	for _, b := range refs {
 		ep := services[b.Name]
-		be := &api.Backend{Service: b.Name}
+		be := &api.Backend{Service: b.Name, RequestHeaders: b.RequestHeaders.toWire(), ResponseHeaders: b.ResponseHeaders.toWire()}
 		if reason, msg := backendProblem(namespace, b, ep.Service); reason != "" {
 			be.Unavailable = msg
 		} else {

@@ -761,9 +761,14 @@ type Route struct {
 	MaxRequestsPerEndpoint uint32 `protobuf:"varint,8,opt,name=max_requests_per_endpoint,json=maxRequestsPerEndpoint,proto3" json:"max_requests_per_endpoint,omitempty"`
 	// mirrors receive a copy of a share of the requests the route carries (Gateway API's
 	// RequestMirror filter); their answers are dropped and never delay the request.
-	Mirrors       []*Mirror `protobuf:"bytes,9,rep,name=mirrors,proto3" json:"mirrors,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Mirrors []*Mirror `protobuf:"bytes,9,rep,name=mirrors,proto3" json:"mirrors,omitempty"`
+	// request_headers change the request before it is forwarded, and response_headers the
+	// answer before it goes back (Gateway API's RequestHeaderModifier and
+	// ResponseHeaderModifier filters of a rule); a backend's own come after.
+	RequestHeaders  *HeaderModifier `protobuf:"bytes,10,opt,name=request_headers,json=requestHeaders,proto3" json:"request_headers,omitempty"`
+	ResponseHeaders *HeaderModifier `protobuf:"bytes,11,opt,name=response_headers,json=responseHeaders,proto3" json:"response_headers,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Route) Reset() {
@@ -859,6 +864,136 @@ func (x *Route) GetMirrors() []*Mirror {
 	return nil
 }
 
+func (x *Route) GetRequestHeaders() *HeaderModifier {
+	if x != nil {
+		return x.RequestHeaders
+	}
+	return nil
+}
+
+func (x *Route) GetResponseHeaders() *HeaderModifier {
+	if x != nil {
+		return x.ResponseHeaders
+	}
+	return nil
+}
+
+// HeaderModifier changes the headers of a request or a response: set replaces every value
+// of a header with one (adding it when absent), add appends a value, remove deletes a
+// header. They apply in that order; names are matched case-insensitively.
+type HeaderModifier struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Set           []*HeaderValue         `protobuf:"bytes,1,rep,name=set,proto3" json:"set,omitempty"`
+	Add           []*HeaderValue         `protobuf:"bytes,2,rep,name=add,proto3" json:"add,omitempty"`
+	Remove        []string               `protobuf:"bytes,3,rep,name=remove,proto3" json:"remove,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HeaderModifier) Reset() {
+	*x = HeaderModifier{}
+	mi := &file_config_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeaderModifier) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeaderModifier) ProtoMessage() {}
+
+func (x *HeaderModifier) ProtoReflect() protoreflect.Message {
+	mi := &file_config_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeaderModifier.ProtoReflect.Descriptor instead.
+func (*HeaderModifier) Descriptor() ([]byte, []int) {
+	return file_config_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *HeaderModifier) GetSet() []*HeaderValue {
+	if x != nil {
+		return x.Set
+	}
+	return nil
+}
+
+func (x *HeaderModifier) GetAdd() []*HeaderValue {
+	if x != nil {
+		return x.Add
+	}
+	return nil
+}
+
+func (x *HeaderModifier) GetRemove() []string {
+	if x != nil {
+		return x.Remove
+	}
+	return nil
+}
+
+// HeaderValue is a header's name and a value.
+type HeaderValue struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Value         string                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HeaderValue) Reset() {
+	*x = HeaderValue{}
+	mi := &file_config_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeaderValue) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeaderValue) ProtoMessage() {}
+
+func (x *HeaderValue) ProtoReflect() protoreflect.Message {
+	mi := &file_config_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeaderValue.ProtoReflect.Descriptor instead.
+func (*HeaderValue) Descriptor() ([]byte, []int) {
+	return file_config_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *HeaderValue) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *HeaderValue) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
 // Mirror is a backend that receives copies of requests.
 type Mirror struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
@@ -871,7 +1006,7 @@ type Mirror struct {
 
 func (x *Mirror) Reset() {
 	*x = Mirror{}
-	mi := &file_config_proto_msgTypes[9]
+	mi := &file_config_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -883,7 +1018,7 @@ func (x *Mirror) String() string {
 func (*Mirror) ProtoMessage() {}
 
 func (x *Mirror) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[9]
+	mi := &file_config_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -896,7 +1031,7 @@ func (x *Mirror) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Mirror.ProtoReflect.Descriptor instead.
 func (*Mirror) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{9}
+	return file_config_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Mirror) GetBackend() *Backend {
@@ -947,7 +1082,7 @@ type RetryPolicy struct {
 
 func (x *RetryPolicy) Reset() {
 	*x = RetryPolicy{}
-	mi := &file_config_proto_msgTypes[10]
+	mi := &file_config_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -959,7 +1094,7 @@ func (x *RetryPolicy) String() string {
 func (*RetryPolicy) ProtoMessage() {}
 
 func (x *RetryPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[10]
+	mi := &file_config_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -972,7 +1107,7 @@ func (x *RetryPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryPolicy.ProtoReflect.Descriptor instead.
 func (*RetryPolicy) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{10}
+	return file_config_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RetryPolicy) GetRetries() uint32 {
@@ -1036,7 +1171,7 @@ type OutlierDetection struct {
 
 func (x *OutlierDetection) Reset() {
 	*x = OutlierDetection{}
-	mi := &file_config_proto_msgTypes[11]
+	mi := &file_config_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1048,7 +1183,7 @@ func (x *OutlierDetection) String() string {
 func (*OutlierDetection) ProtoMessage() {}
 
 func (x *OutlierDetection) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[11]
+	mi := &file_config_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1061,7 +1196,7 @@ func (x *OutlierDetection) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutlierDetection.ProtoReflect.Descriptor instead.
 func (*OutlierDetection) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{11}
+	return file_config_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *OutlierDetection) GetConsecutiveFailures() uint32 {
@@ -1102,7 +1237,7 @@ type HTTPMatch struct {
 
 func (x *HTTPMatch) Reset() {
 	*x = HTTPMatch{}
-	mi := &file_config_proto_msgTypes[12]
+	mi := &file_config_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1114,7 +1249,7 @@ func (x *HTTPMatch) String() string {
 func (*HTTPMatch) ProtoMessage() {}
 
 func (x *HTTPMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[12]
+	mi := &file_config_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1127,7 +1262,7 @@ func (x *HTTPMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HTTPMatch.ProtoReflect.Descriptor instead.
 func (*HTTPMatch) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{12}
+	return file_config_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *HTTPMatch) GetName() string {
@@ -1169,7 +1304,7 @@ type HeaderMatch struct {
 
 func (x *HeaderMatch) Reset() {
 	*x = HeaderMatch{}
-	mi := &file_config_proto_msgTypes[13]
+	mi := &file_config_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1181,7 +1316,7 @@ func (x *HeaderMatch) String() string {
 func (*HeaderMatch) ProtoMessage() {}
 
 func (x *HeaderMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[13]
+	mi := &file_config_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1194,7 +1329,7 @@ func (x *HeaderMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeaderMatch.ProtoReflect.Descriptor instead.
 func (*HeaderMatch) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{13}
+	return file_config_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *HeaderMatch) GetName() string {
@@ -1219,14 +1354,18 @@ type Backend struct {
 	Endpoints []*Endpoint            `protobuf:"bytes,3,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
 	// unavailable explains why a backend with weight has no endpoints (for example its
 	// Service does not exist); requests sent its way get a 503 saying so.
-	Unavailable   string `protobuf:"bytes,4,opt,name=unavailable,proto3" json:"unavailable,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Unavailable string `protobuf:"bytes,4,opt,name=unavailable,proto3" json:"unavailable,omitempty"`
+	// request_headers and response_headers are the backendRef's own header filters,
+	// applied to the requests it carries after the route's.
+	RequestHeaders  *HeaderModifier `protobuf:"bytes,5,opt,name=request_headers,json=requestHeaders,proto3" json:"request_headers,omitempty"`
+	ResponseHeaders *HeaderModifier `protobuf:"bytes,6,opt,name=response_headers,json=responseHeaders,proto3" json:"response_headers,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Backend) Reset() {
 	*x = Backend{}
-	mi := &file_config_proto_msgTypes[14]
+	mi := &file_config_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1238,7 +1377,7 @@ func (x *Backend) String() string {
 func (*Backend) ProtoMessage() {}
 
 func (x *Backend) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[14]
+	mi := &file_config_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1251,7 +1390,7 @@ func (x *Backend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Backend.ProtoReflect.Descriptor instead.
 func (*Backend) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{14}
+	return file_config_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Backend) GetService() string {
@@ -1282,6 +1421,20 @@ func (x *Backend) GetUnavailable() string {
 	return ""
 }
 
+func (x *Backend) GetRequestHeaders() *HeaderModifier {
+	if x != nil {
+		return x.RequestHeaders
+	}
+	return nil
+}
+
+func (x *Backend) GetResponseHeaders() *HeaderModifier {
+	if x != nil {
+		return x.ResponseHeaders
+	}
+	return nil
+}
+
 // Endpoint is a ready address of a backend, with the target port already resolved.
 type Endpoint struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1299,7 +1452,7 @@ type Endpoint struct {
 
 func (x *Endpoint) Reset() {
 	*x = Endpoint{}
-	mi := &file_config_proto_msgTypes[15]
+	mi := &file_config_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1311,7 +1464,7 @@ func (x *Endpoint) String() string {
 func (*Endpoint) ProtoMessage() {}
 
 func (x *Endpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[15]
+	mi := &file_config_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1324,7 +1477,7 @@ func (x *Endpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Endpoint.ProtoReflect.Descriptor instead.
 func (*Endpoint) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{15}
+	return file_config_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Endpoint) GetIp() string {
@@ -1408,7 +1561,7 @@ const file_config_proto_rawDesc = "" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12-\n" +
 	"\x06routes\x18\x03 \x03(\v2\x15.braid.proxy.v1.RouteR\x06routes\x12\x14\n" +
 	"\x05split\x18\x04 \x01(\tR\x05split\x124\n" +
-	"\bprotocol\x18\x05 \x01(\x0e2\x18.braid.proxy.v1.ProtocolR\bprotocol\"\xfc\x03\n" +
+	"\bprotocol\x18\x05 \x01(\x0e2\x18.braid.proxy.v1.ProtocolR\bprotocol\"\x90\x05\n" +
 	"\x05Route\x123\n" +
 	"\amatches\x18\x01 \x03(\v2\x19.braid.proxy.v1.HTTPMatchR\amatches\x123\n" +
 	"\bbackends\x18\x02 \x03(\v2\x17.braid.proxy.v1.BackendR\bbackends\x12\x12\n" +
@@ -1418,7 +1571,17 @@ const file_config_proto_rawDesc = "" +
 	"\x05retry\x18\x06 \x01(\v2\x1b.braid.proxy.v1.RetryPolicyR\x05retry\x12M\n" +
 	"\x11outlier_detection\x18\a \x01(\v2 .braid.proxy.v1.OutlierDetectionR\x10outlierDetection\x129\n" +
 	"\x19max_requests_per_endpoint\x18\b \x01(\rR\x16maxRequestsPerEndpoint\x120\n" +
-	"\amirrors\x18\t \x03(\v2\x16.braid.proxy.v1.MirrorR\amirrors\"U\n" +
+	"\amirrors\x18\t \x03(\v2\x16.braid.proxy.v1.MirrorR\amirrors\x12G\n" +
+	"\x0frequest_headers\x18\n" +
+	" \x01(\v2\x1e.braid.proxy.v1.HeaderModifierR\x0erequestHeaders\x12I\n" +
+	"\x10response_headers\x18\v \x01(\v2\x1e.braid.proxy.v1.HeaderModifierR\x0fresponseHeaders\"\x86\x01\n" +
+	"\x0eHeaderModifier\x12-\n" +
+	"\x03set\x18\x01 \x03(\v2\x1b.braid.proxy.v1.HeaderValueR\x03set\x12-\n" +
+	"\x03add\x18\x02 \x03(\v2\x1b.braid.proxy.v1.HeaderValueR\x03add\x12\x16\n" +
+	"\x06remove\x18\x03 \x03(\tR\x06remove\"7\n" +
+	"\vHeaderValue\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"U\n" +
 	"\x06Mirror\x121\n" +
 	"\abackend\x18\x01 \x01(\v2\x17.braid.proxy.v1.BackendR\abackend\x12\x18\n" +
 	"\apercent\x18\x02 \x01(\rR\apercent\"\xe1\x02\n" +
@@ -1449,12 +1612,14 @@ const file_config_proto_rawDesc = "" +
 	"\vHeaderMatch\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1f\n" +
 	"\vvalue_regex\x18\x02 \x01(\tR\n" +
-	"valueRegex\"\x95\x01\n" +
+	"valueRegex\"\xa9\x02\n" +
 	"\aBackend\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x16\n" +
 	"\x06weight\x18\x02 \x01(\rR\x06weight\x126\n" +
 	"\tendpoints\x18\x03 \x03(\v2\x18.braid.proxy.v1.EndpointR\tendpoints\x12 \n" +
-	"\vunavailable\x18\x04 \x01(\tR\vunavailable\"i\n" +
+	"\vunavailable\x18\x04 \x01(\tR\vunavailable\x12G\n" +
+	"\x0frequest_headers\x18\x05 \x01(\v2\x1e.braid.proxy.v1.HeaderModifierR\x0erequestHeaders\x12I\n" +
+	"\x10response_headers\x18\x06 \x01(\v2\x1e.braid.proxy.v1.HeaderModifierR\x0fresponseHeaders\"i\n" +
 	"\bEndpoint\x12\x0e\n" +
 	"\x02ip\x18\x01 \x01(\tR\x02ip\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12\x1a\n" +
@@ -1482,7 +1647,7 @@ func file_config_proto_rawDescGZIP() []byte {
 }
 
 var file_config_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_config_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_config_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_config_proto_goTypes = []any{
 	(Protocol)(0),               // 0: braid.proxy.v1.Protocol
 	(*StreamRequest)(nil),       // 1: braid.proxy.v1.StreamRequest
@@ -1494,15 +1659,17 @@ var file_config_proto_goTypes = []any{
 	(*Service)(nil),             // 7: braid.proxy.v1.Service
 	(*ServicePort)(nil),         // 8: braid.proxy.v1.ServicePort
 	(*Route)(nil),               // 9: braid.proxy.v1.Route
-	(*Mirror)(nil),              // 10: braid.proxy.v1.Mirror
-	(*RetryPolicy)(nil),         // 11: braid.proxy.v1.RetryPolicy
-	(*OutlierDetection)(nil),    // 12: braid.proxy.v1.OutlierDetection
-	(*HTTPMatch)(nil),           // 13: braid.proxy.v1.HTTPMatch
-	(*HeaderMatch)(nil),         // 14: braid.proxy.v1.HeaderMatch
-	(*Backend)(nil),             // 15: braid.proxy.v1.Backend
-	(*Endpoint)(nil),            // 16: braid.proxy.v1.Endpoint
-	nil,                         // 17: braid.proxy.v1.Inbound.PortsEntry
-	(*durationpb.Duration)(nil), // 18: google.protobuf.Duration
+	(*HeaderModifier)(nil),      // 10: braid.proxy.v1.HeaderModifier
+	(*HeaderValue)(nil),         // 11: braid.proxy.v1.HeaderValue
+	(*Mirror)(nil),              // 12: braid.proxy.v1.Mirror
+	(*RetryPolicy)(nil),         // 13: braid.proxy.v1.RetryPolicy
+	(*OutlierDetection)(nil),    // 14: braid.proxy.v1.OutlierDetection
+	(*HTTPMatch)(nil),           // 15: braid.proxy.v1.HTTPMatch
+	(*HeaderMatch)(nil),         // 16: braid.proxy.v1.HeaderMatch
+	(*Backend)(nil),             // 17: braid.proxy.v1.Backend
+	(*Endpoint)(nil),            // 18: braid.proxy.v1.Endpoint
+	nil,                         // 19: braid.proxy.v1.Inbound.PortsEntry
+	(*durationpb.Duration)(nil), // 20: google.protobuf.Duration
 }
 var file_config_proto_depIdxs = []int32{
 	2,  // 0: braid.proxy.v1.StreamRequest.hello:type_name -> braid.proxy.v1.Hello
@@ -1510,32 +1677,38 @@ var file_config_proto_depIdxs = []int32{
 	7,  // 2: braid.proxy.v1.Snapshot.services:type_name -> braid.proxy.v1.Service
 	5,  // 3: braid.proxy.v1.Snapshot.inbound:type_name -> braid.proxy.v1.Inbound
 	6,  // 4: braid.proxy.v1.Inbound.authorizations:type_name -> braid.proxy.v1.Authorization
-	17, // 5: braid.proxy.v1.Inbound.ports:type_name -> braid.proxy.v1.Inbound.PortsEntry
-	13, // 6: braid.proxy.v1.Authorization.http_matches:type_name -> braid.proxy.v1.HTTPMatch
+	19, // 5: braid.proxy.v1.Inbound.ports:type_name -> braid.proxy.v1.Inbound.PortsEntry
+	15, // 6: braid.proxy.v1.Authorization.http_matches:type_name -> braid.proxy.v1.HTTPMatch
 	8,  // 7: braid.proxy.v1.Service.ports:type_name -> braid.proxy.v1.ServicePort
 	9,  // 8: braid.proxy.v1.ServicePort.routes:type_name -> braid.proxy.v1.Route
 	0,  // 9: braid.proxy.v1.ServicePort.protocol:type_name -> braid.proxy.v1.Protocol
-	13, // 10: braid.proxy.v1.Route.matches:type_name -> braid.proxy.v1.HTTPMatch
-	15, // 11: braid.proxy.v1.Route.backends:type_name -> braid.proxy.v1.Backend
-	18, // 12: braid.proxy.v1.Route.timeout:type_name -> google.protobuf.Duration
-	18, // 13: braid.proxy.v1.Route.backend_request_timeout:type_name -> google.protobuf.Duration
-	11, // 14: braid.proxy.v1.Route.retry:type_name -> braid.proxy.v1.RetryPolicy
-	12, // 15: braid.proxy.v1.Route.outlier_detection:type_name -> braid.proxy.v1.OutlierDetection
-	10, // 16: braid.proxy.v1.Route.mirrors:type_name -> braid.proxy.v1.Mirror
-	15, // 17: braid.proxy.v1.Mirror.backend:type_name -> braid.proxy.v1.Backend
-	18, // 18: braid.proxy.v1.RetryPolicy.backoff_base:type_name -> google.protobuf.Duration
-	18, // 19: braid.proxy.v1.RetryPolicy.backoff_max:type_name -> google.protobuf.Duration
-	18, // 20: braid.proxy.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
-	14, // 21: braid.proxy.v1.HTTPMatch.headers:type_name -> braid.proxy.v1.HeaderMatch
-	16, // 22: braid.proxy.v1.Backend.endpoints:type_name -> braid.proxy.v1.Endpoint
-	0,  // 23: braid.proxy.v1.Inbound.PortsEntry.value:type_name -> braid.proxy.v1.Protocol
-	1,  // 24: braid.proxy.v1.ConfigService.Stream:input_type -> braid.proxy.v1.StreamRequest
-	4,  // 25: braid.proxy.v1.ConfigService.Stream:output_type -> braid.proxy.v1.Snapshot
-	25, // [25:26] is the sub-list for method output_type
-	24, // [24:25] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	15, // 10: braid.proxy.v1.Route.matches:type_name -> braid.proxy.v1.HTTPMatch
+	17, // 11: braid.proxy.v1.Route.backends:type_name -> braid.proxy.v1.Backend
+	20, // 12: braid.proxy.v1.Route.timeout:type_name -> google.protobuf.Duration
+	20, // 13: braid.proxy.v1.Route.backend_request_timeout:type_name -> google.protobuf.Duration
+	13, // 14: braid.proxy.v1.Route.retry:type_name -> braid.proxy.v1.RetryPolicy
+	14, // 15: braid.proxy.v1.Route.outlier_detection:type_name -> braid.proxy.v1.OutlierDetection
+	12, // 16: braid.proxy.v1.Route.mirrors:type_name -> braid.proxy.v1.Mirror
+	10, // 17: braid.proxy.v1.Route.request_headers:type_name -> braid.proxy.v1.HeaderModifier
+	10, // 18: braid.proxy.v1.Route.response_headers:type_name -> braid.proxy.v1.HeaderModifier
+	11, // 19: braid.proxy.v1.HeaderModifier.set:type_name -> braid.proxy.v1.HeaderValue
+	11, // 20: braid.proxy.v1.HeaderModifier.add:type_name -> braid.proxy.v1.HeaderValue
+	17, // 21: braid.proxy.v1.Mirror.backend:type_name -> braid.proxy.v1.Backend
+	20, // 22: braid.proxy.v1.RetryPolicy.backoff_base:type_name -> google.protobuf.Duration
+	20, // 23: braid.proxy.v1.RetryPolicy.backoff_max:type_name -> google.protobuf.Duration
+	20, // 24: braid.proxy.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
+	16, // 25: braid.proxy.v1.HTTPMatch.headers:type_name -> braid.proxy.v1.HeaderMatch
+	18, // 26: braid.proxy.v1.Backend.endpoints:type_name -> braid.proxy.v1.Endpoint
+	10, // 27: braid.proxy.v1.Backend.request_headers:type_name -> braid.proxy.v1.HeaderModifier
+	10, // 28: braid.proxy.v1.Backend.response_headers:type_name -> braid.proxy.v1.HeaderModifier
+	0,  // 29: braid.proxy.v1.Inbound.PortsEntry.value:type_name -> braid.proxy.v1.Protocol
+	1,  // 30: braid.proxy.v1.ConfigService.Stream:input_type -> braid.proxy.v1.StreamRequest
+	4,  // 31: braid.proxy.v1.ConfigService.Stream:output_type -> braid.proxy.v1.Snapshot
+	31, // [31:32] is the sub-list for method output_type
+	30, // [30:31] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_config_proto_init() }
@@ -1547,15 +1720,15 @@ func file_config_proto_init() {
 		(*StreamRequest_Hello)(nil),
 		(*StreamRequest_Ack)(nil),
 	}
-	file_config_proto_msgTypes[10].OneofWrappers = []any{}
-	file_config_proto_msgTypes[11].OneofWrappers = []any{}
+	file_config_proto_msgTypes[12].OneofWrappers = []any{}
+	file_config_proto_msgTypes[13].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_config_proto_rawDesc), len(file_config_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   17,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -81,9 +81,15 @@ func New(log logr.Logger, table *atomic.Pointer[router.Table], metrics *telemetr
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.Out.URL.Scheme = "http" // the host is the endpoint of each attempt
 			pr.Out.Host = pr.In.Host   // the application sees the authority its client used
+			x := pr.In.Context().Value(exchangeKey{}).(*exchange)
+			x.route.RequestHeaders.Apply(pr.Out.Header, &pr.Out.Host)
+			x.backend.RequestHeaders.Apply(pr.Out.Header, &pr.Out.Host)
 		},
 		ModifyResponse: func(resp *http.Response) error {
-			resp.Request.Context().Value(exchangeKey{}).(*exchange).status = resp.StatusCode
+			x := resp.Request.Context().Value(exchangeKey{}).(*exchange)
+			x.status = resp.StatusCode
+			x.route.ResponseHeaders.Apply(resp.Header, nil)
+			x.backend.ResponseHeaders.Apply(resp.Header, nil)
 			return nil
 		},
 		Transport:    attempts{h},

@@ -90,6 +90,9 @@ type Route struct {
 
 	// Mirrors receive copies of a share of the route's requests.
 	Mirrors []Mirror
+	// RequestHeaders and ResponseHeaders change the requests the route carries and their
+	// answers (before the backend's own); nil: none.
+	RequestHeaders, ResponseHeaders *HeaderModifier
 
 	matches  []match
 	backends []*Backend
@@ -118,7 +121,10 @@ type Backend struct {
 	Service     string
 	Weight      uint32
 	Unavailable string
-	endpoints   []*EndpointState
+	// RequestHeaders and ResponseHeaders are the backendRef's own header filters,
+	// applied after the route's; nil: none.
+	RequestHeaders, ResponseHeaders *HeaderModifier
+	endpoints                       []*EndpointState
 	// limit caps the requests in flight to each endpoint; outlier says when one is
 	// ejected (the route's policies).
 	limit   int64
@@ -284,6 +290,12 @@ func (b *builder) buildRoute(port *Port, index int, r *api.Route) (*Route, error
 	if err != nil {
 		return nil, err
 	}
+	if out.RequestHeaders, err = buildHeaderModifier(r.GetRequestHeaders()); err != nil {
+		return nil, fmt.Errorf("route %s: request headers: %w", out.Name, err)
+	}
+	if out.ResponseHeaders, err = buildHeaderModifier(r.GetResponseHeaders()); err != nil {
+		return nil, fmt.Errorf("route %s: response headers: %w", out.Name, err)
+	}
 	limit := int64(cmpOr(r.GetMaxRequestsPerEndpoint(), DefaultMaxRequestsPerEndpoint))
 	for _, be := range r.GetBackends() {
 		built, err := b.buildBackend(be, limit, outlier, out.Budget)
@@ -315,6 +327,13 @@ type Mirror struct {
 
 func (b *builder) buildBackend(be *api.Backend, limit int64, outlier outlierConfig, budget *Budget) (*Backend, error) {
 	built := &Backend{Service: be.GetService(), Weight: be.GetWeight(), Unavailable: be.GetUnavailable(), limit: limit, outlier: outlier, budget: budget}
+	var err error
+	if built.RequestHeaders, err = buildHeaderModifier(be.GetRequestHeaders()); err != nil {
+		return nil, fmt.Errorf("backend %s: request headers: %w", be.GetService(), err)
+	}
+	if built.ResponseHeaders, err = buildHeaderModifier(be.GetResponseHeaders()); err != nil {
+		return nil, fmt.Errorf("backend %s: response headers: %w", be.GetService(), err)
+	}
 	for _, e := range be.GetEndpoints() {
 		ep, err := buildEndpoint(be.GetService(), e)
 		if err != nil {
