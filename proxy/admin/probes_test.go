@@ -78,7 +78,17 @@ func appGRPC(t *testing.T) int32 {
 // appTCP accepts connections and closes them.
 func appTCP(t *testing.T) int32 {
 	t.Helper()
-	lis, port := listenLoopback(t)
+	return appTCPOn(t, defaultAppHost)
+}
+
+// appTCPOn accepts and closes connections on a free port of host.
+func appTCPOn(t *testing.T, host string) int32 {
+	t.Helper()
+	lis, err := net.Listen("tcp", host+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := int32(lis.Addr().(*net.TCPAddr).Port)
 	go func() {
 		for {
 			c, err := lis.Accept()
@@ -193,21 +203,7 @@ func get(t *testing.T, url string) (int, string) {
 // Probes run where the proxy forwards the application's traffic (--app-host): an
 // application listening on another address than 127.0.0.1 is probed there.
 func TestAppProbesUseTheAppHost(t *testing.T) {
-	lis, err := net.Listen("tcp", "127.0.0.3:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = lis.Close() })
-	go func() {
-		for {
-			c, err := lis.Accept()
-			if err != nil {
-				return
-			}
-			_ = c.Close()
-		}
-	}()
-	port := int32(lis.Addr().(*net.TCPAddr).Port)
+	port := appTCPOn(t, "127.0.0.3")
 	raw, err := json.Marshal(AppProbes{"db": {ProbeReadiness: {TCPSocket: &TCPSocketProbe{Port: port}}}})
 	if err != nil {
 		t.Fatal(err)
