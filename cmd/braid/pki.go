@@ -109,6 +109,64 @@ func writePKI(l layout) error {
 	return writeKubeconfig(l)
 }
 
+// writeFrontProxyPKI writes, unless present, the API server's front-proxy CA and the client
+// certificate it presents to aggregated API servers (Braid's TrafficMetrics API), which
+// verify it against the CA published in kube-system/extension-apiserver-authentication.
+// A separate CA, as kubeadm sets up: a certificate of the cluster CA must not pass as the
+// front proxy.
+func writeFrontProxyPKI(l layout) error {
+	if _, err := os.Stat(l.pki("front-proxy-client.crt")); err == nil {
+		return nil
+	}
+	if err := os.MkdirAll(l.path("pki"), 0o700); err != nil {
+		return err
+	}
+	now := time.Now().Add(-time.Hour)
+	caKey, err := newKey()
+	if err != nil {
+		return err
+	}
+	caTmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "braid-front-proxy-ca"},
+		NotBefore:             now,
+		NotAfter:              now.Add(10 * certLifetime),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	caDER, err := sign(caTmpl, caTmpl, caKey.Public(), caKey)
+	if err != nil {
+		return err
+	}
+	ca, err := x509.ParseCertificate(caDER)
+	if err != nil {
+		return err
+	}
+	if err := writeCert(l.pki("front-proxy-ca"), caDER, caKey); err != nil {
+		return err
+	}
+	key, err := newKey()
+	if err != nil {
+		return err
+	}
+	der, err := sign(&x509.Certificate{
+		SerialNumber: big.NewInt(2),
+		Subject:      pkix.Name{CommonName: frontProxyClientName},
+		NotBefore:    now, NotAfter: now.Add(certLifetime),
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}, ca, key.Public(), caKey)
+	if err != nil {
+		return err
+	}
+	return writeCert(l.pki("front-proxy-client"), der, key)
+}
+
+// frontProxyClientName is the name the front proxy's client certificate carries, the one
+// aggregated API servers accept (--requestheader-allowed-names).
+const frontProxyClientName = "front-proxy-client"
+
 func newKey() (*ecdsa.PrivateKey, error) { return ecdsa.GenerateKey(elliptic.P256(), rand.Reader) }
 
 func sign(tmpl, parent *x509.Certificate, pub crypto.PublicKey, key crypto.Signer) ([]byte, error) {

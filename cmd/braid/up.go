@@ -75,7 +75,7 @@ func up(ctx context.Context, o *options) error {
 		fn   func() error
 	}{
 		{"network (bridge " + bridgeName + ", route, sysctls, guard)", setupNetwork},
-		{"certificates and kubeconfig", func() error { return writePKI(l) }},
+		{"certificates and kubeconfig", func() error { return errors.Join(writePKI(l), writeFrontProxyPKI(l)) }},
 		{"configuration", func() error { return writeConfigs(l) }},
 	}
 	for _, s := range steps {
@@ -339,6 +339,14 @@ func components(l layout, binDir string) map[string]component {
 			// The node's name is not in the host's resolver: logs and exec go to its IP.
 			"--kubelet-preferred-address-types=InternalIP",
 			"--allow-privileged=true", "--profiling=false",
+			// The front proxy, for aggregated APIs (SMI TrafficMetrics), reaching their
+			// servers at their endpoints rather than through the Service's cluster IP.
+			"--requestheader-client-ca-file=" + pki("front-proxy-ca.crt"),
+			"--requestheader-allowed-names=" + frontProxyClientName,
+			"--requestheader-username-headers=X-Remote-User", "--requestheader-group-headers=X-Remote-Group",
+			"--requestheader-extra-headers-prefix=X-Remote-Extra-",
+			"--proxy-client-cert-file=" + pki("front-proxy-client.crt"), "--proxy-client-key-file=" + pki("front-proxy-client.key"),
+			"--enable-aggregator-routing=true",
 		}},
 		"kube-controller-manager": {name: "kube-controller-manager", bin: bin("kube-controller-manager"), args: []string{
 			"--kubeconfig=" + kc, "--authentication-kubeconfig=" + kc, "--authorization-kubeconfig=" + kc,

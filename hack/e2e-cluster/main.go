@@ -79,6 +79,7 @@ func run(ctx context.Context) int {
 	s.check(ctx, "TrafficSplit A/B by header: x-canary: true -> v2, the rest -> the root Service", s.headerCanary)
 	s.check(ctx, "every meshed proxy got a workload certificate (SPIFFE identity)", s.identity)
 	s.check(ctx, "meshed traffic is mTLS (the server proxy saw the client's identity)", s.mtls)
+	s.check(ctx, "SMI TrafficMetrics: kubectl get --raw .../deployments/reviews-v1/edges names the frontend edge", s.trafficMetrics)
 	s.check(ctx, "TrafficTarget denies a source it does not list, then allows it", s.trafficTarget)
 	s.check(ctx, "a pod annotated braid.dev/inject: disabled in the meshed namespace is not injected", s.optedOut)
 	s.check(ctx, "httpGet, tcpSocket and grpc probes are rewritten to the proxy and keep the pod Ready", s.probes)
