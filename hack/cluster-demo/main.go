@@ -86,10 +86,11 @@ Everything still runs. Explore:
   kubectl -n %s get pods,svc,trafficsplits
   kubectl -n %s get trafficsplit reviews -o yaml      # status.conditions: Accepted, Programmed
   curl -s 'http://%s:8080/call?n=100'    # frontend calls reviews 100 times
+  kubectl get --raw /apis/metrics.smi-spec.io/v1alpha1/namespaces/%s/deployments/reviews-v2/edges   # SMI TrafficMetrics
   kubectl -n %s apply -f - <<EOF                    # change the weights
 %sEOF
 Stop the cluster and undo every change to the host: make down
-`, kit.Kubeconfig, filepath.Dir(kit.Kubectl), ns, ns, p.Status.PodIP, ns, clusterkit.TrafficSplit(ns, 70, 30))
+`, kit.Kubeconfig, filepath.Dir(kit.Kubectl), ns, ns, p.Status.PodIP, ns, ns, clusterkit.TrafficSplit(ns, 70, 30))
 	return nil
 }
 
