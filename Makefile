@@ -5,6 +5,10 @@ SHELL := /usr/bin/env bash
 
 LOCALBIN ?= $(CURDIR)/bin
 GO ?= go
+# Release builds of the operator and the proxy leave gRPC's x/net/trace (and its
+# html/template) out: nothing serves /debug/requests, and it is 1.5 MB of the proxy's
+# resident memory (docs/benchmarks.md).
+RELEASE_TAGS ?= grpcnotrace
 export GOTOOLCHAIN := local
 
 ## Tool versions
@@ -69,8 +73,8 @@ unit: ## Run the Go tests (unit, envtest integration and envtest-driven e2e).
 
 .PHONY: build
 build: ## Build the operator and the proxy into bin/.
-	CGO_ENABLED=0 $(GO) build -trimpath -o $(LOCALBIN)/braid-operator .
-	CGO_ENABLED=0 $(GO) build -trimpath -o $(LOCALBIN)/braid-proxy ./cmd/braid-proxy
+	CGO_ENABLED=0 $(GO) build -trimpath -tags $(RELEASE_TAGS) -o $(LOCALBIN)/braid-operator .
+	CGO_ENABLED=0 $(GO) build -trimpath -tags $(RELEASE_TAGS) -o $(LOCALBIN)/braid-proxy ./cmd/braid-proxy
 
 .PHONY: lint
 lint: $(GOLANGCI_LINT) ## Run golangci-lint (linters listed in .golangci.yml).
@@ -137,7 +141,7 @@ bench-inject: ## Sidecar injection webhook: latency p50/p90/p99/max and allocati
 
 .PHONY: bench-proxy
 bench-proxy: $(FORTIO) ## Proxy pair over mTLS vs nginx and haproxy pairs (apt-get installs them): latency, max rps, CPU, RSS.
-	CGO_ENABLED=0 $(GO) build -trimpath -o $(LOCALBIN)/braid-proxy ./cmd/braid-proxy
+	CGO_ENABLED=0 $(GO) build -trimpath -tags $(RELEASE_TAGS) -o $(LOCALBIN)/braid-proxy ./cmd/braid-proxy
 	$(GO) run ./hack/bench/proxy -fortio $(FORTIO) -proxy $(LOCALBIN)/braid-proxy $(BENCH_FLAGS)
 
 .PHONY: bench

