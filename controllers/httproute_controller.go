@@ -148,7 +148,7 @@ func (r *HTTPRouteReconciler) programmed(hr *gatewayv1.HTTPRoute, p mesh.Service
 		return condition(ConditionProgrammed, false, ReasonPending, fmt.Sprintf("generation %d is not compiled into Service %s yet", hr.Generation, p.Name))
 	}
 	r.Programs.AwaitAcks(key) // before counting, so no acknowledgement is missed
-	acked, rejected, connected, rejection := r.Acks.AckStatus(c.Version)
+	acked, rejected, connected, rejection := r.Acks.AckStatusForService(c.Version, p.Namespace+"/"+p.Name)
 	switch {
 	case rejected > 0:
 		return condition(ConditionProgrammed, false, ReasonRejected, fmt.Sprintf(

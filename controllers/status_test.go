@@ -241,6 +241,33 @@ func TestProgrammedReportsRejections(t *testing.T) {
 	}
 }
 
+// A proxy that applies a version except one Service it cannot build makes only the
+// splits of that Service Rejected: the others are Programmed.
+func TestOneRejectedServiceRejectsOnlyItsSplits(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	ns := namespace(ctx, t)
+	proxy, err := harness.StartAckingProxy(ctx, cp.ConfigAddr, "partial-proxy", ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = proxy.Close() }()
+	proxy.RejectServices(map[string]string{ns + "/web": "route 0: invalid regex (simulated)"})
+	var splits []*unstructured.Unstructured
+	for _, root := range []string{"web", "api"} {
+		mustCreate(ctx, t, harness.Service(ns, root, 80))
+		mustCreate(ctx, t, harness.Service(ns, root+"-v1", 80))
+		split := harness.TrafficSplit("split.smi-spec.io/v1alpha2", ns, root, root, harness.Weighted{Service: root + "-v1", Weight: 1})
+		mustCreate(ctx, t, split)
+		splits = append(splits, split)
+	}
+	cond := waitFor(ctx, t, client.ObjectKeyFromObject(splits[0]), controllers.ConditionProgrammed, metav1.ConditionFalse, controllers.ReasonRejected)
+	if !strings.Contains(cond.Message, "partial-proxy") || !strings.Contains(cond.Message, "simulated") {
+		t.Errorf("the condition should name the proxy and why it rejected web: %q", cond.Message)
+	}
+	waitFor(ctx, t, client.ObjectKeyFromObject(splits[1]), controllers.ConditionProgrammed, metav1.ConditionTrue, controllers.ReasonProgrammed)
+}
+
 // GAMMA routes take precedence: an HTTPRoute attached to every port of a split's root
 // supersedes the split, and the split governs again once the route is gone.
 func TestHTTPRouteSupersedesASplitOnItsPorts(t *testing.T) {

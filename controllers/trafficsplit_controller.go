@@ -42,9 +42,11 @@ const (
 	ReasonRejected    = "Rejected"
 )
 
-// AckCounter says how many connected proxies run a config version, and how many rejected it.
+// AckCounter says how many connected proxies run the configuration of a Service
+// (namespace/name) from a config version on, and how many rejected it (the version, or
+// that Service in it).
 type AckCounter interface {
-	AckStatus(version uint64) (acked, rejected, connected int, rejection string)
+	AckStatusForService(version uint64, service string) (acked, rejected, connected int, rejection string)
 }
 
 // TrafficSplitReconciler tells users, through status conditions, whether each
@@ -215,7 +217,7 @@ func (r *TrafficSplitReconciler) programmed(key types.NamespacedName, ts *smi.Tr
 		return condition(ConditionProgrammed, false, ReasonPending, fmt.Sprintf("generation %d is not compiled yet", ts.Generation))
 	}
 	r.Programs.AwaitAcks(key) // before counting, so no acknowledgement is missed
-	acked, rejected, connected, rejection := r.Acks.AckStatus(c.Version)
+	acked, rejected, connected, rejection := r.Acks.AckStatusForService(c.Version, ts.Namespace+"/"+ts.Spec.Service)
 	if rejected > 0 {
 		return condition(ConditionProgrammed, false, ReasonRejected, fmt.Sprintf(
 			"%d of %d connected proxies rejected config version %d, which carries generation %d, and keep their last good configuration; for example %s",

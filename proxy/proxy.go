@@ -92,12 +92,33 @@ type state struct {
 	// endpoints keeps the live state of endpoints (latency, ejections) and retry
 	// budgets across the tables of successive configurations.
 	endpoints *router.Registry
+	// good holds the last configuration of each Service that built, for the Services a
+	// later snapshot brings in a form that does not (see isolate).
+	good map[string]*api.Service
 }
 
-// apply builds a table from snap and swaps it in atomically; a snapshot that does not
-// build leaves the current table in place, and counts as a rejection.
-func (s *state) apply(snap *api.Snapshot) error {
+// apply builds a table from a control-plane snapshot and swaps it in atomically. A
+// Service that does not build is left at its last good form and reported (a
+// *controlplane.PartialError); a snapshot that still does not build leaves the current
+// table in place, and counts as a rejection.
+func (s *state) apply(snap *api.Snapshot) error { return s.applySnapshot(snap, true) }
+
+// applyFile applies a config file's snapshot whole, or not at all: a file is written by
+// hand, and a mistake in it is better refused than half run.
+func (s *state) applyFile(snap *api.Snapshot) error { return s.applySnapshot(snap, false) }
+
+func (s *state) applySnapshot(snap *api.Snapshot, isolate bool) error {
 	t, err := s.endpoints.Build(snap, s.opts.Namespace, s.opts.ClusterDomain)
+	var rejected map[string]string
+	if err != nil && isolate {
+		// One Service that does not build must not hold the others back: build
+		// without it (with its last good form, if any), and say so.
+		var isolated *api.Snapshot
+		if isolated, rejected = s.isolate(snap); len(rejected) > 0 {
+			snap = isolated
+			t, err = s.endpoints.Build(snap, s.opts.Namespace, s.opts.ClusterDomain)
+		}
+	}
 	var policy *inbound.Policy
 	if err == nil {
 		policy, err = prepareInbound(snap)
@@ -113,8 +134,38 @@ func (s *state) apply(snap *api.Snapshot) error {
 	s.table.Store(t) // the table first: once /config shows a version, requests use it
 	s.snap.Store(snap)
 	s.metrics.ConfigApplied(t)
+	s.good = make(map[string]*api.Service, len(snap.GetServices()))
+	for _, svc := range snap.GetServices() {
+		s.good[serviceKey(svc)] = svc
+	}
+	if len(rejected) > 0 {
+		s.metrics.ConfigRejected()
+		return &controlplane.PartialError{Rejected: rejected}
+	}
 	return nil
 }
+
+// isolate returns snap with each Service that does not build on its own replaced by its
+// last good form (left out when it has none), and why each did not build.
+func (s *state) isolate(snap *api.Snapshot) (*api.Snapshot, map[string]string) {
+	rejected := map[string]string{}
+	out := &api.Snapshot{Version: snap.GetVersion(), Full: snap.GetFull(), Inbound: snap.GetInbound(), TrustBundle: snap.GetTrustBundle()}
+	for _, svc := range snap.GetServices() {
+		one := &api.Snapshot{Version: snap.GetVersion(), Full: true, Services: []*api.Service{svc}}
+		if _, err := router.Build(one, s.opts.Namespace, s.opts.ClusterDomain); err != nil {
+			key := serviceKey(svc)
+			rejected[key] = err.Error()
+			if good, ok := s.good[key]; ok {
+				out.Services = append(out.Services, good)
+			}
+			continue
+		}
+		out.Services = append(out.Services, svc)
+	}
+	return out, rejected
+}
+
+func serviceKey(svc *api.Service) string { return svc.GetNamespace() + "/" + svc.GetName() }
 
 // Run runs the proxy until ctx ends, then stops accepting and drains requests in flight.
 func Run(ctx context.Context, log logr.Logger, opts Options) error {
@@ -203,7 +254,7 @@ func configSource(log logr.Logger, st *state) (func(ctx context.Context) error, 
 	opts := st.opts
 	if opts.ConfigFile != "" {
 		w := &configfile.Watcher{
-			Path: opts.ConfigFile, Apply: st.apply, Rejected: st.metrics.ConfigRejected,
+			Path: opts.ConfigFile, Apply: st.applyFile, Rejected: st.metrics.ConfigRejected,
 			Log: log.WithName("config-file"), Interval: cmp.Or(opts.ConfigPoll, time.Second),
 		}
 		if err := w.Start(); err != nil {

@@ -81,6 +81,51 @@ func TestMetricsCountNACKs(t *testing.T) {
 	srv := configserver.New(testr.New(t), configserver.Options{})
 	srv.MarkReady()
 	srv.SetService("shop", "web", service("10.0.0.1"))
+	opts := runWithControlPlane(t, srv)
+
+	waitMetrics(t, opts.AdminAddr, "braid_proxy_config_version 1", "braid_proxy_config_rejections_total 0")
+	// A Service that does not build is rejected alone: the version applies, and the
+	// Service keeps its last good form.
+	srv.SetService("shop", "web", service("not-an-ip"))
+	waitMetrics(t, opts.AdminAddr, "braid_proxy_config_version 2", "braid_proxy_config_rejections_total 1")
+	if code, body := get(t, "http://"+opts.AdminAddr+"/config"); code != http.StatusOK || !strings.Contains(body, "10.0.0.1") || strings.Contains(body, "not-an-ip") {
+		t.Errorf("/config after the rejected Service: %d %s; want shop/web's last good endpoint 10.0.0.1", code, body)
+	}
+	// The operator learns which Service the proxy could not build, and only that one
+	// counts as rejected there.
+	srv.SetService("shop", "api", named(service("10.0.0.9"), "api"))
+	waitMetrics(t, opts.AdminAddr, "braid_proxy_config_version 3")
+	st := waitProxyState(t, srv, "PARTIAL")
+	if why := st.RejectedServices["shop/web"]; !strings.Contains(why, "not-an-ip") || len(st.RejectedServices) != 1 {
+		t.Errorf("the proxy reported rejected Services %v, want shop/web's bad endpoint only", st.RejectedServices)
+	}
+	if acked, rejected, _, why := srv.AckStatusForService(3, "shop/web"); acked != 0 || rejected != 1 || !strings.Contains(why, "web-1") {
+		t.Errorf("AckStatusForService(shop/web) = %d acked, %d rejected (%q); want the proxy's rejection", acked, rejected, why)
+	}
+	if acked, rejected, _, _ := srv.AckStatusForService(3, "shop/api"); acked != 1 || rejected != 0 {
+		t.Errorf("AckStatusForService(shop/api) = %d acked, %d rejected; want it running", acked, rejected)
+	}
+	srv.SetService("shop", "web", service("10.0.0.2"))
+	waitMetrics(t, opts.AdminAddr, "braid_proxy_config_version 4", "braid_proxy_config_rejections_total 2") // versions 2 and 3 each left shop/web out
+	waitProxyState(t, srv, "SYNCED")
+	checkPprof(t, opts.AdminAddr)
+}
+
+// checkPprof checks the admin server serves pprof for a running proxy.
+func checkPprof(t *testing.T, admin string) {
+	t.Helper()
+	if code, body := get(t, "http://"+admin+"/debug/pprof/"); code != http.StatusOK || !strings.Contains(body, "goroutine") {
+		t.Errorf("/debug/pprof/: %d %q, want the profile index", code, body)
+	}
+	if code, body := get(t, "http://"+admin+"/debug/pprof/goroutine?debug=1"); code != http.StatusOK || !strings.Contains(body, "proxy.Run") {
+		t.Errorf("/debug/pprof/goroutine: %d, want a profile mentioning proxy.Run:\n%s", code, body)
+	}
+}
+
+// runWithControlPlane serves srv on loopback and runs a proxy of shop/web against it
+// until the test ends; it returns the proxy's options.
+func runWithControlPlane(t *testing.T, srv *configserver.Server) proxy.Options {
+	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -107,17 +152,25 @@ func TestMetricsCountNACKs(t *testing.T) {
 			}
 		}
 	})
+	return opts
+}
 
-	waitMetrics(t, opts.AdminAddr, "braid_proxy_config_version 1", "braid_proxy_config_rejections_total 0")
-	srv.SetService("shop", "web", service("not-an-ip"))
-	waitMetrics(t, opts.AdminAddr, "braid_proxy_config_version 1", "braid_proxy_config_rejections_total 1")
-	srv.SetService("shop", "web", service("10.0.0.2"))
-	waitMetrics(t, opts.AdminAddr, "braid_proxy_config_version 3", "braid_proxy_config_rejections_total 1")
+func named(svc *api.Service, name string) *api.Service {
+	svc.Name = name
+	return svc
+}
 
-	if code, body := get(t, "http://"+opts.AdminAddr+"/debug/pprof/"); code != http.StatusOK || !strings.Contains(body, "goroutine") {
-		t.Errorf("/debug/pprof/: %d %q, want the profile index", code, body)
-	}
-	if code, body := get(t, "http://"+opts.AdminAddr+"/debug/pprof/goroutine?debug=1"); code != http.StatusOK || !strings.Contains(body, "proxy.Run") {
-		t.Errorf("/debug/pprof/goroutine: %d, want a profile mentioning proxy.Run:\n%s", code, body)
+// waitProxyState waits until the config server sees its one proxy in state.
+func waitProxyState(t *testing.T, srv *configserver.Server, state string) configserver.ProxyStatus {
+	t.Helper()
+	deadline := time.Now().Add(eventually)
+	for {
+		if ps := srv.Proxies(); len(ps) == 1 && ps[0].State() == state {
+			return ps[0]
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the proxy never reached state %s: %+v", state, srv.Proxies())
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -2,7 +2,10 @@ package configserver
 
 import (
 	"fmt"
+	"maps"
 	"net/http"
+	"slices"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -22,7 +25,7 @@ func (s *Server) DebugHandler() http.Handler {
 		_, _ = fmt.Fprintln(tw, "PROXY\tNAMESPACE\tSERVICE ACCOUNT\tSENT\tACKED\tSTATE\tDENIED\tCERT ROOT\tCONNECTED\tERROR")
 		for _, p := range proxies {
 			_, _ = fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%d\t%s\t%s\t%s\n", p.ID, p.Namespace, p.ServiceAccount,
-				p.Sent, p.Acked, p.State(), p.Denied, shortFingerprint(p.CertificateRoot), p.Connected.UTC().Format("2006-01-02T15:04:05Z"), p.Nack)
+				p.Sent, p.Acked, p.State(), p.Denied, shortFingerprint(p.CertificateRoot), p.Connected.UTC().Format("2006-01-02T15:04:05Z"), problem(p))
 		}
 		_ = tw.Flush()
 	})
@@ -38,7 +41,7 @@ func (s *Server) RegisterMetrics(reg prometheus.Registerer) error {
 		}, func() float64 { return float64(s.Version()) }),
 		s.rejections,
 	}
-	for _, state := range []string{"SYNCED", "STALE", "REJECTED"} {
+	for _, state := range []string{"SYNCED", "STALE", "REJECTED", "PARTIAL"} {
 		collectors = append(collectors, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "braid_config_proxies", Help: "Connected proxies by the state of their configuration.",
 			ConstLabels: prometheus.Labels{"state": state},
@@ -71,4 +74,16 @@ func shortFingerprint(fp string) string {
 		return fp[:23]
 	}
 	return fp
+}
+
+// problem is what a proxy could not apply: its NACK, or the Services it rejected.
+func problem(p ProxyStatus) string {
+	if p.Nack != "" || len(p.RejectedServices) == 0 {
+		return p.Nack
+	}
+	parts := make([]string, 0, len(p.RejectedServices))
+	for _, k := range slices.Sorted(maps.Keys(p.RejectedServices)) {
+		parts = append(parts, k+": "+p.RejectedServices[k])
+	}
+	return "rejected Services: " + strings.Join(parts, "; ")
 }

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"slices"
 	"strings"
@@ -137,6 +138,9 @@ type proxyConn struct {
 	// certRoot is the fingerprint of the root the proxy's certificate chains to, as its
 	// last Ack said.
 	certRoot string
+	// rejectedServices are the Services (namespace/name → why) its last Ack said it could
+	// not build; they run their last good configuration there.
+	rejectedServices map[string]string
 }
 
 // ProxyStatus describes one connected proxy.
@@ -155,17 +159,22 @@ type ProxyStatus struct {
 	Synced bool
 	// Denied counts the Services its workload may not reach, sent to it as stubs.
 	Denied int
+	// RejectedServices are the Services the proxy could not build in the version it runs
+	// (namespace/name → why): it runs the rest, and those in their last good form.
+	RejectedServices map[string]string
 	// CertificateRoot is the SHA-256 fingerprint of the root the proxy's workload
 	// certificate chains to, as the proxy last reported it; empty when it did not.
 	CertificateRoot string
 }
 
-// State is SYNCED, STALE (behind the current version) or REJECTED (its last answer was
-// a NACK).
+// State is SYNCED, STALE (behind the current version), REJECTED (its last answer was a
+// NACK) or PARTIAL (it runs its version except some Services it could not build).
 func (p ProxyStatus) State() string {
 	switch {
 	case p.Nack != "":
 		return "REJECTED"
+	case len(p.RejectedServices) > 0:
+		return "PARTIAL"
 	case p.Synced:
 		return "SYNCED"
 	}
@@ -407,6 +416,28 @@ func (s *Server) AckStatus(version uint64) (acked, rejected, connected int, reje
 	return acked, rejected, len(s.proxies), rejection
 }
 
+// AckStatusForService is AckStatus for the configuration of one Service (namespace/name):
+// a proxy that runs version or later but could not build that Service counts as having
+// rejected it.
+func (s *Server) AckStatusForService(version uint64, service string) (acked, rejected, connected int, rejection string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for p := range s.proxies {
+		why, bad := p.rejectedServices[service]
+		switch {
+		case p.ackedAny && p.acked >= version && bad:
+			rejected++
+			rejection = fmt.Sprintf("proxy %s: %s", p.hello.GetProxyId(), why)
+		case p.ackedAny && p.acked >= version:
+			acked++
+		case p.nack != "" && p.nacked >= version:
+			rejected++
+			rejection = fmt.Sprintf("proxy %s: %s", p.hello.GetProxyId(), p.nack)
+		}
+	}
+	return acked, rejected, len(s.proxies), rejection
+}
+
 // AckStatusFor is AckStatus restricted to the proxies of one workload identity; an empty
 // serviceAccount means every proxy of the namespace.
 func (s *Server) AckStatusFor(version uint64, namespace, serviceAccount string) (acked, rejected, connected int, rejection string) {
@@ -479,9 +510,10 @@ func (s *Server) Proxies() []ProxyStatus {
 		out = append(out, ProxyStatus{
 			ID: p.hello.GetProxyId(), Namespace: p.hello.GetNamespace(), ServiceAccount: p.hello.GetServiceAccount(),
 			Connected: p.connected, Sent: p.sent, Acked: p.acked, Nack: p.nack, Nacked: p.nacked,
-			Synced:          p.ackedAny && p.acked == s.version && p.nack == "",
-			CertificateRoot: p.certRoot,
-			Denied:          len(p.denied),
+			Synced:           p.ackedAny && p.acked == s.version && p.nack == "",
+			CertificateRoot:  p.certRoot,
+			Denied:           len(p.denied),
+			RejectedServices: maps.Clone(p.rejectedServices),
 		})
 	}
 	slices.SortFunc(out, func(a, b ProxyStatus) int { return strings.Compare(a.ID, b.ID) })
@@ -627,6 +659,7 @@ func (s *Server) receiveAcks(stream api.ConfigService_StreamServer, p *proxyConn
 		}
 		p.certRoot = ack.GetCertificateRoot()
 		if ack.GetError() == "" {
+			p.rejectedServices = ack.GetRejectedServices()
 			v := ack.GetVersion()
 			if v == p.wire {
 				v = p.sent // nothing sent since holds anything for this proxy
@@ -637,9 +670,13 @@ func (s *Server) receiveAcks(stream api.ConfigService_StreamServer, p *proxyConn
 		}
 		s.mu.Unlock()
 		s.acksChanged()
-		if ack.GetError() != "" {
+		switch {
+		case ack.GetError() != "":
 			s.rejections.Inc()
 			log.Info("Proxy rejected configuration", "version", ack.GetVersion(), "error", ack.GetError())
+		case len(ack.GetRejectedServices()) > 0:
+			s.rejections.Inc()
+			log.Info("Proxy applied configuration except some Services", "version", ack.GetVersion(), "services", slices.Sorted(maps.Keys(ack.GetRejectedServices())))
 		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -278,7 +279,7 @@ func TestHelloReceivesCurrentSnapshotOnce(t *testing.T) {
 		st := proxyStatus(t, srv, "web-1")
 		want := configserver.ProxyStatus{ID: "web-1", Namespace: "shop", ServiceAccount: "web-sa", Connected: clock, Sent: 0, Acked: 0}
 		st.Synced = false // checked by TestSyncedNeedsAnAck
-		if st != want {
+		if !reflect.DeepEqual(st, want) {
 			t.Errorf("status:\n got %+v\nwant %+v", st, want)
 		}
 

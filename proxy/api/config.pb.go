@@ -246,8 +246,12 @@ type Ack struct {
 	// Ack of the version it runs again, with the new root: the operator waits for every
 	// proxy to be on the new root before it drops the old one (root rotation).
 	CertificateRoot string `protobuf:"bytes,3,opt,name=certificate_root,json=certificateRoot,proto3" json:"certificate_root,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// rejected_services, on an Ack without error, names the Services (namespace/name) the
+	// proxy could not build, with why: it applied the version except those, which keep the
+	// configuration they had (or stay absent if they had none). The other Services run.
+	RejectedServices map[string]string `protobuf:"bytes,4,rep,name=rejected_services,json=rejectedServices,proto3" json:"rejected_services,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Ack) Reset() {
@@ -299,6 +303,13 @@ func (x *Ack) GetCertificateRoot() string {
 		return x.CertificateRoot
 	}
 	return ""
+}
+
+func (x *Ack) GetRejectedServices() map[string]string {
+	if x != nil {
+		return x.RejectedServices
+	}
+	return nil
 }
 
 // Snapshot brings a proxy to one version of its configuration. The first snapshot on a
@@ -1520,11 +1531,15 @@ const file_config_proto_rawDesc = "" +
 	"\x05Hello\x12\x19\n" +
 	"\bproxy_id\x18\x01 \x01(\tR\aproxyId\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12'\n" +
-	"\x0fservice_account\x18\x03 \x01(\tR\x0eserviceAccount\"`\n" +
+	"\x0fservice_account\x18\x03 \x01(\tR\x0eserviceAccount\"\xfd\x01\n" +
 	"\x03Ack\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x12\x14\n" +
 	"\x05error\x18\x02 \x01(\tR\x05error\x12)\n" +
-	"\x10certificate_root\x18\x03 \x01(\tR\x0fcertificateRoot\"\xdd\x01\n" +
+	"\x10certificate_root\x18\x03 \x01(\tR\x0fcertificateRoot\x12V\n" +
+	"\x11rejected_services\x18\x04 \x03(\v2).braid.proxy.v1.Ack.RejectedServicesEntryR\x10rejectedServices\x1aC\n" +
+	"\x15RejectedServicesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xdd\x01\n" +
 	"\bSnapshot\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x123\n" +
 	"\bservices\x18\x02 \x03(\v2\x17.braid.proxy.v1.ServiceR\bservices\x12\x12\n" +
@@ -1647,7 +1662,7 @@ func file_config_proto_rawDescGZIP() []byte {
 }
 
 var file_config_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_config_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_config_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_config_proto_goTypes = []any{
 	(Protocol)(0),               // 0: braid.proxy.v1.Protocol
 	(*StreamRequest)(nil),       // 1: braid.proxy.v1.StreamRequest
@@ -1668,47 +1683,49 @@ var file_config_proto_goTypes = []any{
 	(*HeaderMatch)(nil),         // 16: braid.proxy.v1.HeaderMatch
 	(*Backend)(nil),             // 17: braid.proxy.v1.Backend
 	(*Endpoint)(nil),            // 18: braid.proxy.v1.Endpoint
-	nil,                         // 19: braid.proxy.v1.Inbound.PortsEntry
-	(*durationpb.Duration)(nil), // 20: google.protobuf.Duration
+	nil,                         // 19: braid.proxy.v1.Ack.RejectedServicesEntry
+	nil,                         // 20: braid.proxy.v1.Inbound.PortsEntry
+	(*durationpb.Duration)(nil), // 21: google.protobuf.Duration
 }
 var file_config_proto_depIdxs = []int32{
 	2,  // 0: braid.proxy.v1.StreamRequest.hello:type_name -> braid.proxy.v1.Hello
 	3,  // 1: braid.proxy.v1.StreamRequest.ack:type_name -> braid.proxy.v1.Ack
-	7,  // 2: braid.proxy.v1.Snapshot.services:type_name -> braid.proxy.v1.Service
-	5,  // 3: braid.proxy.v1.Snapshot.inbound:type_name -> braid.proxy.v1.Inbound
-	6,  // 4: braid.proxy.v1.Inbound.authorizations:type_name -> braid.proxy.v1.Authorization
-	19, // 5: braid.proxy.v1.Inbound.ports:type_name -> braid.proxy.v1.Inbound.PortsEntry
-	15, // 6: braid.proxy.v1.Authorization.http_matches:type_name -> braid.proxy.v1.HTTPMatch
-	8,  // 7: braid.proxy.v1.Service.ports:type_name -> braid.proxy.v1.ServicePort
-	9,  // 8: braid.proxy.v1.ServicePort.routes:type_name -> braid.proxy.v1.Route
-	0,  // 9: braid.proxy.v1.ServicePort.protocol:type_name -> braid.proxy.v1.Protocol
-	15, // 10: braid.proxy.v1.Route.matches:type_name -> braid.proxy.v1.HTTPMatch
-	17, // 11: braid.proxy.v1.Route.backends:type_name -> braid.proxy.v1.Backend
-	20, // 12: braid.proxy.v1.Route.timeout:type_name -> google.protobuf.Duration
-	20, // 13: braid.proxy.v1.Route.backend_request_timeout:type_name -> google.protobuf.Duration
-	13, // 14: braid.proxy.v1.Route.retry:type_name -> braid.proxy.v1.RetryPolicy
-	14, // 15: braid.proxy.v1.Route.outlier_detection:type_name -> braid.proxy.v1.OutlierDetection
-	12, // 16: braid.proxy.v1.Route.mirrors:type_name -> braid.proxy.v1.Mirror
-	10, // 17: braid.proxy.v1.Route.request_headers:type_name -> braid.proxy.v1.HeaderModifier
-	10, // 18: braid.proxy.v1.Route.response_headers:type_name -> braid.proxy.v1.HeaderModifier
-	11, // 19: braid.proxy.v1.HeaderModifier.set:type_name -> braid.proxy.v1.HeaderValue
-	11, // 20: braid.proxy.v1.HeaderModifier.add:type_name -> braid.proxy.v1.HeaderValue
-	17, // 21: braid.proxy.v1.Mirror.backend:type_name -> braid.proxy.v1.Backend
-	20, // 22: braid.proxy.v1.RetryPolicy.backoff_base:type_name -> google.protobuf.Duration
-	20, // 23: braid.proxy.v1.RetryPolicy.backoff_max:type_name -> google.protobuf.Duration
-	20, // 24: braid.proxy.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
-	16, // 25: braid.proxy.v1.HTTPMatch.headers:type_name -> braid.proxy.v1.HeaderMatch
-	18, // 26: braid.proxy.v1.Backend.endpoints:type_name -> braid.proxy.v1.Endpoint
-	10, // 27: braid.proxy.v1.Backend.request_headers:type_name -> braid.proxy.v1.HeaderModifier
-	10, // 28: braid.proxy.v1.Backend.response_headers:type_name -> braid.proxy.v1.HeaderModifier
-	0,  // 29: braid.proxy.v1.Inbound.PortsEntry.value:type_name -> braid.proxy.v1.Protocol
-	1,  // 30: braid.proxy.v1.ConfigService.Stream:input_type -> braid.proxy.v1.StreamRequest
-	4,  // 31: braid.proxy.v1.ConfigService.Stream:output_type -> braid.proxy.v1.Snapshot
-	31, // [31:32] is the sub-list for method output_type
-	30, // [30:31] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	19, // 2: braid.proxy.v1.Ack.rejected_services:type_name -> braid.proxy.v1.Ack.RejectedServicesEntry
+	7,  // 3: braid.proxy.v1.Snapshot.services:type_name -> braid.proxy.v1.Service
+	5,  // 4: braid.proxy.v1.Snapshot.inbound:type_name -> braid.proxy.v1.Inbound
+	6,  // 5: braid.proxy.v1.Inbound.authorizations:type_name -> braid.proxy.v1.Authorization
+	20, // 6: braid.proxy.v1.Inbound.ports:type_name -> braid.proxy.v1.Inbound.PortsEntry
+	15, // 7: braid.proxy.v1.Authorization.http_matches:type_name -> braid.proxy.v1.HTTPMatch
+	8,  // 8: braid.proxy.v1.Service.ports:type_name -> braid.proxy.v1.ServicePort
+	9,  // 9: braid.proxy.v1.ServicePort.routes:type_name -> braid.proxy.v1.Route
+	0,  // 10: braid.proxy.v1.ServicePort.protocol:type_name -> braid.proxy.v1.Protocol
+	15, // 11: braid.proxy.v1.Route.matches:type_name -> braid.proxy.v1.HTTPMatch
+	17, // 12: braid.proxy.v1.Route.backends:type_name -> braid.proxy.v1.Backend
+	21, // 13: braid.proxy.v1.Route.timeout:type_name -> google.protobuf.Duration
+	21, // 14: braid.proxy.v1.Route.backend_request_timeout:type_name -> google.protobuf.Duration
+	13, // 15: braid.proxy.v1.Route.retry:type_name -> braid.proxy.v1.RetryPolicy
+	14, // 16: braid.proxy.v1.Route.outlier_detection:type_name -> braid.proxy.v1.OutlierDetection
+	12, // 17: braid.proxy.v1.Route.mirrors:type_name -> braid.proxy.v1.Mirror
+	10, // 18: braid.proxy.v1.Route.request_headers:type_name -> braid.proxy.v1.HeaderModifier
+	10, // 19: braid.proxy.v1.Route.response_headers:type_name -> braid.proxy.v1.HeaderModifier
+	11, // 20: braid.proxy.v1.HeaderModifier.set:type_name -> braid.proxy.v1.HeaderValue
+	11, // 21: braid.proxy.v1.HeaderModifier.add:type_name -> braid.proxy.v1.HeaderValue
+	17, // 22: braid.proxy.v1.Mirror.backend:type_name -> braid.proxy.v1.Backend
+	21, // 23: braid.proxy.v1.RetryPolicy.backoff_base:type_name -> google.protobuf.Duration
+	21, // 24: braid.proxy.v1.RetryPolicy.backoff_max:type_name -> google.protobuf.Duration
+	21, // 25: braid.proxy.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
+	16, // 26: braid.proxy.v1.HTTPMatch.headers:type_name -> braid.proxy.v1.HeaderMatch
+	18, // 27: braid.proxy.v1.Backend.endpoints:type_name -> braid.proxy.v1.Endpoint
+	10, // 28: braid.proxy.v1.Backend.request_headers:type_name -> braid.proxy.v1.HeaderModifier
+	10, // 29: braid.proxy.v1.Backend.response_headers:type_name -> braid.proxy.v1.HeaderModifier
+	0,  // 30: braid.proxy.v1.Inbound.PortsEntry.value:type_name -> braid.proxy.v1.Protocol
+	1,  // 31: braid.proxy.v1.ConfigService.Stream:input_type -> braid.proxy.v1.StreamRequest
+	4,  // 32: braid.proxy.v1.ConfigService.Stream:output_type -> braid.proxy.v1.Snapshot
+	32, // [32:33] is the sub-list for method output_type
+	31, // [31:32] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_config_proto_init() }
@@ -1728,7 +1745,7 @@ func file_config_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_config_proto_rawDesc), len(file_config_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   19,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -6,8 +6,12 @@ package controlplane
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -22,8 +26,24 @@ import (
 )
 
 // ApplyFunc applies a full snapshot (deltas are merged before it is called), or says why
-// it cannot (the proxy then keeps its last good configuration and NACKs the version).
+// it cannot (the proxy then keeps its last good configuration and NACKs the version). A
+// *PartialError says it applied the snapshot except some Services.
 type ApplyFunc func(*api.Snapshot) error
+
+// PartialError reports a snapshot applied except the Services it names (namespace/name →
+// why), which keep the configuration they had. The Ack says so, and is no NACK.
+type PartialError struct {
+	Rejected map[string]string
+}
+
+func (e *PartialError) Error() string {
+	keys := slices.Sorted(maps.Keys(e.Rejected))
+	parts := make([]string, 0, len(keys))
+	for _, k := range keys {
+		parts = append(parts, k+": "+e.Rejected[k])
+	}
+	return "applied except Services " + strings.Join(parts, "; ")
+}
 
 // Client keeps a config stream open to the control plane.
 type Client struct {
@@ -110,10 +130,15 @@ func (c *Client) stream(ctx context.Context, client api.ConfigServiceClient) (re
 		received = true
 		snap := seen.apply(msg)
 		ack := &api.Ack{Version: snap.GetVersion()}
-		if err := c.Apply(snap); err != nil {
+		var partial *PartialError
+		switch err := c.Apply(snap); {
+		case errors.As(err, &partial):
+			ack.RejectedServices = partial.Rejected
+			c.Log.Info("Applied configuration except some Services; they keep their last good configuration", "version", snap.GetVersion(), "error", err.Error())
+		case err != nil:
 			ack.Error = err.Error()
 			c.Log.Info("Rejected configuration; keeping the last good one", "version", snap.GetVersion(), "error", err.Error())
-		} else {
+		default:
 			c.Log.V(1).Info("Applied configuration", "version", snap.GetVersion(), "services", len(snap.GetServices()))
 		}
 		if err := acks.send(ack); err != nil {
@@ -158,7 +183,7 @@ func (a *acker) resendOnChange(ctx context.Context, changed <-chan struct{}) {
 		if last == nil {
 			continue
 		}
-		again := &api.Ack{Version: last.GetVersion(), Error: last.GetError()}
+		again := &api.Ack{Version: last.GetVersion(), Error: last.GetError(), RejectedServices: last.GetRejectedServices()}
 		if err := a.send(again); err != nil {
 			return // the stream is broken: Recv fails too, and the next stream reports the root
 		}

@@ -64,6 +64,9 @@ type AckingProxy struct {
 	mu     sync.Mutex
 	acking bool
 	latest uint64
+	// rejected are the Services (namespace/name → why) each Ack says the proxy could
+	// not build.
+	rejected map[string]string
 }
 
 // StartAckingProxy opens a config stream as proxy id in namespace and starts acknowledging.
@@ -82,7 +85,7 @@ func StartAckingProxy(ctx context.Context, addr, id, namespace string) (*AckingP
 			p.mu.Lock()
 			p.latest = snap.GetVersion()
 			if p.acking {
-				_ = c.Ack(p.latest, "")
+				_ = p.ackLatest()
 			}
 			p.mu.Unlock()
 		}
@@ -96,6 +99,22 @@ func (p *AckingProxy) SetAcking(on bool) {
 	defer p.mu.Unlock()
 	p.acking = on
 	if on && p.latest > 0 {
-		_ = p.Ack(p.latest, "")
+		_ = p.ackLatest()
 	}
+}
+
+// RejectServices makes the proxy's Acks say it could not build these Services
+// (namespace/name → why), from now on; it acknowledges the latest version again at once.
+func (p *AckingProxy) RejectServices(rejected map[string]string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.rejected = rejected
+	if p.acking && p.latest > 0 {
+		_ = p.ackLatest()
+	}
+}
+
+// ackLatest acknowledges the latest version; callers hold p.mu.
+func (p *AckingProxy) ackLatest() error {
+	return p.stream.Send(&api.StreamRequest{Kind: &api.StreamRequest_Ack{Ack: &api.Ack{Version: p.latest, RejectedServices: p.rejected}}})
 }
