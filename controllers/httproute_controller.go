@@ -148,18 +148,7 @@ func (r *HTTPRouteReconciler) programmed(hr *gatewayv1.HTTPRoute, p mesh.Service
 		return condition(ConditionProgrammed, false, ReasonPending, fmt.Sprintf("generation %d is not compiled into Service %s yet", hr.Generation, p.Name))
 	}
 	r.Programs.AwaitAcks(key) // before counting, so no acknowledgement is missed
-	acked, rejected, connected, rejection := r.Acks.AckStatusForService(c.Version, p.Namespace+"/"+p.Name)
-	switch {
-	case rejected > 0:
-		return condition(ConditionProgrammed, false, ReasonRejected, fmt.Sprintf(
-			"%d of %d connected proxies rejected config version %d, which carries generation %d for Service %s, and keep their last good configuration; for example %s",
-			rejected, connected, c.Version, hr.Generation, p.Name, rejection))
-	case acked < connected:
-		return condition(ConditionProgrammed, false, ReasonPending, fmt.Sprintf(
-			"%d of %d connected proxies run config version %d, which carries generation %d for Service %s", acked, connected, c.Version, hr.Generation, p.Name))
-	}
-	return condition(ConditionProgrammed, true, ReasonProgrammed, fmt.Sprintf(
-		"all %d connected proxies run config version %d, which carries generation %d for Service %s", connected, c.Version, hr.Generation, p.Name))
+	return ackedCondition(r.Acks, p.Namespace+"/"+p.Name, c.Version, fmt.Sprintf("generation %d for Service %s", hr.Generation, p.Name))
 }
 
 // resolvedRefs resolves the route's backendRefs against the Services of its namespace.

@@ -217,18 +217,25 @@ func (r *TrafficSplitReconciler) programmed(key types.NamespacedName, ts *smi.Tr
 		return condition(ConditionProgrammed, false, ReasonPending, fmt.Sprintf("generation %d is not compiled yet", ts.Generation))
 	}
 	r.Programs.AwaitAcks(key) // before counting, so no acknowledgement is missed
-	acked, rejected, connected, rejection := r.Acks.AckStatusForService(c.Version, ts.Namespace+"/"+ts.Spec.Service)
-	if rejected > 0 {
+	return ackedCondition(r.Acks, ts.Namespace+"/"+ts.Spec.Service, c.Version, fmt.Sprintf("generation %d", ts.Generation))
+}
+
+// ackedCondition is the Programmed condition of what config version carries (carried,
+// such as "generation 3" of an object) for Service (namespace/name): Rejected when a
+// connected proxy rejected it, Pending until every connected proxy runs it.
+func ackedCondition(acks AckCounter, service string, version uint64, carried string) metav1.Condition {
+	acked, rejected, connected, rejection := acks.AckStatusForService(version, service)
+	switch {
+	case rejected > 0:
 		return condition(ConditionProgrammed, false, ReasonRejected, fmt.Sprintf(
-			"%d of %d connected proxies rejected config version %d, which carries generation %d, and keep their last good configuration; for example %s",
-			rejected, connected, c.Version, ts.Generation, rejection))
-	}
-	if acked < connected {
+			"%d of %d connected proxies rejected config version %d, which carries %s, and keep their last good configuration; for example %s",
+			rejected, connected, version, carried, rejection))
+	case acked < connected:
 		return condition(ConditionProgrammed, false, ReasonPending,
-			fmt.Sprintf("%d of %d connected proxies run config version %d, which carries generation %d", acked, connected, c.Version, ts.Generation))
+			fmt.Sprintf("%d of %d connected proxies run config version %d, which carries %s", acked, connected, version, carried))
 	}
 	return condition(ConditionProgrammed, true, ReasonProgrammed,
-		fmt.Sprintf("all %d connected proxies run config version %d, which carries generation %d", connected, c.Version, ts.Generation))
+		fmt.Sprintf("all %d connected proxies run config version %d, which carries %s", connected, version, carried))
 }
 
 // eventOnNewPortGap records a Warning Event when backends newly lack a root port, so
