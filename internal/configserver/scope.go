@@ -208,9 +208,15 @@ func (s *Server) scopedDelta(p *proxyConn) *api.Snapshot {
 }
 
 // changedSince maps each Service to reconsider after version to whether the Service itself
-// changed (true) or only the policy of a namespace behind it (false); callers hold s.mu.
+// changed (true) or only the policy of a namespace behind it (false); callers hold s.mu
+// and do not modify the map. Proxies that are up to date ask for the same version at
+// each change: the last answer is kept for them.
 func (s *Server) changedSince(version uint64) map[string]bool {
+	if c := s.lastChanged; c.out != nil && c.from == version && c.to == s.version {
+		return c.out
+	}
 	out := map[string]bool{}
+	defer func() { s.lastChanged = changedCache{from: version, to: s.version, out: out} }()
 	for _, c := range s.changes[s.changeIndex(version+1):] {
 		switch {
 		case !c.policy:
@@ -224,4 +230,11 @@ func (s *Server) changedSince(version uint64) map[string]bool {
 		}
 	}
 	return out
+}
+
+// changedCache is the last answer of changedSince: the Services to reconsider from
+// version from to version to.
+type changedCache struct {
+	from, to uint64
+	out      map[string]bool
 }

@@ -58,6 +58,7 @@ type Server struct {
 	backings     map[string]backing
 	byWorkloadNS map[string]map[string]struct{}
 	stubs        map[string]*api.Service
+	lastChanged  changedCache
 
 	// onAcks is called, outside the lock, whenever what proxies have acknowledged changes.
 	onAcks func()
