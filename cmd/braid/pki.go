@@ -31,27 +31,8 @@ func writePKI(l layout) error {
 		return err
 	}
 	now := time.Now().Add(-time.Hour)
-	caKey, err := newKey()
+	ca, caKey, err := writeCA(l.pki("ca"), "braid-cluster-ca", now)
 	if err != nil {
-		return err
-	}
-	caTmpl := &x509.Certificate{
-		Subject:               pkix.Name{CommonName: "braid-cluster-ca"},
-		NotBefore:             now,
-		NotAfter:              now.Add(10 * certLifetime),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	caDER, err := sign(caTmpl, caTmpl, caKey.Public(), caKey)
-	if err != nil {
-		return err
-	}
-	ca, err := x509.ParseCertificate(caDER)
-	if err != nil {
-		return err
-	}
-	if err := writeCert(l.pki("ca"), caDER, caKey); err != nil {
 		return err
 	}
 	leaves := []struct {
@@ -122,28 +103,8 @@ func writeFrontProxyPKI(l layout) error {
 		return err
 	}
 	now := time.Now().Add(-time.Hour)
-	caKey, err := newKey()
+	ca, caKey, err := writeCA(l.pki("front-proxy-ca"), "braid-front-proxy-ca", now)
 	if err != nil {
-		return err
-	}
-	caTmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "braid-front-proxy-ca"},
-		NotBefore:             now,
-		NotAfter:              now.Add(10 * certLifetime),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	caDER, err := sign(caTmpl, caTmpl, caKey.Public(), caKey)
-	if err != nil {
-		return err
-	}
-	ca, err := x509.ParseCertificate(caDER)
-	if err != nil {
-		return err
-	}
-	if err := writeCert(l.pki("front-proxy-ca"), caDER, caKey); err != nil {
 		return err
 	}
 	key, err := newKey()
@@ -161,6 +122,32 @@ func writeFrontProxyPKI(l layout) error {
 		return err
 	}
 	return writeCert(l.pki("front-proxy-client"), der, key)
+}
+
+// writeCA creates a self-signed CA named name, valid from now for 10 certificate
+// lifetimes, writes it to base.crt and base.key, and returns it with its key.
+func writeCA(base, name string, now time.Time) (*x509.Certificate, *ecdsa.PrivateKey, error) {
+	key, err := newKey()
+	if err != nil {
+		return nil, nil, err
+	}
+	tmpl := &x509.Certificate{
+		Subject:               pkix.Name{CommonName: name},
+		NotBefore:             now,
+		NotAfter:              now.Add(10 * certLifetime),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := sign(tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		return nil, nil, err
+	}
+	ca, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, nil, err
+	}
+	return ca, key, writeCert(base, der, key)
 }
 
 // frontProxyClientName is the name the front proxy's client certificate carries, the one

@@ -95,35 +95,31 @@ func processState(pid int) string {
 
 // stopPIDs sends SIGTERM to every pid, waits up to grace for them to go, then kills the rest.
 func stopPIDs(pids []int, grace time.Duration) {
-	for _, p := range pids {
-		_ = syscall.Kill(p, syscall.SIGTERM)
+	signalAll(pids, syscall.SIGTERM)
+	if waitGone(pids, grace) {
+		return
 	}
-	deadline := time.Now().Add(grace)
-	for time.Now().Before(deadline) {
-		alive := false
-		for _, p := range pids {
-			if st := processState(p); st != "" && st != "Z" {
-				alive = true
-			}
-		}
-		if !alive {
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	for _, p := range pids {
-		_ = syscall.Kill(p, syscall.SIGKILL)
-	}
+	signalAll(pids, syscall.SIGKILL)
 	time.Sleep(100 * time.Millisecond)
 }
 
 // killAll SIGKILLs pids and waits up to wait for them to be gone.
 func killAll(pids []int, wait time.Duration) {
+	signalAll(pids, syscall.SIGKILL)
+	waitGone(pids, wait)
+}
+
+func signalAll(pids []int, sig syscall.Signal) {
 	for _, p := range pids {
-		_ = syscall.Kill(p, syscall.SIGKILL)
+		_ = syscall.Kill(p, sig)
 	}
+}
+
+// waitGone waits up to wait for every pid to be gone (or a zombie), and says whether
+// they are.
+func waitGone(pids []int, wait time.Duration) bool {
 	deadline := time.Now().Add(wait)
-	for time.Now().Before(deadline) {
+	for {
 		alive := false
 		for _, p := range pids {
 			if st := processState(p); st != "" && st != "Z" {
@@ -131,7 +127,10 @@ func killAll(pids []int, wait time.Duration) {
 			}
 		}
 		if !alive {
-			return
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

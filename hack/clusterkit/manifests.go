@@ -74,31 +74,12 @@ spec:
     metadata:
       labels: {app: %[3]s, version: %[4]s}
     spec:
-      serviceAccountName: %[5]s
-      terminationGracePeriodSeconds: 2
-      securityContext:
-        runAsNonRoot: true
-        runAsUser: 65532
-        seccompProfile: {type: RuntimeDefault}
-      containers:
-        - name: app
-          image: %[7]s
-          imagePullPolicy: IfNotPresent
-          env:
-            - {name: SERVICE, value: %[3]s}
-            - {name: VERSION, value: %[4]s}
-            - {name: UPSTREAM, value: "%[6]s"}
-            - name: POD_NAME
-              valueFrom: {fieldRef: {fieldPath: metadata.name}}
-          ports: [{name: http, containerPort: 8080}]
-          readinessProbe:
+%[5]s`, ns, name, app, version, podSpec(sa, app, version,
+		fmt.Sprintf("            - {name: UPSTREAM, value: %q}\n", upstream), "",
+		`          readinessProbe:
             httpGet: {path: /healthz, port: 8080}
             periodSeconds: 1
-          securityContext:
-            allowPrivilegeEscalation: false
-            readOnlyRootFilesystem: true
-            capabilities: {drop: [ALL]}
-`, ns, name, app, version, sa, upstream, DemoImage)
+`))
 }
 
 // ReviewsAccess is an HTTPRouteGroup admitting every request and a TrafficTarget that
