@@ -29,6 +29,7 @@ import (
 
 	"github.com/braidmesh/braid/proxy/bufpool"
 	"github.com/braidmesh/braid/proxy/origdst"
+	"github.com/braidmesh/braid/proxy/sockio"
 	"github.com/braidmesh/braid/proxy/telemetry"
 	"github.com/braidmesh/braid/proxy/tlsid"
 )
@@ -96,7 +97,7 @@ func New(lis net.Listener, cfg Config) *Server {
 		s.port = ap.Port()
 	}
 	app := &http.Transport{
-		DialContext:         (&net.Dialer{Timeout: 3 * time.Second}).DialContext,
+		DialContext:         sockio.DialContext(&net.Dialer{Timeout: 3 * time.Second}),
 		MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second,
 		DisableCompression: true, // the client's Accept-Encoding reaches the application as it is
 	}
@@ -187,7 +188,7 @@ func (s *Server) dispatch(c net.Conn) {
 }
 
 func (s *Server) serveMesh(c net.Conn) {
-	tc := tls.Server(c, s.cfg.IDs.ServerConfig())
+	tc := tls.Server(sockio.Wrap(c), s.cfg.IDs.ServerConfig())
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.HandshakeTimeout)
 	err := tc.HandshakeContext(ctx)
 	cancel()

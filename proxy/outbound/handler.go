@@ -20,6 +20,7 @@ import (
 
 	"github.com/braidmesh/braid/proxy/bufpool"
 	"github.com/braidmesh/braid/proxy/router"
+	"github.com/braidmesh/braid/proxy/sockio"
 	"github.com/braidmesh/braid/proxy/telemetry"
 )
 
@@ -110,7 +111,7 @@ const connectTimeout = 3 * time.Second
 
 func newTransport() *http.Transport {
 	return &http.Transport{
-		DialContext:           (&net.Dialer{Timeout: connectTimeout, KeepAlive: 30 * time.Second}).DialContext,
+		DialContext:           sockio.DialContext(&net.Dialer{Timeout: connectTimeout, KeepAlive: 30 * time.Second}),
 		Proxy:                 nil, // never chain to an environment proxy
 		MaxIdleConns:          1024,
 		MaxIdleConnsPerHost:   128,

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/net/http/httpguts"
 
 	"github.com/braidmesh/braid/proxy/router"
+	"github.com/braidmesh/braid/proxy/sockio"
 	"github.com/braidmesh/braid/proxy/tlsid"
 )
 
@@ -67,7 +68,7 @@ func handshakePeer(ctx context.Context, ids *tlsid.Store, addr, identity, proto 
 	if err != nil {
 		return nil, err
 	}
-	tc := tls.Client(raw, ids.ClientConfig(identity, proto))
+	tc := tls.Client(sockio.Wrap(raw), ids.ClientConfig(identity, proto))
 	if err := tc.HandshakeContext(ctx); err != nil {
 		_ = raw.Close()
 		return nil, fmt.Errorf("mTLS with the proxy of %s at %s: %w", identity, addr, err)

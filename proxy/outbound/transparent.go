@@ -18,6 +18,7 @@ import (
 	"github.com/braidmesh/braid/proxy/api"
 	"github.com/braidmesh/braid/proxy/origdst"
 	"github.com/braidmesh/braid/proxy/router"
+	"github.com/braidmesh/braid/proxy/sockio"
 	"github.com/braidmesh/braid/proxy/telemetry"
 )
 
@@ -180,7 +181,7 @@ func (l *Listener) dispatch(c net.Conn) {
 	}
 	dst, err := l.cfg.OriginalDst(tc)
 	if err != nil || dst == addrPort(tc.LocalAddr()) {
-		l.deliver(c) // explicit
+		l.deliver(sockio.Wrap(tc)) // explicit
 		return
 	}
 	log := l.cfg.Log.WithValues("client", tc.RemoteAddr().String(), "destination", dst.String())
@@ -207,7 +208,7 @@ func (l *Listener) dispatch(c net.Conn) {
 	log = log.WithValues("service", port.Service, "port", port.Number)
 	switch port.Protocol {
 	case api.Protocol_PROTOCOL_HTTP1, api.Protocol_PROTOCOL_HTTP2:
-		l.deliver(&transparentConn{Conn: tc, tcp: tc, dst: dst})
+		l.deliver(&transparentConn{Conn: sockio.Wrap(tc), tcp: tc, dst: dst})
 	case api.Protocol_PROTOCOL_OPAQUE:
 		l.forwardToService(tc, nil, port, log)
 	default:
@@ -224,7 +225,7 @@ func (l *Listener) detectAndServe(tc *net.TCPConn, dst netip.AddrPort, port *rou
 	}
 	log.V(1).Info("Detected the protocol of a connection", "protocol", verdict.String(), "peeked", len(peeked))
 	if verdict == isHTTP {
-		l.deliver(&transparentConn{Conn: tc, tcp: tc, dst: dst, peeked: peeked})
+		l.deliver(&transparentConn{Conn: sockio.Wrap(tc), tcp: tc, dst: dst, peeked: peeked})
 		return
 	}
 	l.forwardToService(tc, peeked, port, log)
