@@ -28,6 +28,7 @@ import (
 	"github.com/go-logr/logr"
 
 	"github.com/braidmesh/braid/proxy/bufpool"
+	"github.com/braidmesh/braid/proxy/h2server"
 	"github.com/braidmesh/braid/proxy/origdst"
 	"github.com/braidmesh/braid/proxy/sockio"
 	"github.com/braidmesh/braid/proxy/telemetry"
@@ -69,11 +70,14 @@ type Config struct {
 
 // Server serves the inbound listener.
 type Server struct {
-	cfg   Config
-	lis   net.Listener
-	port  uint16
+	cfg  Config
+	lis  net.Listener
+	port uint16
+	// mesh serves the peer proxies' HTTP/2 sessions; h2 serves their HTTP/1.1 sessions
+	// (protocol upgrades) and plaintext clients' connections, fed through conns.
+	mesh  *h2server.Server
 	h2    *http.Server
-	conns chan net.Conn // handshaken HTTP/2 sessions for h2
+	conns chan net.Conn
 	done  chan struct{} // closed by Shutdown
 	// forward and forwardH2 carry requests to the application over HTTP/1.1 and h2c.
 	forward, forwardH2 *httputil.ReverseProxy
@@ -105,6 +109,13 @@ func New(lis net.Listener, cfg Config) *Server {
 	appH2.Protocols = new(http.Protocols)
 	appH2.Protocols.SetUnencryptedHTTP2(true)
 	s.forward, s.forwardH2 = newForward(app), newForward(appH2)
+	s.mesh = &h2server.Server{
+		Handler:           http.HandlerFunc(s.serveMeshHTTP),
+		ConnContext:       connContext,
+		MaxHeaderListSize: 64 << 10,
+		IdleTimeout:       5 * time.Minute,
+		Log:               cfg.Log,
+	}
 	s.h2 = &http.Server{
 		Handler:           http.HandlerFunc(s.serveMeshHTTP),
 		ConnContext:       connContext,
@@ -146,7 +157,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.closing = true
 	s.mu.Unlock()
 	err := s.lis.Close()
+	var meshErr error
+	var draining sync.WaitGroup
+	draining.Go(func() { meshErr = s.mesh.Shutdown(ctx) })
 	herr := s.h2.Shutdown(ctx)
+	draining.Wait()
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
 	select {
@@ -162,7 +177,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if errors.Is(err, net.ErrClosed) {
 		err = nil
 	}
-	return errors.Join(err, herr)
+	return errors.Join(err, herr, meshErr)
 }
 
 func (s *Server) isClosing() bool {
@@ -198,7 +213,11 @@ func (s *Server) serveMesh(c net.Conn) {
 		return
 	}
 	switch tc.ConnectionState().NegotiatedProtocol {
-	case tlsid.ProtoHTTP2, tlsid.ProtoHTTP1:
+	case tlsid.ProtoHTTP2:
+		if err := s.mesh.ServeConn(tc); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.cfg.Log.V(1).Info("Inbound HTTP/2 session ended with an error", "peer", c.RemoteAddr().String(), "error", err.Error())
+		}
+	case tlsid.ProtoHTTP1:
 		select {
 		case s.conns <- tc:
 		case <-s.done:
