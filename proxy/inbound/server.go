@@ -502,7 +502,8 @@ func forbid(w http.ResponseWriter, code int, msg string) {
 	_, _ = fmt.Fprintf(w, "braid-proxy: %s\n", msg)
 }
 
-// chanListener hands the HTTP/2 server the sessions serveMesh has handshaken.
+// chanListener hands net/http the connections it serves: peers' HTTP/1.1 sessions
+// (protocol upgrades) and plaintext clients' HTTP connections.
 type chanListener struct{ s *Server }
 
 func (l chanListener) Accept() (net.Conn, error) {
