@@ -130,10 +130,24 @@ func newConn(s *Server, nc net.Conn) *conn {
 	c.rfr.MaxHeaderListSize = s.maxHeaderList()
 	c.rfr.SetMaxReadFrameSize(defaultMaxFrame) // what our SETTINGS leave it at
 	c.rfr.SetReuseFrames()                     // DATA payloads are copied before the next read
-	c.bw = bufio.NewWriterSize(nc, writeBufSize)
+	c.bw = bufio.NewWriterSize(deadlineWriter{nc: nc, timeout: s.writeTimeout()}, writeBufSize)
 	c.wfr = http2.NewFramer(c.bw, nil)
 	c.enc = hpack.NewEncoder(&c.hbuf)
 	return c
+}
+
+// deadlineWriter gives every write to the connection its own deadline, so that a write
+// the peer does not let through fails instead of blocking its writers for ever.
+type deadlineWriter struct {
+	nc      net.Conn
+	timeout time.Duration
+}
+
+func (w deadlineWriter) Write(p []byte) (int, error) {
+	if err := w.nc.SetWriteDeadline(time.Now().Add(w.timeout)); err != nil {
+		return 0, fmt.Errorf("setting the write deadline: %w", err)
+	}
+	return w.nc.Write(p)
 }
 
 func (c *conn) serve() error {

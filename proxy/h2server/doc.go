@@ -23,8 +23,8 @@
 //
 // It serves requests with flow control both ways, request and response trailers,
 // informational responses, streaming in both directions, graceful shutdown with GOAWAY,
-// idle timeouts, and protection against streams opened faster than they finish (rapid
-// reset). It does not do server push, stream priorities, the h2c upgrade from HTTP/1.1,
-// or CONNECT (a CONNECT request is answered 405); it expects a connection whose TLS
-// handshake already negotiated "h2".
+// idle timeouts, a write timeout against peers that stop reading, and protection against
+// streams opened faster than they finish (rapid reset). It does not do server push,
+// stream priorities, the h2c upgrade from HTTP/1.1, or CONNECT (a CONNECT request is
+// answered 405); it expects a connection whose TLS handshake already negotiated "h2".
 package h2server

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/net/http2"
 )
 
 // TestStalledStreamDoesNotHoldOthers: a response waiting for its stream window (the client
@@ -169,4 +171,38 @@ func TestMixedTrafficWithCancellations(t *testing.T) {
 		t.Error(err)
 	}
 	check(t, fetch(t, client, getRequest(t, h.url+"/after")), http.StatusOK, nil, "")
+}
+
+// TestStalledPeerEndsTheConnectionAfterWriteTimeout: a peer that opens its windows wide and
+// then stops reading fills the socket's buffers; the handler's write must fail once a write
+// has waited WriteTimeout, not block for ever.
+func TestStalledPeerEndsTheConnectionAfterWriteTimeout(t *testing.T) {
+	wrote := make(chan error, 1)
+	srv := &Server{WriteTimeout: 200 * time.Millisecond, Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		chunk := make([]byte, 32<<10)
+		for range 2048 { // 64 MiB: far more than loopback's socket buffers hold
+			if _, err := w.Write(chunk); err != nil {
+				wrote <- err
+				return
+			}
+		}
+		wrote <- nil
+	})}
+	h := startServer(t, srv, nil)
+	rc := h.dialRaw(t)
+	if err := rc.fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1<<31 - 1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := rc.fr.WriteWindowUpdate(0, 1<<31-1-65535); err != nil {
+		t.Fatal(err)
+	}
+	rc.get(1, "/big") // and never read again
+	select {
+	case err := <-wrote:
+		if err == nil {
+			t.Fatal("the handler wrote 64 MiB to a peer that reads nothing")
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the handler's write still blocks on a peer that stopped reading")
+	}
 }

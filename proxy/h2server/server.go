@@ -18,6 +18,7 @@ const (
 	DefaultMaxHeaderListSize    = 64 << 10
 	DefaultInitialWindow        = 1 << 20
 	DefaultIdleTimeout          = 5 * time.Minute
+	DefaultWriteTimeout         = 30 * time.Second
 )
 
 // workerIdle is how long a handler goroutine waits for another stream before it exits.
@@ -44,6 +45,10 @@ type Server struct {
 	InitialStreamWindow, InitialConnWindow uint32
 	// IdleTimeout closes a connection with no open stream for this long (default 5 min).
 	IdleTimeout time.Duration
+	// WriteTimeout ends a connection when one write to it cannot complete for this long
+	// (default 30 s): a peer that stops reading its socket must not hold the handlers of
+	// its streams, and the application connections behind them, for ever.
+	WriteTimeout time.Duration
 	// Log receives handler panics at V(0) and connection errors at V(1).
 	Log logr.Logger
 
@@ -162,6 +167,13 @@ func (s *Server) idleTimeout() time.Duration {
 		return DefaultIdleTimeout
 	}
 	return s.IdleTimeout
+}
+
+func (s *Server) writeTimeout() time.Duration {
+	if s.WriteTimeout <= 0 {
+		return DefaultWriteTimeout
+	}
+	return s.WriteTimeout
 }
 
 func orDefault(v, d uint32) uint32 {
