@@ -11,8 +11,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/go-logr/logr"
 	"golang.org/x/net/http/httpguts"
 
+	"github.com/braidmesh/braid/proxy/h2client"
 	"github.com/braidmesh/braid/proxy/router"
 	"github.com/braidmesh/braid/proxy/sockio"
 	"github.com/braidmesh/braid/proxy/tlsid"
@@ -89,8 +91,9 @@ type meshRoundTripper struct {
 	// plainH2 carries to unmeshed endpoints the requests the application sent over
 	// HTTP/2 with prior knowledge (gRPC): they stay HTTP/2.
 	plainH2 http.RoundTripper
+	log     logr.Logger
 	mu      sync.Mutex
-	peers   map[string]*http.Transport // by identity
+	peers   map[string]*h2client.Transport // by identity
 	// upgrades holds, by identity, the HTTP/1.1 transports of protocol upgrades
 	// (WebSocket), which HTTP/2 cannot carry.
 	upgrades map[string]*http.Transport
@@ -103,8 +106,8 @@ func (h *Handler) UseMesh(ids *tlsid.Store) {
 	h2c.Protocols = new(http.Protocols)
 	h2c.Protocols.SetUnencryptedHTTP2(true)
 	h.upstream = &meshRoundTripper{
-		ids: ids, plain: h.upstream, plainH2: h2c,
-		peers: map[string]*http.Transport{}, upgrades: map[string]*http.Transport{},
+		ids: ids, plain: h.upstream, plainH2: h2c, log: h.log,
+		peers: map[string]*h2client.Transport{}, upgrades: map[string]*http.Transport{},
 	}
 }
 
@@ -140,7 +143,7 @@ func isUpgrade(r *http.Request) bool {
 	return r.Header.Get("Upgrade") != "" && httpguts.HeaderValuesContainsToken(r.Header["Connection"], "Upgrade")
 }
 
-func (m *meshRoundTripper) transport(ep router.Endpoint, upgrade bool) *http.Transport {
+func (m *meshRoundTripper) transport(ep router.Endpoint, upgrade bool) http.RoundTripper {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if upgrade {
@@ -150,20 +153,23 @@ func (m *meshRoundTripper) transport(ep router.Endpoint, upgrade bool) *http.Tra
 		return t
 	}
 	identity := ep.Identity
-	t := &http.Transport{
-		DialTLSContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+	t := &h2client.Transport{
+		DialTLS: func(ctx context.Context, addr string) (net.Conn, error) {
+			// A dial is shared by the requests waiting for it and outlives the
+			// cancellation of the first: bound it here.
+			ctx, cancel := context.WithTimeout(ctx, peerDialTimeout)
+			defer cancel()
 			return dialPeer(ctx, m.ids, addr, identity, tlsid.ProtoHTTP2)
 		},
-		ForceAttemptHTTP2:  true,
-		Proxy:              nil,
-		IdleConnTimeout:    90 * time.Second,
-		DisableCompression: true, // content coding is the client's and the application's
+		IdleConnTimeout: 90 * time.Second,
+		Log:             m.log.WithName("h2client").WithValues("peer", identity),
 	}
-	t.Protocols = new(http.Protocols)
-	t.Protocols.SetHTTP2(true)
 	m.peers[identity] = t
 	return t
 }
+
+// peerDialTimeout bounds connecting to a peer proxy and the mTLS handshake with it.
+const peerDialTimeout = 10 * time.Second
 
 // upgradeTransport returns the HTTP/1.1-over-mTLS transport to the peers of identity;
 // callers hold m.mu.

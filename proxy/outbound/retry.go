@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/braidmesh/braid/proxy/h2client"
 	"github.com/braidmesh/braid/proxy/router"
 )
 
@@ -77,9 +78,11 @@ type connectError struct{ err error }
 func (e *connectError) Error() string { return e.err.Error() }
 func (e *connectError) Unwrap() error { return e.err }
 
+// isConnectFailure reports whether nothing of the request reached the application: the
+// connection failed, or the peer proxy did not process the request (h2client.ErrNotProcessed).
 func isConnectFailure(err error) bool {
 	var ce *connectError
-	if errors.As(err, &ce) {
+	if errors.As(err, &ce) || errors.Is(err, h2client.ErrNotProcessed) {
 		return true
 	}
 	var op *net.OpError

@@ -1,0 +1,232 @@
+package h2client
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/textproto"
+	"strconv"
+	"strings"
+
+	"golang.org/x/net/http/httpguts"
+	"golang.org/x/net/http2"
+)
+
+// checkALPN refuses a TLS connection that did not negotiate "h2".
+func checkALPN(nc net.Conn) error {
+	tc, ok := nc.(interface{ ConnectionState() tls.ConnectionState })
+	if !ok {
+		return nil
+	}
+	if p := tc.ConnectionState().NegotiatedProtocol; p != "h2" {
+		return fmt.Errorf("negotiated protocol %q, want \"h2\"", p)
+	}
+	return nil
+}
+
+// forEachField validates req's header list and calls fn for every field to send, the
+// pseudo-headers first.
+func forEachField(req *http.Request, fn func(name, value string)) error {
+	host := req.Host
+	if host == "" {
+		host = req.URL.Host
+	}
+	if !httpguts.ValidHostHeader(host) {
+		return fmt.Errorf("h2client: invalid request host %q", host)
+	}
+	method := req.Method
+	if method == "" {
+		method = http.MethodGet
+	}
+	if !validMethod(method) {
+		return fmt.Errorf("h2client: invalid request method %q", method)
+	}
+	path := req.URL.RequestURI()
+	if path == "" {
+		path = "/"
+	}
+	fn(":method", method)
+	fn(":scheme", "https")
+	fn(":authority", host)
+	fn(":path", path)
+	if err := forEachHeader(req.Header, fn); err != nil {
+		return err
+	}
+	if len(req.Trailer) > 0 {
+		fn("trailer", trailerNames(req.Trailer))
+	}
+	if cl, ok := contentLength(req); ok {
+		fn("content-length", strconv.FormatInt(cl, 10))
+	}
+	return nil
+}
+
+func validMethod(m string) bool {
+	for i := 0; i < len(m); i++ {
+		if !httpguts.IsTokenRune(rune(m[i])) {
+			return false
+		}
+	}
+	return true
+}
+
+// contentLength is the content-length to send, if any: the declared length of a body,
+// or 0 for a bodiless request whose method expects one.
+func contentLength(req *http.Request) (int64, bool) {
+	if req.ContentLength > 0 {
+		return req.ContentLength, true
+	}
+	if hasBody(req) {
+		return 0, false // unknown length
+	}
+	switch req.Method {
+	case http.MethodPost, http.MethodPut, http.MethodPatch:
+		return 0, true
+	}
+	return 0, false
+}
+
+func hasBody(req *http.Request) bool {
+	return req.Body != nil && req.Body != http.NoBody
+}
+
+// forEachHeader validates h and calls fn for every field that HTTP/2 carries.
+func forEachHeader(h http.Header, fn func(name, value string)) error {
+	for k, vv := range h {
+		if !httpguts.ValidHeaderFieldName(k) {
+			return fmt.Errorf("h2client: invalid header field name %q", k)
+		}
+		name := lower(k)
+		if dropped(name, h) {
+			continue
+		}
+		for _, v := range vv {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				return fmt.Errorf("h2client: invalid value for header field %q", k)
+			}
+			if name == "te" && !strings.EqualFold(v, "trailers") {
+				continue
+			}
+			fn(name, v)
+		}
+	}
+	return nil
+}
+
+// dropped reports whether a request header must not be sent over HTTP/2: a
+// connection-specific one, one the Connection header names, or one sent otherwise.
+func dropped(name string, h http.Header) bool {
+	switch name {
+	case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade",
+		"host", "content-length", "trailer":
+		return true
+	}
+	for _, v := range h["Connection"] {
+		for f := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(f), name) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func trailerNames(tr http.Header) string {
+	names := make([]string, 0, len(tr))
+	for k := range tr {
+		names = append(names, lower(k))
+	}
+	return strings.Join(names, ", ")
+}
+
+// lower lower-cases an ASCII header name, without allocating when it already is.
+func lower(s string) string {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; 'A' <= c && c <= 'Z' {
+			return strings.ToLower(s)
+		}
+	}
+	return s
+}
+
+// responseHead is a decoded response HEADERS block.
+type responseHead struct {
+	status int
+	header http.Header
+}
+
+var errMissingStatus = errors.New("response without a valid :status")
+
+// decodeHead decodes a response's (or an informational response's) header block.
+func decodeHead(f *http2.MetaHeadersFrame) (responseHead, error) {
+	status, err := strconv.Atoi(f.PseudoValue("status"))
+	if err != nil || status < 100 || status > 999 {
+		return responseHead{}, errMissingStatus
+	}
+	fields := f.RegularFields()
+	h := make(http.Header, len(fields))
+	for _, hf := range fields {
+		k := textproto.CanonicalMIMEHeaderKey(hf.Name)
+		h[k] = append(h[k], hf.Value)
+	}
+	return responseHead{status: status, header: h}, nil
+}
+
+// newResponse builds the final response from its head; the caller sets Body.
+func newResponse(req *http.Request, head responseHead) (*http.Response, error) {
+	resp := &http.Response{
+		Status:        strconv.Itoa(head.status) + " " + http.StatusText(head.status),
+		StatusCode:    head.status,
+		Proto:         "HTTP/2.0",
+		ProtoMajor:    2,
+		Header:        head.header,
+		ContentLength: -1,
+		Request:       req,
+	}
+	if cl := head.header["Content-Length"]; len(cl) > 0 {
+		n, err := strconv.ParseInt(cl[0], 10, 64)
+		if err != nil || n < 0 || len(cl) > 1 && !allEqual(cl) {
+			return nil, fmt.Errorf("invalid content-length %q", cl)
+		}
+		resp.ContentLength = n
+	}
+	if declared := head.header["Trailer"]; len(declared) > 0 {
+		resp.Trailer = http.Header{}
+		for _, v := range declared {
+			for k := range strings.SplitSeq(v, ",") {
+				if k = strings.TrimSpace(k); k != "" {
+					resp.Trailer[textproto.CanonicalMIMEHeaderKey(k)] = nil
+				}
+			}
+		}
+		delete(head.header, "Trailer")
+	}
+	return resp, nil
+}
+
+func allEqual(vs []string) bool {
+	for _, v := range vs[1:] {
+		if v != vs[0] {
+			return false
+		}
+	}
+	return true
+}
+
+// decodeTrailers decodes a trailing HEADERS block.
+func decodeTrailers(f *http2.MetaHeadersFrame) (http.Header, error) {
+	if !f.StreamEnded() {
+		return nil, errors.New("trailers without END_STREAM")
+	}
+	if len(f.PseudoFields()) > 0 {
+		return nil, errors.New("pseudo-header in trailers")
+	}
+	h := http.Header{}
+	for _, hf := range f.RegularFields() {
+		k := textproto.CanonicalMIMEHeaderKey(hf.Name)
+		h[k] = append(h[k], hf.Value)
+	}
+	return h, nil
+}

@@ -1,0 +1,333 @@
+package h2client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptrace"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+var errBodyClosed = errors.New("h2client: read on closed response body")
+
+// stream is one request and its response. Fields after mu's comment are guarded by the
+// connection's mu.
+type stream struct {
+	cc            *conn
+	req           *http.Request
+	trace         *httptrace.ClientTrace
+	respReady     chan struct{} // closed when resp or err is set
+	readable      chan struct{} // signalled when data or the end arrives
+	stopCtx       func() bool
+	wclosed       atomic.Bool // no more frames may be written (END_STREAM or RST_STREAM sent); set under wmu
+	rst           atomic.Bool // RST_STREAM sent or received
+	closeReqBody  sync.Once
+	informational int  // read loop only
+	headed        bool // read loop only: the final response headers arrived
+
+	// guarded by cc.mu
+	id           uint32
+	inMap        bool
+	resp         *http.Response
+	err          error // why the stream failed
+	done         bool  // failed, or both sides ended
+	remoteClosed bool
+	localClosed  bool
+	buf          []byte
+	off          int
+	trailer      http.Header
+	sendWindow   int64
+	recvWindow   int64
+	unacked      int64 // stream credit consumed and not yet returned
+	wantLen      int64 // the response's content-length, -1 when unknown or not checked
+	received     int64 // response body bytes received
+}
+
+// roundTrip sends req on a stream reserved by getConn and waits for the response headers.
+func (cc *conn) roundTrip(req *http.Request) (*http.Response, error) {
+	st := &stream{
+		cc: cc, req: req, trace: httptrace.ContextClientTrace(req.Context()),
+		respReady: make(chan struct{}), readable: make(chan struct{}, 1),
+	}
+	body := hasBody(req)
+	if err := cc.writeHeaders(st, !body); err != nil {
+		closeBody(req)
+		return nil, err
+	}
+	stop := context.AfterFunc(req.Context(), func() {
+		cc.resetStream(st, http2.ErrCodeCancel, req.Context().Err())
+	})
+	cc.mu.Lock()
+	if st.inMap {
+		st.stopCtx = stop
+	} else {
+		stop()
+	}
+	cc.mu.Unlock()
+	if body {
+		go st.sendBody()
+	}
+	<-st.respReady
+	cc.mu.Lock()
+	resp, err := st.resp, st.err
+	cc.mu.Unlock()
+	if resp == nil {
+		return nil, err
+	}
+	return resp, nil
+}
+
+// writeHeaders opens the stream and writes its HEADERS (and CONTINUATION) frames.
+func (cc *conn) writeHeaders(st *stream, endStream bool) error {
+	cc.lockWrite()
+	cc.mu.Lock()
+	if cc.closed || cc.goAway || cc.nextID > maxWindow {
+		cc.releaseLocked()
+		err := cc.err
+		cc.mu.Unlock()
+		cc.wmu.Unlock()
+		if err == nil {
+			err = errors.New("connection closing")
+		}
+		return &unprocessedError{cause: fmt.Errorf("connection to %s: %w", cc.addr, err)}
+	}
+	st.id = cc.nextID
+	cc.nextID += 2
+	cc.streams[st.id] = st
+	st.inMap = true
+	st.sendWindow = int64(cc.peerWindow)
+	st.recvWindow = streamRecvWindow
+	st.localClosed = endStream
+	maxFrame := int(cc.maxFrame)
+	cc.mu.Unlock()
+	if endStream {
+		st.wclosed.Store(true)
+	}
+	err := cc.encodeHeaders(st.id, maxFrame, endStream, func(fn func(string, string)) error {
+		return forEachField(st.req, fn)
+	})
+	cc.wmu.Unlock()
+	if err != nil {
+		err = fmt.Errorf("h2client: writing request headers to %s: %w", cc.addr, err)
+		cc.fail(err)
+	}
+	return err
+}
+
+// encodeHeaders encodes a header block and writes it as HEADERS and CONTINUATION
+// frames, then flushes. The caller holds wmu.
+func (cc *conn) encodeHeaders(id uint32, maxFrame int, endStream bool, fields func(func(string, string)) error) error {
+	cc.hbuf.Reset()
+	err := fields(func(name, value string) {
+		_ = cc.henc.WriteField(hpack.HeaderField{Name: name, Value: value})
+	})
+	if err != nil {
+		return err
+	}
+	block := cc.hbuf.Bytes()
+	first := true
+	for first || len(block) > 0 {
+		chunk := block[:min(len(block), maxFrame)]
+		block = block[len(chunk):]
+		if first {
+			err = cc.fr.WriteHeaders(http2.HeadersFrameParam{
+				StreamID: id, BlockFragment: chunk, EndStream: endStream, EndHeaders: len(block) == 0,
+			})
+			first = false
+		} else {
+			err = cc.fr.WriteContinuation(id, len(block) == 0, chunk)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return cc.bw.Flush()
+}
+
+// resetStream ends st with err and, if it is still open, sends RST_STREAM with code.
+func (cc *conn) resetStream(st *stream, code http2.ErrCode, err error) {
+	cc.mu.Lock()
+	if st.done && !st.inMap {
+		cc.mu.Unlock()
+		return
+	}
+	bothEnded := st.localClosed && st.remoteClosed
+	credit := cc.failLocked(st, err)
+	cc.mu.Unlock()
+	cc.lockWrite()
+	st.wclosed.Store(true)
+	if !bothEnded && !st.rst.Swap(true) {
+		if cc.fr.WriteRSTStream(st.id, code) == nil {
+			_ = cc.bw.Flush()
+		}
+	}
+	cc.wmu.Unlock()
+	cc.returnCredit(0, 0, credit)
+}
+
+// failLocked ends st with err: a waiting RoundTrip returns err, a body not yet fully
+// received fails with it, and the body sender stops. It returns the connection credit
+// of the data dropped.
+func (cc *conn) failLocked(st *stream, err error) int64 {
+	var credit int64
+	if !st.done {
+		st.done = true
+		st.err = err
+		if st.resp == nil {
+			close(st.respReady)
+		}
+		if !st.remoteClosed {
+			credit = cc.consumedLocked(int64(len(st.buf) - st.off))
+			st.buf, st.off = nil, 0
+		}
+		st.signal()
+		if hasBody(st.req) {
+			go st.closeReqBody.Do(func() { _ = st.req.Body.Close() }) // unblocks sendBody
+		}
+	}
+	cc.forgetLocked(st)
+	return credit
+}
+
+// remoteEndLocked records the end of the response, with its trailers if any.
+func (cc *conn) remoteEndLocked(st *stream, trailer http.Header) {
+	st.remoteClosed = true
+	st.trailer = trailer
+	st.signal()
+	if st.localClosed {
+		st.done = true
+		cc.forgetLocked(st)
+	}
+}
+
+// localEnd records that the request is fully sent.
+func (cc *conn) localEnd(st *stream) {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	st.localClosed = true
+	if st.remoteClosed {
+		st.done = true
+		cc.forgetLocked(st)
+	}
+}
+
+// forgetLocked removes a finished stream from the connection.
+func (cc *conn) forgetLocked(st *stream) {
+	if !st.inMap {
+		return
+	}
+	st.inMap = false
+	delete(cc.streams, st.id)
+	if st.stopCtx != nil {
+		st.stopCtx()
+	}
+	cc.cond.Broadcast()
+	cc.releaseLocked()
+}
+
+func (st *stream) signal() {
+	select {
+	case st.readable <- struct{}{}:
+	default:
+	}
+}
+
+// push appends received data; the caller holds cc.mu.
+func (st *stream) push(p []byte) {
+	if st.off > 0 && st.off >= len(st.buf)/2 {
+		n := copy(st.buf, st.buf[st.off:])
+		st.buf, st.off = st.buf[:n], 0
+	}
+	st.buf = append(st.buf, p...)
+	st.signal()
+}
+
+// responseBody is a response's Body: it reads what the read loop buffered and returns
+// flow-control credit as it is consumed.
+type responseBody struct {
+	st     *stream
+	closed atomic.Bool
+}
+
+func (b *responseBody) Read(p []byte) (int, error) {
+	if b.closed.Load() {
+		return 0, errBodyClosed
+	}
+	st, cc := b.st, b.st.cc
+	for {
+		cc.mu.Lock()
+		if st.off < len(st.buf) {
+			n := copy(p, st.buf[st.off:])
+			st.off += n
+			inc, connInc := cc.creditLocked(st, int64(n))
+			cc.mu.Unlock()
+			cc.returnCredit(st.id, inc, connInc)
+			return n, nil
+		}
+		if st.remoteClosed {
+			b.setTrailers()
+			cc.mu.Unlock()
+			return 0, io.EOF
+		}
+		if st.done {
+			err := st.err
+			cc.mu.Unlock()
+			return 0, err
+		}
+		cc.mu.Unlock()
+		<-st.readable
+	}
+}
+
+// setTrailers copies the received trailers into the response, in the reader's goroutine
+// as net/http does; the caller holds cc.mu.
+func (b *responseBody) setTrailers() {
+	tr := b.st.trailer
+	if len(tr) == 0 {
+		return
+	}
+	resp := b.st.resp
+	if resp.Trailer == nil {
+		resp.Trailer = make(http.Header, len(tr))
+	}
+	for k, vv := range tr {
+		resp.Trailer[k] = vv
+	}
+	b.st.trailer = nil
+}
+
+// creditLocked counts n bytes read from st and returns the stream and connection credit
+// to send back, each once half its window is consumed.
+func (cc *conn) creditLocked(st *stream, n int64) (inc, connInc int64) {
+	st.unacked += n
+	if st.unacked >= streamRecvWindow/2 && !st.remoteClosed {
+		inc = st.unacked
+		st.unacked = 0
+		st.recvWindow += inc
+	}
+	return inc, cc.consumedLocked(n)
+}
+
+// Close ends the body; before the end of the response it resets the stream.
+func (b *responseBody) Close() error {
+	if b.closed.Swap(true) {
+		return nil
+	}
+	st, cc := b.st, b.st.cc
+	cc.mu.Lock()
+	open := st.inMap
+	credit := cc.consumedLocked(int64(len(st.buf) - st.off))
+	st.buf, st.off = nil, 0
+	cc.mu.Unlock()
+	cc.returnCredit(0, 0, credit)
+	if open {
+		cc.resetStream(st, http2.ErrCodeCancel, errBodyClosed)
+	}
+	return nil
+}
