@@ -73,10 +73,10 @@ type Server struct {
 	cfg  Config
 	lis  net.Listener
 	port uint16
-	// mesh serves the peer proxies' HTTP/2 sessions; h2 serves their HTTP/1.1 sessions
+	// mesh serves the peer proxies' HTTP/2 sessions; http1 serves their HTTP/1.1 sessions
 	// (protocol upgrades) and plaintext clients' connections, fed through conns.
 	mesh  *h2server.Server
-	h2    *http.Server
+	http1 *http.Server
 	conns chan net.Conn
 	done  chan struct{} // closed by Shutdown
 	// forward and forwardH2 carry requests to the application over HTTP/1.1 and h2c.
@@ -116,7 +116,7 @@ func New(lis net.Listener, cfg Config) *Server {
 		IdleTimeout:       5 * time.Minute,
 		Log:               cfg.Log,
 	}
-	s.h2 = &http.Server{
+	s.http1 = &http.Server{
 		Handler:           http.HandlerFunc(s.serveMeshHTTP),
 		ConnContext:       connContext,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -130,7 +130,7 @@ func New(lis net.Listener, cfg Config) *Server {
 // Serve accepts connections until Shutdown.
 func (s *Server) Serve() error {
 	served := make(chan error, 1)
-	go func() { served <- s.h2.Serve(chanListener{s}) }()
+	go func() { served <- s.http1.Serve(chanListener{s}) }()
 	for {
 		c, err := s.lis.Accept()
 		if err != nil {
@@ -160,7 +160,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	var meshErr error
 	var draining sync.WaitGroup
 	draining.Go(func() { meshErr = s.mesh.Shutdown(ctx) })
-	herr := s.h2.Shutdown(ctx)
+	herr := s.http1.Shutdown(ctx)
 	draining.Wait()
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
