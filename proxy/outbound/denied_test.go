@@ -96,22 +96,7 @@ func TestTransparentDeniedService(t *testing.T) {
 func countingListener(t *testing.T) (netip.AddrPort, *atomic.Int64) {
 	t.Helper()
 	var n atomic.Int64
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = lis.Close() })
-	go func() {
-		for {
-			c, err := lis.Accept()
-			if err != nil {
-				return
-			}
-			n.Add(1)
-			_ = c.Close()
-		}
-	}()
-	return netip.MustParseAddrPort(lis.Addr().String()), &n
+	return startTCP(t, func(net.Conn) { n.Add(1) }), &n
 }
 
 // expectDenied403 sends a request on c and expects the proxy's 403 for a denied Service.
