@@ -114,19 +114,23 @@ func (h *Handler) UseMesh(ids *tlsid.Store) {
 func (m *meshRoundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 	continueTrace(req.Header) // the outgoing request's headers: ReverseProxy cloned them
 	x, _ := req.Context().Value(exchangeKey{}).(*exchange)
+	// The headers are this attempt's own (the reverse proxy's copy, or the retry's clone:
+	// see attempt), so they are edited in place; an earlier attempt at a meshed endpoint
+	// may have left the peer headers in them.
 	if x == nil || !x.endpoint.Meshed() {
+		req.Header.Del(targetPortHeader)
+		req.Header.Del(targetProtocolHeader)
 		if req.ProtoMajor == 2 {
 			return m.plainH2.RoundTrip(req)
 		}
 		return m.plain.RoundTrip(req)
 	}
 	ep := x.endpoint
-	// A shallow copy with its own URL and headers: the request is already the reverse
-	// proxy's copy, and a deep Clone was a fifth of the bytes the client proxy allocated.
+	// A shallow copy with its own URL, whose scheme and host name the peer proxy.
 	out := new(http.Request)
 	*out = *req
 	u := *req.URL
-	out.URL, out.Header = &u, req.Header.Clone()
+	out.URL = &u
 	out.URL.Scheme, out.URL.Host = "https", ep.ProxyAddr().String()
 	out.Header.Set(targetPortHeader, strconv.Itoa(int(ep.Addr.Port())))
 	out.Header.Del(clientIDHeader) // only the server proxy says who the client is

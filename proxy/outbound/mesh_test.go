@@ -214,3 +214,66 @@ func TestMeshRequestsShareOneMultiplexedConnection(t *testing.T) {
 		t.Errorf("bursts of %d requests in flight took %d connections between the proxies, want 1, multiplexed", inFlight, got)
 	}
 }
+
+// TestRetryFromAMeshedToAPlainEndpointCarriesNoPeerHeaders: the peer headers an attempt
+// at a meshed endpoint sets stay out of a retry that goes to an unmeshed one.
+func TestRetryFromAMeshedToAPlainEndpointCarriesNoPeerHeaders(t *testing.T) {
+	var leaked atomic.Int64
+	plain := httptest.NewServer(http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Braid-Target-Port") != "" || r.Header.Get("Braid-Target-Protocol") != "" {
+			leaked.Add(1)
+		}
+	}))
+	t.Cleanup(plain.Close)
+	// The meshed endpoint's proxy accepts and closes: its mTLS handshake fails, a connect
+	// failure, which the default policy retries on the other endpoint.
+	var tried atomic.Int64
+	broken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = broken.Close() })
+	go func() {
+		for {
+			c, err := broken.Accept()
+			if err != nil {
+				return
+			}
+			tried.Add(1)
+			_ = c.Close()
+		}
+	}()
+	clientID, _ := meshIdentities(t)
+	var table atomic.Pointer[router.Table]
+	table.Store(build(t, &api.Service{Namespace: "shop", Name: "web", Ports: []*api.ServicePort{{Port: 80, Routes: []*api.Route{{
+		Backends: []*api.Backend{{Service: "web", Weight: 1, Endpoints: []*api.Endpoint{
+			{Ip: "127.0.0.1", Port: 1, Identity: meshServerID, ProxyPort: uint32(broken.Addr().(*net.TCPAddr).Port)},
+			{Ip: "127.0.0.1", Port: uint32(plain.Listener.Addr().(*net.TCPAddr).Port)},
+		}}},
+	}}}}}))
+	h := outbound.New(logr.Discard(), &table, telemetry.New())
+	h.UseMesh(clientID)
+	front := httptest.NewServer(h)
+	t.Cleanup(front.Close)
+	for i := 0; i < 50 && tried.Load() == 0; i++ {
+		req, err := http.NewRequest(http.MethodGet, front.URL+"/", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Host = "web.shop"
+		resp, err := front.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("request %d: status %d; want 200 (a connect failure is retried on the plain endpoint)", i, resp.StatusCode)
+		}
+	}
+	if tried.Load() == 0 {
+		t.Fatal("no request tried the meshed endpoint first")
+	}
+	if n := leaked.Load(); n > 0 {
+		t.Fatalf("%d retried requests reached the plain endpoint with Braid-Target-* headers", n)
+	}
+}
