@@ -130,22 +130,28 @@ func newConn(s *Server, nc net.Conn) *conn {
 	c.rfr.MaxHeaderListSize = s.maxHeaderList()
 	c.rfr.SetMaxReadFrameSize(defaultMaxFrame) // what our SETTINGS leave it at
 	c.rfr.SetReuseFrames()                     // DATA payloads are copied before the next read
-	c.bw = bufio.NewWriterSize(deadlineWriter{nc: nc, timeout: s.writeTimeout()}, writeBufSize)
+	c.bw = bufio.NewWriterSize(&deadlineWriter{nc: nc, timeout: s.writeTimeout()}, writeBufSize)
 	c.wfr = http2.NewFramer(c.bw, nil)
 	c.enc = hpack.NewEncoder(&c.hbuf)
 	return c
 }
 
-// deadlineWriter gives every write to the connection its own deadline, so that a write
-// the peer does not let through fails instead of blocking its writers for ever.
+// deadlineWriter keeps a write deadline on the connection, so that a write the peer does
+// not let through fails instead of blocking its writers for ever. It moves the deadline on
+// only once half of it has passed: every write has at least half the timeout, and most
+// writes leave the connection's timer alone. Writes hold the connection's lock.
 type deadlineWriter struct {
-	nc      net.Conn
-	timeout time.Duration
+	nc        net.Conn
+	timeout   time.Duration
+	refreshAt time.Time
 }
 
-func (w deadlineWriter) Write(p []byte) (int, error) {
-	if err := w.nc.SetWriteDeadline(time.Now().Add(w.timeout)); err != nil {
-		return 0, fmt.Errorf("setting the write deadline: %w", err)
+func (w *deadlineWriter) Write(p []byte) (int, error) {
+	if now := time.Now(); now.After(w.refreshAt) {
+		if err := w.nc.SetWriteDeadline(now.Add(w.timeout)); err != nil {
+			return 0, fmt.Errorf("setting the write deadline: %w", err)
+		}
+		w.refreshAt = now.Add(w.timeout / 2)
 	}
 	return w.nc.Write(p)
 }

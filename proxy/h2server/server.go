@@ -45,8 +45,8 @@ type Server struct {
 	InitialStreamWindow, InitialConnWindow uint32
 	// IdleTimeout closes a connection with no open stream for this long (default 5 min).
 	IdleTimeout time.Duration
-	// WriteTimeout ends a connection when one write to it cannot complete for this long
-	// (default 30 s): a peer that stops reading its socket must not hold the handlers of
+	// WriteTimeout ends a connection when a write to it cannot complete in half to all of
+	// this long (default 30 s; the deadline moves on once half has passed): a peer that stops reading its socket must not hold the handlers of
 	// its streams, and the application connections behind them, for ever.
 	WriteTimeout time.Duration
 	// Log receives handler panics at V(0) and connection errors at V(1).
