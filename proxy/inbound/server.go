@@ -17,7 +17,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httputil"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -28,6 +27,7 @@ import (
 	"github.com/go-logr/logr"
 
 	"github.com/braidmesh/braid/proxy/bufpool"
+	"github.com/braidmesh/braid/proxy/forward"
 	"github.com/braidmesh/braid/proxy/h2server"
 	"github.com/braidmesh/braid/proxy/origdst"
 	"github.com/braidmesh/braid/proxy/sockio"
@@ -79,8 +79,10 @@ type Server struct {
 	http1 *http.Server
 	conns chan net.Conn
 	done  chan struct{} // closed by Shutdown
-	// forward and forwardH2 carry requests to the application over HTTP/1.1 and h2c.
-	forward, forwardH2 *httputil.ReverseProxy
+	// app and appH2 carry requests to the application over HTTP/1.1 and h2c, and
+	// buffers lends the buffers its answers are copied through.
+	app, appH2 http.RoundTripper
+	buffers    *bufpool.Pool
 
 	mu      sync.Mutex
 	tcp     map[net.Conn]struct{}
@@ -108,7 +110,7 @@ func New(lis net.Listener, cfg Config) *Server {
 	appH2 := &http.Transport{DialContext: app.DialContext, IdleConnTimeout: 90 * time.Second, DisableCompression: true}
 	appH2.Protocols = new(http.Protocols)
 	appH2.Protocols.SetUnencryptedHTTP2(true)
-	s.forward, s.forwardH2 = newForward(app), newForward(appH2)
+	s.app, s.appH2, s.buffers = app, appH2, &bufpool.Pool{}
 	s.mesh = &h2server.Server{
 		Handler:           http.HandlerFunc(s.serveMeshHTTP),
 		ConnContext:       connContext,
@@ -407,13 +409,19 @@ func (s *Server) serveMeshHTTP(w http.ResponseWriter, r *http.Request) {
 		s.cfg.Metrics.Request(peer, uint32(port), status, result, time.Since(start))
 		s.cfg.Edges.Inbound(r.RemoteAddr, peer, status, time.Since(start))
 	}()
-	rp := s.forward
+	x := &forwarded{target: net.JoinHostPort(s.cfg.AppHost, strconv.Itoa(int(port))), peer: peer, port: uint16(port), transport: s.app}
 	if r.Header.Get(TargetProtocolHeader) == "h2c" {
-		rp = s.forwardH2
+		x.transport = s.appH2
 	}
-	x := &forwarded{target: net.JoinHostPort(s.cfg.AppHost, strconv.Itoa(int(port))), peer: peer, port: uint16(port)}
 	defer func() { status = x.status }()
-	rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), forwardedKey{}, x)))
+	out, err := x.fwd.Outgoing(r.Context(), w, r)
+	if err != nil {
+		x.status = http.StatusBadRequest
+		forbid(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	x.rewrite(out)
+	x.fwd.Forward(w, r, out, x, s.buffers)
 }
 
 // requestTarget returns who sent a request and the application port it is for: from a
@@ -434,48 +442,46 @@ func requestTarget(r *http.Request) (peer string, port uint64, ok bool) {
 	return peer, port, err == nil && port != 0 && r.TLS != nil
 }
 
-// forwarded is what the reverse proxy needs to know of one request it forwards to the
-// application, and what it learns.
+// forwarded is one request forwarded to the application: its forward.Exchange.
 type forwarded struct {
-	target string // host:port of the application
-	peer   string // the client's verified identity
-	port   uint16
-	status int
+	fwd       forward.Request
+	transport http.RoundTripper
+	target    string // host:port of the application
+	peer      string // the client's verified identity
+	port      uint16
+	status    int
 }
 
-type forwardedKey struct{}
-
-// newForward returns the reverse proxy to the application over transport; one serves
-// every request, with pooled copy buffers.
-func newForward(transport http.RoundTripper) *httputil.ReverseProxy {
-	return &httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			x := pr.In.Context().Value(forwardedKey{}).(*forwarded)
-			pr.Out.URL.Scheme, pr.Out.URL.Host = "http", x.target
-			pr.Out.Host = pr.In.Host
-			pr.Out.Header.Del(TargetPortHeader)
-			pr.Out.Header.Del(TargetProtocolHeader)
-			if x.peer == "" {
-				pr.Out.Header.Del(ClientIDHeader) // a plaintext client's own claim is no identity
-			} else {
-				pr.Out.Header.Set(ClientIDHeader, x.peer)
-			}
-		},
-		Transport:  transport,
-		BufferPool: &bufpool.Pool{},
-		ModifyResponse: func(resp *http.Response) error {
-			resp.Request.Context().Value(forwardedKey{}).(*forwarded).status = resp.StatusCode
-			return nil
-		},
-		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			if errors.Is(err, context.Canceled) {
-				return
-			}
-			x := r.Context().Value(forwardedKey{}).(*forwarded)
-			x.status = http.StatusBadGateway
-			forbid(w, http.StatusBadGateway, fmt.Sprintf("the application on port %d failed: %v", x.port, err))
-		},
+// rewrite addresses the outgoing request to the application, and replaces the peer
+// headers with the client's verified identity.
+func (x *forwarded) rewrite(out *http.Request) {
+	out.URL.Scheme, out.URL.Host = "http", x.target
+	out.Header.Del(TargetPortHeader)
+	out.Header.Del(TargetProtocolHeader)
+	if x.peer == "" {
+		out.Header.Del(ClientIDHeader) // a plaintext client's own claim is no identity
+	} else {
+		out.Header.Set(ClientIDHeader, x.peer)
 	}
+}
+
+func (x *forwarded) RoundTrip(out *http.Request) (*http.Response, error) {
+	return x.transport.RoundTrip(out)
+}
+
+func (x *forwarded) ModifyResponse(res *http.Response) error {
+	x.status = res.StatusCode
+	return nil
+}
+
+// Failed answers a request the application did not answer with a 502, unless the client
+// went away.
+func (x *forwarded) Failed(w http.ResponseWriter, _ *http.Request, err error) {
+	if errors.Is(err, context.Canceled) {
+		return
+	}
+	x.status = http.StatusBadGateway
+	forbid(w, http.StatusBadGateway, fmt.Sprintf("the application on port %d failed: %v", x.port, err))
 }
 
 // authorizeTCP decides on an opaque connection to port.

@@ -11,7 +11,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
-	"net/http/httputil"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,6 +18,7 @@ import (
 	"github.com/go-logr/logr"
 
 	"github.com/braidmesh/braid/proxy/bufpool"
+	"github.com/braidmesh/braid/proxy/forward"
 	"github.com/braidmesh/braid/proxy/router"
 	"github.com/braidmesh/braid/proxy/sockio"
 	"github.com/braidmesh/braid/proxy/telemetry"
@@ -29,7 +29,8 @@ type Handler struct {
 	log     logr.Logger
 	table   *atomic.Pointer[router.Table]
 	metrics *telemetry.Metrics
-	forward *httputil.ReverseProxy
+	// buffers lends the buffers answers are copied through.
+	buffers *bufpool.Pool
 	// upstream carries each attempt of a request to its endpoint.
 	upstream http.RoundTripper
 	rngs     sync.Pool
@@ -39,8 +40,11 @@ type Handler struct {
 	backoff backoff
 }
 
-// exchange is what the handler and its reverse proxy share about one forwarded request.
+// exchange is what the handler and its forwarding share about one forwarded request;
+// it is the request's forward.Exchange.
 type exchange struct {
+	h       *Handler
+	fwd     forward.Request
 	port    *router.Port // nil until the request resolves to a Service port
 	route   *router.Route
 	backend *router.Backend
@@ -76,28 +80,11 @@ type exchangeKey struct{}
 // new table applies to the next request without disturbing requests in flight. It
 // records every request in metrics, unless metrics is nil.
 func New(log logr.Logger, table *atomic.Pointer[router.Table], metrics *telemetry.Metrics) *Handler {
-	h := &Handler{log: log, table: table, metrics: metrics, upstream: newTransport(), mirrors: make(chan struct{}, maxMirrorsInFlight), backoff: systemBackoff()}
-	h.rngs.New = func() any { return rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())) }
-	h.forward = &httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.Out.URL.Scheme = "http" // the host is the endpoint of each attempt
-			pr.Out.Host = pr.In.Host   // the application sees the authority its client used
-			x := pr.In.Context().Value(exchangeKey{}).(*exchange)
-			x.route.RequestHeaders.Apply(pr.Out.Header, &pr.Out.Host)
-			x.backend.RequestHeaders.Apply(pr.Out.Header, &pr.Out.Host)
-		},
-		ModifyResponse: func(resp *http.Response) error {
-			x := resp.Request.Context().Value(exchangeKey{}).(*exchange)
-			x.status = resp.StatusCode
-			x.route.ResponseHeaders.Apply(resp.Header, nil)
-			x.backend.ResponseHeaders.Apply(resp.Header, nil)
-			return nil
-		},
-		Transport:    attempts{h},
-		ErrorHandler: h.upstreamError,
-		ErrorLog:     nil,
-		BufferPool:   &bufpool.Pool{},
+	h := &Handler{
+		log: log, table: table, metrics: metrics, upstream: newTransport(), buffers: &bufpool.Pool{},
+		mirrors: make(chan struct{}, maxMirrorsInFlight), backoff: systemBackoff(),
 	}
+	h.rngs.New = func() any { return rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())) }
 	return h
 }
 
@@ -127,7 +114,7 @@ func newTransport() *http.Transport {
 
 // ServeHTTP routes one request, and records it once answered.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	x := &exchange{}
+	x := &exchange{h: h}
 	if h.metrics != nil {
 		// Deferred, so that a response the reverse proxy aborts midway (it panics with
 		// http.ErrAbortHandler) counts too.
@@ -220,10 +207,32 @@ func (h *Handler) forwardTo(w http.ResponseWriter, r *http.Request, x *exchange,
 		defer cancel()
 	}
 	x.ctx = ctx
-	out := r.WithContext(ctx)
+	out, err := x.fwd.Outgoing(ctx, w, r)
+	if err != nil {
+		x.fail(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	out.URL.Scheme = "http" // the host is the endpoint of each attempt; out.Host stays the client's authority
+	route.RequestHeaders.Apply(out.Header, &out.Host)
+	backend.RequestHeaders.Apply(out.Header, &out.Host)
 	x.body = prepareBody(out, route)
 	defer x.finish()
-	h.forward.ServeHTTP(w, out)
+	x.fwd.Forward(w, r, out, x, h.buffers)
+}
+
+// RoundTrip sends the request to an endpoint of the exchange's backend, and again to
+// another on a failure its route retries.
+func (x *exchange) RoundTrip(out *http.Request) (*http.Response, error) {
+	return x.h.attempts(out, x)
+}
+
+// ModifyResponse notes the answer's status and applies the route's and the backend's
+// response header modifiers.
+func (x *exchange) ModifyResponse(res *http.Response) error {
+	x.status = res.StatusCode
+	x.route.ResponseHeaders.Apply(res.Header, nil)
+	x.backend.ResponseHeaders.Apply(res.Header, nil)
+	return nil
 }
 
 // finish ends the exchange's last attempt, and counts a timeout that cut its answer off.
@@ -242,8 +251,9 @@ func (x *exchange) finish() {
 	}
 }
 
-func (h *Handler) upstreamError(w http.ResponseWriter, r *http.Request, err error) {
-	x := r.Context().Value(exchangeKey{}).(*exchange)
+// Failed answers a request no endpoint answered: with the proxy's own failure, a 504
+// for a timeout, or a 502.
+func (x *exchange) Failed(w http.ResponseWriter, r *http.Request, err error) {
 	var pf *proxyFailure
 	if errors.As(err, &pf) {
 		x.fail(w, pf.status, pf.msg)
@@ -258,7 +268,7 @@ func (h *Handler) upstreamError(w http.ResponseWriter, r *http.Request, err erro
 	if errors.Is(err, context.Canceled) {
 		return // the client went away; nobody reads the answer
 	}
-	h.log.V(1).Info("Upstream request failed", "endpoint", x.endpoint.Addr.String(), "host", r.Host, "error", err.Error())
+	x.h.log.V(1).Info("Upstream request failed", "endpoint", x.endpoint.Addr.String(), "host", r.Host, "error", err.Error())
 	x.fail(w, http.StatusBadGateway, fmt.Sprintf("endpoint %s for host %q failed: %v", x.endpoint.Addr, r.Host, err))
 }
 

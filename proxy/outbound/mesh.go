@@ -84,7 +84,8 @@ func handshakePeer(ctx context.Context, ids *tlsid.Store, addr, identity, proto 
 
 // meshRoundTripper sends requests for meshed endpoints to their peer proxies over HTTP/2
 // and mTLS (one multiplexed connection pool per peer identity), and the others straight
-// to the endpoint.
+// to the endpoint. Unlike an http.RoundTripper's contract, it edits the request it is
+// given (URL and peer headers): every attempt hands it a request of its own.
 type meshRoundTripper struct {
 	ids   *tlsid.Store
 	plain http.RoundTripper
@@ -112,9 +113,9 @@ func (h *Handler) UseMesh(ids *tlsid.Store) {
 }
 
 func (m *meshRoundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
-	continueTrace(req.Header) // the outgoing request's headers: ReverseProxy cloned them
+	continueTrace(req.Header) // the outgoing request's own headers: forward.Request.Outgoing copied them
 	x, _ := req.Context().Value(exchangeKey{}).(*exchange)
-	// The headers are this attempt's own (the reverse proxy's copy, or the retry's clone:
+	// The headers are this attempt's own (the outgoing request's, or the retry's clone:
 	// see attempt), so they are edited in place; an earlier attempt at a meshed endpoint
 	// may have left the peer headers in them.
 	if x == nil || !x.endpoint.Meshed() {
@@ -125,21 +126,18 @@ func (m *meshRoundTripper) RoundTrip(req *http.Request) (*http.Response, error) 
 		}
 		return m.plain.RoundTrip(req)
 	}
+	// The request is this attempt's own too: its URL now names the peer proxy (attempt
+	// names the endpoint again for the next).
 	ep := x.endpoint
-	// A shallow copy with its own URL, whose scheme and host name the peer proxy.
-	out := new(http.Request)
-	*out = *req
-	u := *req.URL
-	out.URL = &u
-	out.URL.Scheme, out.URL.Host = "https", ep.ProxyAddr().String()
-	out.Header.Set(targetPortHeader, strconv.Itoa(int(ep.Addr.Port())))
-	out.Header.Del(clientIDHeader) // only the server proxy says who the client is
+	req.URL.Scheme, req.URL.Host = "https", ep.ProxyAddr().String()
+	req.Header.Set(targetPortHeader, strconv.Itoa(int(ep.Addr.Port())))
+	req.Header.Del(clientIDHeader) // only the server proxy says who the client is
 	if req.ProtoMajor == 2 {
-		out.Header.Set(targetProtocolHeader, "h2c")
+		req.Header.Set(targetProtocolHeader, "h2c")
 	} else {
-		out.Header.Del(targetProtocolHeader)
+		req.Header.Del(targetProtocolHeader)
 	}
-	return m.transport(ep, isUpgrade(req)).RoundTrip(out)
+	return m.transport(ep, isUpgrade(req)).RoundTrip(req)
 }
 
 // isUpgrade reports whether a request asks to switch protocols (WebSocket and the like).

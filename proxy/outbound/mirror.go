@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/braidmesh/braid/proxy/forward"
 	"github.com/braidmesh/braid/proxy/router"
 )
 
@@ -22,9 +23,6 @@ const (
 	// dropped rather than queued.
 	maxMirrorsInFlight = 256
 )
-
-// hopHeaders are the hop-by-hop headers a mirrored copy drops.
-var hopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
 
 // mirror sends copies of r to the route's mirrors, in the background: their answers are
 // dropped, and a mirror that is slow or down never delays or fails r. A body is copied
@@ -82,9 +80,7 @@ func mirrorRequest(r *http.Request, ep router.Endpoint, body []byte) (*http.Requ
 	if len(body) > 0 {
 		out.Body, out.ContentLength = io.NopCloser(bytes.NewReader(body)), int64(len(body))
 	}
-	for _, k := range hopHeaders {
-		out.Header.Del(k)
-	}
+	forward.RemoveHopByHop(out.Header)
 	return out, cancel
 }
 

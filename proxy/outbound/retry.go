@@ -168,13 +168,9 @@ func (b requestBody) replay(original io.ReadCloser) io.ReadCloser {
 	return original
 }
 
-// attempts is the reverse proxy's transport: it sends a request to an endpoint of its
-// backend, and again to another on a failure its route retries.
-type attempts struct{ h *Handler }
-
-func (a attempts) RoundTrip(req *http.Request) (*http.Response, error) {
-	h := a.h
-	x := req.Context().Value(exchangeKey{}).(*exchange)
+// attempts sends a request to an endpoint of its exchange's backend, and again to
+// another on a failure its route retries.
+func (h *Handler) attempts(req *http.Request, x *exchange) (*http.Response, error) {
 	rng := h.rngs.Get().(*rand.Rand)
 	defer h.rngs.Put(rng)
 	call, err := x.backend.Pick(rng, nil)
@@ -247,7 +243,7 @@ func (h *Handler) attempt(req *http.Request, x *exchange, call router.Call, n in
 			&timeoutError{route: x.route.Name, after: d, kind: backendRequestTimeout})
 		out = out.WithContext(x.attemptCtx)
 	}
-	out.URL.Host = x.endpoint.Addr.String()
+	out.URL.Scheme, out.URL.Host = "http", x.endpoint.Addr.String() // the mesh transport may have named a peer proxy
 	return h.upstream.RoundTrip(out)
 }
 

@@ -104,3 +104,28 @@ func TestProxyPortsAreNotTargets(t *testing.T) {
 		t.Errorf("an opaque connection to the proxy's own port echoed %q", buf[:n])
 	}
 }
+
+// The mesh is transparent to forwarding headers and to the query string: an ingress in
+// front of the client relies on X-Forwarded-For reaching the application, and the
+// application parses its own query.
+func TestForwardingHeadersAndQueryPassThrough(t *testing.T) {
+	p := newPair(t)
+	raw := "GET /h?a=1;b=2&c=%zz HTTP/1.1\r\nHost: reviews\r\nX-Forwarded-For: 203.0.113.7\r\n" +
+		"X-Forwarded-Proto: https\r\nX-Forwarded-Host: shop.example\r\nForwarded: for=203.0.113.7\r\n\r\n"
+	if code := rawRequest(t, p, raw); code != http.StatusOK {
+		t.Fatalf("answered %d", code)
+	}
+	seen := <-p.seen
+	want := map[string]string{
+		"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https",
+		"X-Forwarded-Host": "shop.example", "Forwarded": "for=203.0.113.7",
+	}
+	for k, v := range want {
+		if got := seen.Get(k); got != v {
+			t.Errorf("%s reached the application as %q, want %q", k, got, v)
+		}
+	}
+	if q := seen.Get("X-Seen-Query"); q != "a=1;b=2&c=%zz" {
+		t.Errorf("the query reached the application as %q, want it untouched", q)
+	}
+}

@@ -56,7 +56,9 @@ func newPair(t *testing.T) *pair {
 	}
 	p := &pair{t: t, ca: ca, clientID: store(t, ca, "shop", "web"), serverID: store(t, ca, "shop", "reviews"), seen: make(chan http.Header, 16)}
 	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		p.seen <- r.Header.Clone()
+		seen := r.Header.Clone()
+		seen.Set("X-Seen-Query", r.URL.RawQuery) // what the app saw of the URL, for the tests
+		p.seen <- seen
 		if p.upgradeApp != nil && r.Header.Get("Upgrade") != "" {
 			p.upgradeApp(w, r)
 			return
