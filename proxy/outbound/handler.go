@@ -51,8 +51,9 @@ type exchange struct {
 	dest    *telemetry.Destination
 	// ctx is the request's context, with the route's timeout.
 	ctx context.Context
-	// endpoint is the endpoint of the current attempt.
+	// endpoint is the endpoint of the current attempt, and names its addresses as text.
 	endpoint router.Endpoint
+	names    *router.EndpointNames
 	// call is the attempt whose answer is forwarded, held until the exchange ends.
 	call    router.Call
 	hasCall bool

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"strconv"
 	"sync"
 	"time"
 
@@ -129,8 +128,8 @@ func (m *meshRoundTripper) RoundTrip(req *http.Request) (*http.Response, error) 
 	// The request is this attempt's own too: its URL now names the peer proxy (attempt
 	// names the endpoint again for the next).
 	ep := x.endpoint
-	req.URL.Scheme, req.URL.Host = "https", ep.ProxyAddr().String()
-	req.Header.Set(targetPortHeader, strconv.Itoa(int(ep.Addr.Port())))
+	req.URL.Scheme, req.URL.Host = "https", x.names.ProxyAddr
+	req.Header.Set(targetPortHeader, x.names.Port)
 	req.Header.Del(clientIDHeader) // only the server proxy says who the client is
 	if req.ProtoMajor == 2 {
 		req.Header.Set(targetProtocolHeader, "h2c")

@@ -32,7 +32,9 @@ type meshPair struct {
 	accepted atomic.Int64
 }
 
-func newMeshPair(tb testing.TB, app http.HandlerFunc) *meshPair {
+// newMeshPair starts the pair; edits change the route to web.shop, whose one backend
+// has the application as its endpoint.
+func newMeshPair(tb testing.TB, app http.HandlerFunc, edits ...func(*api.Route)) *meshPair {
 	tb.Helper()
 	p := &meshPair{}
 	backend := httptest.NewUnstartedServer(app)
@@ -62,12 +64,14 @@ func newMeshPair(tb testing.TB, app http.HandlerFunc) *meshPair {
 	})
 
 	var table atomic.Pointer[router.Table]
-	table.Store(build(tb, &api.Service{Namespace: "shop", Name: "web", Ports: []*api.ServicePort{{Port: 80, Routes: []*api.Route{{
-		Backends: []*api.Backend{{Service: "web", Weight: 1, Endpoints: []*api.Endpoint{{
-			Ip: "127.0.0.1", Port: uint32(backend.Listener.Addr().(*net.TCPAddr).Port),
-			Identity: meshServerID, ProxyPort: uint32(lis.Addr().(*net.TCPAddr).Port),
-		}}}},
-	}}}}}))
+	route := &api.Route{Backends: []*api.Backend{{Service: "web", Weight: 1, Endpoints: []*api.Endpoint{{
+		Ip: "127.0.0.1", Port: uint32(backend.Listener.Addr().(*net.TCPAddr).Port),
+		Identity: meshServerID, ProxyPort: uint32(lis.Addr().(*net.TCPAddr).Port),
+	}}}}}
+	for _, edit := range edits {
+		edit(route)
+	}
+	table.Store(build(tb, &api.Service{Namespace: "shop", Name: "web", Ports: []*api.ServicePort{{Port: 80, Routes: []*api.Route{route}}}}))
 	h := outbound.New(logr.Discard(), &table, telemetry.New())
 	h.UseMesh(clientID)
 	front := &http.Server{Handler: h, Protocols: outbound.ServerProtocols(), ReadHeaderTimeout: 10 * time.Second}
@@ -275,5 +279,35 @@ func TestRetryFromAMeshedToAPlainEndpointCarriesNoPeerHeaders(t *testing.T) {
 	}
 	if n := leaked.Load(); n > 0 {
 		t.Fatalf("%d retried requests reached the plain endpoint with Braid-Target-* headers", n)
+	}
+}
+
+// A mirror whose endpoint is meshed gets its copy through the peer proxy too, with the
+// client's verified identity.
+func TestMirrorToAMeshedEndpoint(t *testing.T) {
+	seen := make(chan string, 4)
+	p := newMeshPair(t, func(w http.ResponseWriter, r *http.Request) {
+		seen <- r.Header.Get(inbound.ClientIDHeader)
+		_, _ = w.Write([]byte("ok"))
+	}, func(route *api.Route) {
+		route.Mirrors = []*api.Mirror{{Backend: &api.Backend{Service: "web-shadow", Weight: 1, Endpoints: route.Backends[0].Endpoints}}}
+	})
+	resp, err := p.client(false).RoundTrip(p.request(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("answered %d", resp.StatusCode)
+	}
+	for range 2 { // the request and its mirrored copy
+		select {
+		case id := <-seen:
+			if id != "spiffe://cluster.local/ns/shop/sa/client" {
+				t.Errorf("the application saw the client as %q", id)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("the mirrored copy never reached the meshed endpoint")
+		}
 	}
 }

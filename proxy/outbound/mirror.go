@@ -60,7 +60,7 @@ func (h *Handler) mirror(r *http.Request, route *router.Route) {
 			<-h.mirrors
 			continue
 		}
-		out, cancel := mirrorRequest(r, call.Endpoint(), body)
+		out, cancel := mirrorRequest(r, call.State, body)
 		go func() {
 			defer func() { cancel(); call.End(); <-h.mirrors }()
 			h.sendMirror(out, call)
@@ -69,12 +69,12 @@ func (h *Handler) mirror(r *http.Request, route *router.Route) {
 }
 
 // mirrorRequest is the copy of r, with body, for endpoint ep.
-func mirrorRequest(r *http.Request, ep router.Endpoint, body []byte) (*http.Request, context.CancelFunc) {
+func mirrorRequest(r *http.Request, ep *router.EndpointState, body []byte) (*http.Request, context.CancelFunc) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), mirrorTimeout)
-	x := &exchange{endpoint: ep}
+	x := &exchange{endpoint: ep.Endpoint, names: ep.Names()}
 	out := r.Clone(context.WithValue(ctx, exchangeKey{}, x))
 	out.RequestURI = ""
-	out.URL.Scheme, out.URL.Host = "http", x.endpoint.Addr.String()
+	out.URL.Scheme, out.URL.Host = "http", x.names.Addr
 	out.Host = r.Host
 	out.Body, out.ContentLength = http.NoBody, 0
 	if len(body) > 0 {

@@ -231,7 +231,7 @@ func (x *exchange) retryCall(rng *rand.Rand, call router.Call, b backoff, n int)
 
 // attempt sends the request to the endpoint of call; n counts the attempts before it.
 func (h *Handler) attempt(req *http.Request, x *exchange, call router.Call, n int) (*http.Response, error) {
-	x.endpoint, x.attempted = call.Endpoint(), true
+	x.endpoint, x.names, x.attempted = call.Endpoint(), call.State.Names(), true
 	out := req
 	if n > 0 {
 		out = req.Clone(req.Context())
@@ -243,7 +243,7 @@ func (h *Handler) attempt(req *http.Request, x *exchange, call router.Call, n in
 			&timeoutError{route: x.route.Name, after: d, kind: backendRequestTimeout})
 		out = out.WithContext(x.attemptCtx)
 	}
-	out.URL.Scheme, out.URL.Host = "http", x.endpoint.Addr.String() // the mesh transport may have named a peer proxy
+	out.URL.Scheme, out.URL.Host = "http", x.names.Addr // the mesh transport may have named a peer proxy
 	return h.upstream.RoundTrip(out)
 }
 

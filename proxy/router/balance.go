@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -70,7 +71,10 @@ func (r *Registry) now() int64 { return int64(r.clock.Now().Sub(r.epoch)) }
 // EndpointState is one endpoint with its live state.
 type EndpointState struct {
 	Endpoint
-	reg      *Registry
+	reg *Registry
+	// names holds the endpoint's addresses as text, made on first use (Names): most
+	// endpoints of a large configuration are never called.
+	names    atomic.Pointer[EndpointNames]
 	inflight atomic.Int64
 	// ejectedUntil is when the endpoint's current ejection ends (registry time); at or
 	// before now, it is not ejected.
@@ -162,6 +166,23 @@ func (e *EndpointState) tryAcquire(limit int64) bool {
 			return true
 		}
 	}
+}
+
+// EndpointNames are an endpoint's addresses as text, as requests carry them.
+type EndpointNames struct {
+	Addr      string // Addr, host:port
+	ProxyAddr string // ProxyAddr, host:port
+	Port      string // Addr's port
+}
+
+// Names returns the endpoint's addresses as text, made once rather than per request.
+func (e *EndpointState) Names() *EndpointNames {
+	if n := e.names.Load(); n != nil {
+		return n
+	}
+	n := &EndpointNames{Addr: e.Addr.String(), ProxyAddr: e.ProxyAddr().String(), Port: strconv.Itoa(int(e.Addr.Port()))}
+	e.names.Store(n) // a racing caller stores an equal value
+	return n
 }
 
 // Call is one request (or opaque connection) to an endpoint, from its pick to its end.
