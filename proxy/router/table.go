@@ -423,13 +423,13 @@ func splitAuthority(authority string) (string, uint32, error) {
 	if authority == "" {
 		return "", 0, errors.New("the request has no Host")
 	}
+	if !strings.ContainsAny(authority, ":[]") {
+		// No port: the whole authority is the host, and HTTP's default port applies.
+		return strings.ToLower(strings.TrimSuffix(authority, ".")), 80, nil
+	}
 	host, portStr, err := net.SplitHostPort(authority)
 	if err != nil {
-		// No port: the whole authority is the host, and HTTP's default port applies.
-		if strings.ContainsAny(authority, ":[]") {
-			return "", 0, fmt.Errorf("malformed host %q", authority)
-		}
-		return strings.ToLower(strings.TrimSuffix(authority, ".")), 80, nil
+		return "", 0, fmt.Errorf("malformed host %q", authority)
 	}
 	port, err := strconv.ParseUint(portStr, 10, 16)
 	if err != nil || port == 0 {
@@ -438,19 +438,22 @@ func splitAuthority(authority string) (string, uint32, error) {
 	return strings.ToLower(strings.TrimSuffix(host, ".")), uint32(port), nil
 }
 
+// serviceKey names the Service a host names: name, name.namespace,
+// name.namespace.svc or name.namespace.svc.<cluster domain>.
 func (t *Table) serviceKey(host string) (serviceKey, bool) {
-	labels := strings.Split(host, ".")
-	switch {
-	case len(labels) == 1:
-		return serviceKey{t.namespace, labels[0]}, true
-	case len(labels) == 2:
-		return serviceKey{labels[1], labels[0]}, true
-	case len(labels) == 3 && labels[2] == "svc":
-		return serviceKey{labels[1], labels[0]}, true
-	case len(labels) > 3 && labels[2] == "svc" && strings.Join(labels[3:], ".") == t.domain:
-		return serviceKey{labels[1], labels[0]}, true
+	name, rest, more := strings.Cut(host, ".")
+	if !more {
+		return serviceKey{t.namespace, name}, true
 	}
-	return serviceKey{}, false
+	namespace, rest, more := strings.Cut(rest, ".")
+	if !more {
+		return serviceKey{namespace, name}, true
+	}
+	svc, domain, more := strings.Cut(rest, ".")
+	if svc != "svc" || more && domain != t.domain {
+		return serviceKey{}, false
+	}
+	return serviceKey{namespace, name}, true
 }
 
 // Route returns the first route of the port that admits a request, or nil when none does.
