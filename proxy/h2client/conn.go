@@ -18,15 +18,17 @@ const maxWindow = 1<<31 - 1
 
 // conn is one HTTP/2 connection to a server. Lock order: wmu, then mu.
 type conn struct {
-	t    *Transport
-	addr string
-	nc   net.Conn
-	log  logr.Logger
-	fr   *http2.Framer // written under wmu, read by readLoop only
+	t      *Transport
+	addr   string
+	nc     net.Conn
+	log    logr.Logger
+	fr     *http2.Framer // written under wmu, read by readLoop only
+	blocks *blockReader  // readLoop only
 
 	wmu          sync.Mutex
 	bw           *bufio.Writer
 	henc         *hpack.Encoder
+	encodeField  func(name, value string) // cc.encodeOne
 	hbuf         bytes.Buffer
 	writeTimeout time.Duration
 	refreshAt    time.Time // when the write deadline is next moved on
@@ -64,11 +66,11 @@ func newConn(t *Transport, addr string, nc net.Conn) (*conn, error) {
 	cc.cond = sync.NewCond(&cc.mu)
 	cc.bw = bufio.NewWriterSize(nc, 16<<10)
 	cc.fr = http2.NewFramer(cc.bw, bufio.NewReaderSize(nc, 16<<10))
-	cc.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	cc.fr.MaxHeaderListSize = t.maxHeaderBytes()
+	cc.blocks = newBlockReader(t.maxHeaderBytes())
 	cc.fr.SetMaxReadFrameSize(16384)
 	cc.fr.SetReuseFrames()
 	cc.henc = hpack.NewEncoder(&cc.hbuf)
+	cc.encodeField = cc.encodeOne
 	cc.hbuf.Grow(headerBlockInitialSize)
 	cc.idleTimer = time.AfterFunc(time.Hour, cc.onIdleTimer)
 	cc.idleTimer.Stop()
@@ -229,16 +231,24 @@ func (cc *conn) readLoop() {
 		if err == nil {
 			err = cc.handleFrame(f)
 		}
-		var se http2.StreamError
-		if errors.As(err, &se) {
+		if err == nil {
+			continue
+		}
+		if se, ok := asStreamError(err); ok {
 			cc.onStreamError(se)
 			continue
 		}
-		if err != nil {
-			cc.connectionError(err)
-			return
-		}
+		cc.connectionError(err)
+		return
 	}
+}
+
+// asStreamError finds a stream error in err; only called for an error, since its target
+// escapes to the heap.
+func asStreamError(err error) (http2.StreamError, bool) {
+	var se http2.StreamError
+	ok := errors.As(err, &se)
+	return se, ok
 }
 
 // connectionError tells the server about a protocol error, if it is one, and fails the

@@ -13,10 +13,17 @@
 // What it does instead. The caller's goroutine encodes and writes the HEADERS frame (with
 // END_STREAM when there is no body) under the connection's write lock and flushes once;
 // a goroutine is started only for a request that has a body, to stream it under flow
-// control while the response is read. One goroutine per connection reads frames (framing
-// and HPACK are golang.org/x/net/http2's Framer and hpack). The client advertises large
-// receive windows (4 MiB per stream, 1 GiB for the connection) and returns credit only
-// once half a window has been consumed, so small answers cause no WINDOW_UPDATE at all.
+// control while the response is read. One goroutine per connection reads frames
+// (golang.org/x/net/http2's Framer) and decodes header blocks with x/net's hpack.Decoder
+// straight into the response's http.Header, with the checks the Framer would make. The
+// client advertises large receive windows (4 MiB per stream, 1 GiB for the connection)
+// and returns credit only once half a window has been consumed, so small answers cause
+// no WINDOW_UPDATE at all. Response data waits in buffers from a pool, returned once read.
+//
+// A request whose context ends is reset (RST_STREAM CANCEL) by RoundTrip while it waits
+// for the response headers, and by the body's Read while it waits for data or when it is
+// called next: no goroutine or context.AfterFunc watches the context. A body nobody reads
+// any more is reset at Close, which every caller must call.
 //
 // Connections are pooled per address, reused while they have stream capacity, dialled one
 // at a time per address, and dropped after GOAWAY or an error. Requests the server did not

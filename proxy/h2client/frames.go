@@ -13,8 +13,12 @@ const maxInformational = 16 // 1xx responses accepted per stream
 
 func (cc *conn) handleFrame(f http2.Frame) error {
 	switch f := f.(type) {
-	case *http2.MetaHeadersFrame:
-		return cc.onHeaders(f)
+	case *http2.HeadersFrame:
+		blk, err := cc.blocks.read(cc.fr, f)
+		if err != nil {
+			return err
+		}
+		return cc.onHeaders(blk)
 	case *http2.DataFrame:
 		return cc.onData(f)
 	case *http2.SettingsFrame:
@@ -47,12 +51,12 @@ func (cc *conn) streamFor(id uint32) (*stream, error) {
 	return nil, nil
 }
 
-func (cc *conn) onHeaders(f *http2.MetaHeadersFrame) error {
-	st, err := cc.streamFor(f.StreamID)
+func (cc *conn) onHeaders(f *headerBlock) error {
+	st, err := cc.streamFor(f.streamID)
 	if st == nil {
 		return err
 	}
-	if f.Truncated {
+	if f.truncated {
 		cc.resetStream(st, http2.ErrCodeCancel, fmt.Errorf("h2client: response headers larger than %d bytes", cc.t.maxHeaderBytes()))
 		return nil
 	}
@@ -68,23 +72,23 @@ func (cc *conn) onHeaders(f *http2.MetaHeadersFrame) error {
 	}
 	var resp *http.Response
 	if err == nil {
-		resp, err = newResponse(st.req, head) //nolint:bodyclose // publish sets the body, the caller closes it
+		resp, err = newResponse(&st.response, st.req, head) //nolint:bodyclose // publish sets the body, the caller closes it
 	}
 	if err != nil {
 		cc.resetStream(st, http2.ErrCodeProtocol, fmt.Errorf("h2client: malformed response from server: %w", err))
 		return nil
 	}
 	st.headed = true
-	cc.publish(st, resp, f.StreamEnded())
+	cc.publish(st, resp, f.ended)
 	return nil
 }
 
 // onInformational hands a 1xx response to the request's trace.
-func (cc *conn) onInformational(st *stream, f *http2.MetaHeadersFrame, head responseHead) error {
+func (cc *conn) onInformational(st *stream, f *headerBlock, head responseHead) error {
 	switch {
 	case head.status == http.StatusSwitchingProtocols:
 		return errors.New("101 Switching Protocols over HTTP/2")
-	case f.StreamEnded():
+	case f.ended:
 		return errors.New("informational response ends the stream")
 	}
 	st.informational++
@@ -104,7 +108,7 @@ func (cc *conn) publish(st *stream, resp *http.Response, ended bool) {
 	if ended {
 		resp.Body = http.NoBody
 	} else {
-		resp.Body = &responseBody{st: st}
+		resp.Body = &st.body
 	}
 	cc.mu.Lock()
 	defer cc.mu.Unlock()
@@ -116,13 +120,13 @@ func (cc *conn) publish(st *stream, resp *http.Response, ended bool) {
 	if st.req.Method == http.MethodHead || resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusNotModified {
 		st.wantLen = -1
 	}
-	close(st.respReady)
+	st.signal()
 	if ended {
 		cc.remoteEndLocked(st, nil)
 	}
 }
 
-func (cc *conn) onTrailers(st *stream, f *http2.MetaHeadersFrame) error {
+func (cc *conn) onTrailers(st *stream, f *headerBlock) error {
 	tr, err := decodeTrailers(f)
 	if err != nil {
 		cc.resetStream(st, http2.ErrCodeProtocol, fmt.Errorf("h2client: malformed trailers from server: %w", err))

@@ -11,7 +11,6 @@ import (
 	"strings"
 
 	"golang.org/x/net/http/httpguts"
-	"golang.org/x/net/http2"
 )
 
 // checkALPN refuses a TLS connection that did not negotiate "h2".
@@ -159,25 +158,19 @@ type responseHead struct {
 
 var errMissingStatus = errors.New("response without a valid :status")
 
-// decodeHead decodes a response's (or an informational response's) header block.
-func decodeHead(f *http2.MetaHeadersFrame) (responseHead, error) {
-	status, err := strconv.Atoi(f.PseudoValue("status"))
+// decodeHead checks a response's (or an informational response's) header block.
+func decodeHead(f *headerBlock) (responseHead, error) {
+	status, err := strconv.Atoi(f.status)
 	if err != nil || status < 100 || status > 999 {
 		return responseHead{}, errMissingStatus
 	}
-	fields := f.RegularFields()
-	h := make(http.Header, len(fields))
-	for _, hf := range fields {
-		k := textproto.CanonicalMIMEHeaderKey(hf.Name)
-		h[k] = append(h[k], hf.Value)
-	}
-	return responseHead{status: status, header: h}, nil
+	return responseHead{status: status, header: f.header}, nil
 }
 
-// newResponse builds the final response from its head; the caller sets Body.
-func newResponse(req *http.Request, head responseHead) (*http.Response, error) {
-	resp := &http.Response{
-		Status:        strconv.Itoa(head.status) + " " + http.StatusText(head.status),
+// newResponse builds the final response from its head into resp; the caller sets Body.
+func newResponse(resp *http.Response, req *http.Request, head responseHead) (*http.Response, error) {
+	*resp = http.Response{
+		Status:        statusLine(head.status),
 		StatusCode:    head.status,
 		Proto:         "HTTP/2.0",
 		ProtoMajor:    2,
@@ -215,18 +208,28 @@ func allEqual(vs []string) bool {
 	return true
 }
 
-// decodeTrailers decodes a trailing HEADERS block.
-func decodeTrailers(f *http2.MetaHeadersFrame) (http.Header, error) {
-	if !f.StreamEnded() {
+// decodeTrailers checks a trailing HEADERS block.
+func decodeTrailers(f *headerBlock) (http.Header, error) {
+	if !f.ended {
 		return nil, errors.New("trailers without END_STREAM")
 	}
-	if len(f.PseudoFields()) > 0 {
+	if f.pseudos > 0 {
 		return nil, errors.New("pseudo-header in trailers")
 	}
-	h := http.Header{}
-	for _, hf := range f.RegularFields() {
-		k := textproto.CanonicalMIMEHeaderKey(hf.Name)
-		h[k] = append(h[k], hf.Value)
+	return f.header, nil
+}
+
+// statusLine is a response's Status, without building the common ones.
+func statusLine(code int) string {
+	switch code {
+	case http.StatusOK:
+		return "200 OK"
+	case http.StatusNoContent:
+		return "204 No Content"
+	case http.StatusNotModified:
+		return "304 Not Modified"
+	case http.StatusNotFound:
+		return "404 Not Found"
 	}
-	return h, nil
+	return strconv.Itoa(code) + " " + http.StatusText(code)
 }

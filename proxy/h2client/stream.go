@@ -1,7 +1,6 @@
 package h2client
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -22,11 +21,12 @@ type stream struct {
 	cc            *conn
 	req           *http.Request
 	trace         *httptrace.ClientTrace
-	respReady     chan struct{} // closed when resp or err is set
-	readable      chan struct{} // signalled when data or the end arrives
-	stopCtx       func() bool
-	wclosed       atomic.Bool // no more frames may be written (END_STREAM or RST_STREAM sent); set under wmu
-	rst           atomic.Bool // RST_STREAM sent or received
+	ctxDone       <-chan struct{} // the request context's Done
+	readable      chan struct{}   // signalled when the response, data, the end or a failure arrives
+	body          responseBody
+	response      http.Response // the final response, built by the read loop: resp points here
+	wclosed       atomic.Bool   // no more frames may be written (END_STREAM or RST_STREAM sent); set under wmu
+	rst           atomic.Bool   // RST_STREAM sent or received
 	closeReqBody  sync.Once
 	informational int  // read loop only
 	headed        bool // read loop only: the final response headers arrived
@@ -39,6 +39,7 @@ type stream struct {
 	done         bool  // failed, or both sides ended
 	remoteClosed bool
 	localClosed  bool
+	bufp         *[]byte // from the transport's pool, with buf's array; nil when buf is nil
 	buf          []byte
 	off          int
 	trailer      http.Header
@@ -53,34 +54,59 @@ type stream struct {
 func (cc *conn) roundTrip(req *http.Request) (*http.Response, error) {
 	st := &stream{
 		cc: cc, req: req, trace: httptrace.ContextClientTrace(req.Context()),
-		respReady: make(chan struct{}), readable: make(chan struct{}, 1),
+		ctxDone: req.Context().Done(), readable: make(chan struct{}, 1),
 	}
+	st.body.st = st
 	body := hasBody(req)
 	if err := cc.writeHeaders(st, !body); err != nil {
 		closeBody(req)
 		return nil, err
 	}
-	stop := context.AfterFunc(req.Context(), func() {
-		cc.resetStream(st, http2.ErrCodeCancel, req.Context().Err())
-	})
-	cc.mu.Lock()
-	if st.inMap {
-		st.stopCtx = stop
-	} else {
-		stop()
-	}
-	cc.mu.Unlock()
 	if body {
 		go st.sendBody()
 	}
-	<-st.respReady
-	cc.mu.Lock()
-	resp, err := st.resp, st.err
-	cc.mu.Unlock()
-	if resp == nil {
-		return nil, err
+	return st.awaitResponse()
+}
+
+// awaitResponse waits for the response headers, or for the stream to fail. When the
+// request's context ends first, the stream is reset (CANCEL).
+func (st *stream) awaitResponse() (*http.Response, error) {
+	cc := st.cc
+	for {
+		cc.mu.Lock()
+		resp, err, done := st.resp, st.err, st.done
+		cc.mu.Unlock()
+		if resp != nil {
+			return resp, nil
+		}
+		if done {
+			return nil, err
+		}
+		select {
+		case <-st.readable:
+		case <-st.ctxDone:
+			st.cancel()
+		}
 	}
-	return resp, nil
+}
+
+// cancel resets the stream because the request's context ended.
+func (st *stream) cancel() {
+	st.cc.resetStream(st, http2.ErrCodeCancel, st.req.Context().Err())
+}
+
+// cancelledLocked reports whether the request's context ended while the stream is open;
+// the caller holds cc.mu.
+func (st *stream) cancelledLocked() bool {
+	if !st.inMap {
+		return false
+	}
+	select {
+	case <-st.ctxDone:
+		return true
+	default:
+		return false
+	}
 }
 
 // writeHeaders opens the stream and writes its HEADERS (and CONTINUATION) frames.
@@ -124,14 +150,12 @@ func (cc *conn) writeHeaders(st *stream, endStream bool) error {
 // frames, then flushes. The caller holds wmu.
 func (cc *conn) encodeHeaders(id uint32, maxFrame int, endStream bool, fields func(func(string, string)) error) error {
 	cc.hbuf.Reset()
-	err := fields(func(name, value string) {
-		_ = cc.henc.WriteField(hpack.HeaderField{Name: name, Value: value})
-	})
-	if err != nil {
+	if err := fields(cc.encodeField); err != nil {
 		return err
 	}
 	block := cc.hbuf.Bytes()
 	first := true
+	var err error
 	for first || len(block) > 0 {
 		chunk := block[:min(len(block), maxFrame)]
 		block = block[len(chunk):]
@@ -148,6 +172,12 @@ func (cc *conn) encodeHeaders(id uint32, maxFrame int, endStream bool, fields fu
 		}
 	}
 	return cc.bw.Flush()
+}
+
+// encodeOne adds one field to the header block being encoded; encodeHeaders passes it as
+// cc.encodeField, a method value made once per connection. The caller holds wmu.
+func (cc *conn) encodeOne(name, value string) {
+	_ = cc.henc.WriteField(hpack.HeaderField{Name: name, Value: value})
 }
 
 // resetStream ends st with err and, if it is still open, sends RST_STREAM with code.
@@ -179,12 +209,9 @@ func (cc *conn) failLocked(st *stream, err error) int64 {
 	if !st.done {
 		st.done = true
 		st.err = err
-		if st.resp == nil {
-			close(st.respReady)
-		}
 		if !st.remoteClosed {
 			credit = cc.consumedLocked(int64(len(st.buf) - st.off))
-			st.buf, st.off = nil, 0
+			cc.releaseBufLocked(st)
 		}
 		st.signal()
 		if hasBody(st.req) {
@@ -224,9 +251,6 @@ func (cc *conn) forgetLocked(st *stream) {
 	}
 	st.inMap = false
 	delete(cc.streams, st.id)
-	if st.stopCtx != nil {
-		st.stopCtx()
-	}
 	cc.cond.Broadcast()
 	cc.releaseLocked()
 }
@@ -238,14 +262,34 @@ func (st *stream) signal() {
 	}
 }
 
-// push appends received data; the caller holds cc.mu.
+// push appends received data to a buffer from the transport's pool; the caller holds
+// cc.mu.
 func (st *stream) push(p []byte) {
+	if len(p) == 0 {
+		st.signal()
+		return
+	}
+	if st.bufp == nil {
+		st.bufp = st.cc.t.getDataBuf()
+		st.buf, st.off = (*st.bufp)[:0], 0
+	}
 	if st.off > 0 && st.off >= len(st.buf)/2 {
 		n := copy(st.buf, st.buf[st.off:])
 		st.buf, st.off = st.buf[:n], 0
 	}
 	st.buf = append(st.buf, p...)
 	st.signal()
+}
+
+// releaseBufLocked gives the stream's data buffer back to the transport's pool, once its
+// data is read or dropped: the buffer is only touched under cc.mu, so no reader can see
+// it afterwards. The caller holds cc.mu.
+func (cc *conn) releaseBufLocked(st *stream) {
+	if st.bufp != nil && cap(st.buf) <= maxPooledDataBuf {
+		*st.bufp = st.buf[:0]
+		cc.t.dataBufs.Put(st.bufp)
+	}
+	st.bufp, st.buf, st.off = nil, nil, 0
 }
 
 // responseBody is a response's Body: it reads what the read loop buffered and returns
@@ -262,9 +306,17 @@ func (b *responseBody) Read(p []byte) (int, error) {
 	st, cc := b.st, b.st.cc
 	for {
 		cc.mu.Lock()
+		if st.cancelledLocked() {
+			cc.mu.Unlock()
+			st.cancel()
+			cc.mu.Lock()
+		}
 		if st.off < len(st.buf) {
 			n := copy(p, st.buf[st.off:])
 			st.off += n
+			if st.off == len(st.buf) {
+				cc.releaseBufLocked(st)
+			}
 			inc, connInc := cc.creditLocked(st, int64(n))
 			cc.mu.Unlock()
 			cc.returnCredit(st.id, inc, connInc)
@@ -281,7 +333,11 @@ func (b *responseBody) Read(p []byte) (int, error) {
 			return 0, err
 		}
 		cc.mu.Unlock()
-		<-st.readable
+		select {
+		case <-st.readable:
+		case <-st.ctxDone:
+			st.cancel()
+		}
 	}
 }
 
@@ -323,7 +379,7 @@ func (b *responseBody) Close() error {
 	cc.mu.Lock()
 	open := st.inMap
 	credit := cc.consumedLocked(int64(len(st.buf) - st.off))
-	st.buf, st.off = nil, 0
+	cc.releaseBufLocked(st)
 	cc.mu.Unlock()
 	cc.returnCredit(0, 0, credit)
 	if open {

@@ -22,6 +22,8 @@ const (
 	connRecvWindow         = 1 << 30
 	maxPeerStreamsDefault  = 1000 // when the server sets no MAX_CONCURRENT_STREAMS
 	bodyBufSize            = 64 << 10
+	dataBufSize            = 16 << 10 // a response data buffer: one DATA frame at our SETTINGS_MAX_FRAME_SIZE
+	maxPooledDataBuf       = 64 << 10 // larger (grown) data buffers are left to the GC
 	defaultWriteTimeout    = 30 * time.Second
 	headerBlockInitialSize = 512
 )
@@ -45,6 +47,9 @@ type Transport struct {
 	mu    sync.Mutex
 	pools map[string]*pool
 	bufs  sync.Pool // *[]byte of bodyBufSize: request body buffers
+	// dataBufs holds *[]byte response data buffers (capacity dataBufSize to
+	// maxPooledDataBuf), so that a stream's buffered DATA needs no new array.
+	dataBufs sync.Pool
 }
 
 // pool is the connections to one address.
@@ -108,6 +113,14 @@ func (t *Transport) getBuf() *[]byte {
 		return b
 	}
 	b := make([]byte, bodyBufSize)
+	return &b
+}
+
+func (t *Transport) getDataBuf() *[]byte {
+	if b, ok := t.dataBufs.Get().(*[]byte); ok {
+		return b
+	}
+	b := make([]byte, 0, dataBufSize)
 	return &b
 }
 

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -64,6 +65,7 @@ type conn struct {
 	remoteAddr string
 	br         *bufio.Reader
 	rfr        *http2.Framer
+	blocks     *blockReader // reader goroutine only
 	handlers   sync.WaitGroup
 
 	// Read by handlers, written once before the first stream.
@@ -92,8 +94,10 @@ type conn struct {
 	recvCredit     int64 // consumed connection bytes not yet returned
 	recvInitWindow int64 // the stream receive window the peer knows of
 	settingsAcked  bool
-	needFlush      bool // frames from the reader wait in bw
-	windowWaiters  int  // writers waiting in awaitWindowLocked
+	lastLen        int64  // the last implied content-length, and
+	lastLenString  string // its decimal form: answers of one size format it once
+	needFlush      bool   // frames from the reader wait in bw
+	windowWaiters  int    // writers waiting in awaitWindowLocked
 	goingAway      bool
 	closed         bool
 	werr           error
@@ -126,8 +130,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 	c.ctx, c.cancel = context.WithCancel(base)
 	c.cond.L = &c.mu
 	c.rfr = http2.NewFramer(nil, c.br)
-	c.rfr.ReadMetaHeaders = hpack.NewDecoder(headerTableSize, nil)
-	c.rfr.MaxHeaderListSize = s.maxHeaderList()
+	c.blocks = newBlockReader(s.maxHeaderList(), c.canonical)
 	c.rfr.SetMaxReadFrameSize(defaultMaxFrame) // what our SETTINGS leave it at
 	c.rfr.SetReuseFrames()                     // DATA payloads are copied before the next read
 	c.bw = bufio.NewWriterSize(&deadlineWriter{nc: nc, timeout: s.writeTimeout()}, writeBufSize)
@@ -358,4 +361,12 @@ func (c *conn) flushPending() {
 		_ = c.flushLocked()
 	}
 	c.mu.Unlock()
+}
+
+// lengthStringLocked formats n as a content-length, reusing the last one's string.
+func (c *conn) lengthStringLocked(n int64) string {
+	if n != c.lastLen || c.lastLenString == "" {
+		c.lastLen, c.lastLenString = n, strconv.FormatInt(n, 10)
+	}
+	return c.lastLenString
 }

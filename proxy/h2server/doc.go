@@ -12,10 +12,11 @@
 // package's tests with Go 1.26: a 6 KB response takes net/http three writes and this
 // server one; BenchmarkServer compares the two.)
 //
-// What it does instead. One goroutine per connection reads frames (framing and HPACK
-// decoding are golang.org/x/net/http2's Framer and hpack). Handlers run on a pool of
-// reused goroutines, which wait a while for the next stream when theirs ends, so their
-// stacks stay grown. A handler writes its frames itself, under the connection's write
+// What it does instead. One goroutine per connection reads frames (golang.org/x/net/http2's
+// Framer) and decodes header blocks with x/net's hpack.Decoder straight into the
+// request's http.Header, with the checks the Framer would make. Handlers run on a pool
+// of reused goroutines, which wait a while for the next stream when theirs ends, so
+// their stacks stay grown. A handler writes its frames itself, under the connection's write
 // mutex, into a buffered writer over the connection, and flushes once per response — when
 // it returns or flushes explicitly — so a small response is one write: HEADERS and DATA
 // with END_STREAM together. Responses that finish together share a write: a finishing

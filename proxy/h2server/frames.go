@@ -19,8 +19,12 @@ func (c *conn) handleFrame(f http2.Frame) error {
 		c.sawSettings = true
 	}
 	switch f := f.(type) {
-	case *http2.MetaHeadersFrame:
-		return c.onHeaders(f)
+	case *http2.HeadersFrame:
+		blk, err := c.blocks.read(c.rfr, f)
+		if err != nil {
+			return err
+		}
+		return c.onHeaders(blk)
 	case *http2.DataFrame:
 		return c.onData(f)
 	case *http2.SettingsFrame:
@@ -41,8 +45,8 @@ func (c *conn) handleFrame(f http2.Frame) error {
 }
 
 // onHeaders opens a stream, or ends one with its trailers.
-func (c *conn) onHeaders(f *http2.MetaHeadersFrame) error {
-	id := f.StreamID
+func (c *conn) onHeaders(f *headerBlock) error {
+	id := f.streamID
 	if id%2 == 0 {
 		return connError{http2.ErrCodeProtocol, fmt.Sprintf("client opened even stream %d", id)}
 	}
@@ -64,8 +68,8 @@ func (c *conn) onHeaders(f *http2.MetaHeadersFrame) error {
 		return connError{http2.ErrCodeEnhanceYourCalm, "too many streams refused"}
 	case refuse:
 		return http2.StreamError{StreamID: id, Code: http2.ErrCodeRefusedStream}
-	case f.Truncated:
-		c.respondDirect(id, http.StatusRequestHeaderFieldsTooLarge, !f.StreamEnded())
+	case f.truncated:
+		c.respondDirect(id, http.StatusRequestHeaderFieldsTooLarge, !f.ended)
 		return nil
 	}
 	st := newStream(c, id)
@@ -74,14 +78,14 @@ func (c *conn) onHeaders(f *http2.MetaHeadersFrame) error {
 		st.cancel() // releases the stream's context from the connection's
 	}
 	if errors.Is(err, errConnect) {
-		c.respondDirect(id, http.StatusMethodNotAllowed, !f.StreamEnded())
+		c.respondDirect(id, http.StatusMethodNotAllowed, !f.ended)
 		return nil
 	}
 	if err != nil {
 		return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol, Cause: err}
 	}
 	st.req = req
-	c.start(st, f.StreamEnded())
+	c.start(st, f.ended)
 	return nil
 }
 
@@ -89,11 +93,11 @@ func (c *conn) onHeaders(f *http2.MetaHeadersFrame) error {
 // (no pseudo-header, END_STREAM) may have been in flight when we reset or finished the
 // stream and are ignored (RFC 9113 section 5.1); anything else tries to open a stream
 // with an ID that does not increase (section 5.1.1).
-func closedStreamHeaders(f *http2.MetaHeadersFrame) error {
-	if f.StreamEnded() && len(f.PseudoFields()) == 0 {
+func closedStreamHeaders(f *headerBlock) error {
+	if f.ended && f.pseudos == 0 {
 		return nil
 	}
-	return connError{http2.ErrCodeProtocol, fmt.Sprintf("HEADERS opening closed or skipped stream %d", f.StreamID)}
+	return connError{http2.ErrCodeProtocol, fmt.Sprintf("HEADERS opening closed or skipped stream %d", f.streamID)}
 }
 
 // admitLocked decides on a new stream: refused when the conn is going away or at its
@@ -125,18 +129,18 @@ func (c *conn) start(st *stream, ended bool) {
 }
 
 // onTrailers ends stream st's request with the trailing HEADERS f.
-func (c *conn) onTrailers(st *stream, open bool, f *http2.MetaHeadersFrame) error {
-	id := f.StreamID
+func (c *conn) onTrailers(st *stream, open bool, f *headerBlock) error {
+	id := f.streamID
 	if !open {
 		return http2.StreamError{StreamID: id, Code: http2.ErrCodeStreamClosed}
 	}
-	if !f.StreamEnded() || len(f.PseudoFields()) > 0 || f.Truncated {
+	if !f.ended || f.pseudos > 0 || f.truncated {
 		return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol, Cause: errBadTrailers}
 	}
 	if st.declaredLen >= 0 && st.received != st.declaredLen {
 		return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol, Cause: errBodyLength}
 	}
-	tr, err := c.trailerHeader(f)
+	tr, err := trailerHeader(f)
 	if err != nil {
 		return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol, Cause: err}
 	}

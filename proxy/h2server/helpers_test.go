@@ -163,6 +163,18 @@ func (rc *rawClient) headers(id uint32, end bool, pairs ...string) {
 	}
 }
 
+// encode returns the header block of name/value pairs, from the connection's encoder.
+func (rc *rawClient) encode(pairs ...string) []byte {
+	rc.tb.Helper()
+	rc.hbuf.Reset()
+	for i := 0; i+1 < len(pairs); i += 2 {
+		if err := rc.enc.WriteField(hpack.HeaderField{Name: pairs[i], Value: pairs[i+1]}); err != nil {
+			rc.tb.Fatal(err)
+		}
+	}
+	return bytes.Clone(rc.hbuf.Bytes())
+}
+
 // get opens stream id with a GET for path.
 func (rc *rawClient) get(id uint32, path string) {
 	rc.tb.Helper()

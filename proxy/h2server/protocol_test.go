@@ -77,6 +77,26 @@ func TestMalformedInput(t *testing.T) {
 			rc.headers(1, false, post...)
 			rc.headers(1, false, "x-trailer", "v")
 		}, http2.ErrCodeProtocol},
+		{"pseudo-header in trailers", func(rc *rawClient) {
+			rc.headers(1, false, post...)
+			rc.headers(1, true, ":path", "/again")
+		}, http2.ErrCodeProtocol},
+		{"trailer not allowed in trailers", func(rc *rawClient) {
+			rc.headers(1, false, post...)
+			rc.headers(1, true, "content-length", "0")
+		}, http2.ErrCodeProtocol},
+		{"control byte in a value", func(rc *rawClient) { rc.headers(1, true, with(get, ":path", "/", "x-v", "a\x01b")...) }, http2.ErrCodeProtocol},
+		{"empty header name", func(rc *rawClient) { rc.headers(1, true, with(get, ":path", "/", "", "v")...) }, http2.ErrCodeProtocol},
+		{"space in a header name", func(rc *rawClient) { rc.headers(1, true, with(get, ":path", "/", "x y", "v")...) }, http2.ErrCodeProtocol},
+		{"pseudo-header after a regular one", func(rc *rawClient) { rc.headers(1, true, with(get, "x-a", "1", ":path", "/")...) }, http2.ErrCodeProtocol},
+		{"duplicate :path", func(rc *rawClient) { rc.headers(1, true, with(get, ":path", "/", ":path", "/x")...) }, http2.ErrCodeProtocol},
+		{"unknown pseudo-header", func(rc *rawClient) { rc.headers(1, true, with(get, ":path", "/", ":foo", "x")...) }, http2.ErrCodeProtocol},
+		{":protocol in a request", func(rc *rawClient) { rc.headers(1, true, with(get, ":path", "/", ":protocol", "websocket")...) }, http2.ErrCodeProtocol},
+		{"upgrade header", func(rc *rawClient) { rc.headers(1, true, with(get, ":path", "/", "upgrade", "h2c")...) }, http2.ErrCodeProtocol},
+		{"malformed field in a CONTINUATION", func(rc *rawClient) {
+			_ = rc.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: rc.encode(with(get, ":path", "/")...), EndStream: true})
+			_ = rc.fr.WriteContinuation(1, true, rc.encode("X-Upper", "v"))
+		}, http2.ErrCodeProtocol},
 	}
 	for _, tc := range streamErrors {
 		t.Run(tc.name, func(t *testing.T) {
@@ -123,6 +143,25 @@ func TestMalformedInput(t *testing.T) {
 			rc.headers(1, true, with(get, ":path", "/", "x-big", strings.Repeat("a", 1500))...)
 		}, http2.ErrCodeCompression},
 		{"CONTINUATION without HEADERS", func(rc *rawClient) { _ = rc.fr.WriteContinuation(1, true, []byte{0x82}) }, http2.ErrCodeProtocol},
+		{"CONTINUATION on another stream", func(rc *rawClient) {
+			_ = rc.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: rc.encode(get...), EndStream: true})
+			_ = rc.fr.WriteContinuation(3, true, rc.encode(":path", "/"))
+		}, http2.ErrCodeProtocol},
+		{"header block interrupted by PING", func(rc *rawClient) {
+			_ = rc.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: rc.encode(get...), EndStream: true})
+			_ = rc.fr.WritePing(false, [8]byte{})
+		}, http2.ErrCodeProtocol},
+		{"CONTINUATION after a malformed field", func(rc *rawClient) {
+			_ = rc.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: rc.encode(with(get, "X-Upper", "v")...), EndStream: true})
+			_ = rc.fr.WriteContinuation(1, true, rc.encode(":path", "/"))
+		}, http2.ErrCodeProtocol},
+		{"CONTINUATION after the header list limit", func(rc *rawClient) {
+			_ = rc.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: rc.encode(with(get, ":path", "/", "x-big", strings.Repeat("a", 1000))...), EndStream: true})
+			_ = rc.fr.WriteContinuation(1, true, rc.encode("x-more", "v"))
+		}, http2.ErrCodeProtocol},
+		{"header block cut in the middle of a field", func(rc *rawClient) {
+			_ = rc.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: rc.encode("x-a", "value")[:5], EndStream: true, EndHeaders: true})
+		}, http2.ErrCodeCompression},
 		{"undecodable header block", func(rc *rawClient) {
 			_ = rc.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: []byte{0xff, 0xff, 0xff, 0xff}, EndStream: true, EndHeaders: true})
 		}, http2.ErrCodeCompression},

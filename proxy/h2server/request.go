@@ -9,34 +9,26 @@ import (
 	"strings"
 
 	"golang.org/x/net/http/httpguts"
-	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/hpack"
 )
 
 // errConnect marks a CONNECT request, which is answered 405.
 var errConnect = errors.New("h2server: CONNECT is not served")
 
-// pseudo holds a request's pseudo-header fields.
-type pseudo struct {
-	method, scheme, authority, path string
-}
-
-// newRequest builds stream st's request from its HEADERS, or says why it is malformed
-// (RFC 9113 section 8.1.1, 8.2 and 8.3).
-func (c *conn) newRequest(st *stream, f *http2.MetaHeadersFrame) (*http.Request, error) {
-	p, err := requestPseudo(f.PseudoFields())
+// newRequest builds stream st's request from its header block, or says why it is
+// malformed (RFC 9113 section 8.1.1, 8.2 and 8.3).
+func (c *conn) newRequest(st *stream, f *headerBlock) (*http.Request, error) {
+	if err := requestPseudo(f); err != nil {
+		return nil, err
+	}
+	h, err := requestHeader(f)
 	if err != nil {
 		return nil, err
 	}
-	h, err := c.requestHeader(f.RegularFields())
+	u, err := url.ParseRequestURI(f.path)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("h2server: bad :path %q: %w", f.path, err)
 	}
-	u, err := url.ParseRequestURI(p.path)
-	if err != nil {
-		return nil, fmt.Errorf("h2server: bad :path %q: %w", p.path, err)
-	}
-	host, err := requestHost(p.authority, h)
+	host, err := requestHost(f.authority, h)
 	if err != nil {
 		return nil, err
 	}
@@ -45,11 +37,11 @@ func (c *conn) newRequest(st *stream, f *http2.MetaHeadersFrame) (*http.Request,
 		return nil, err
 	}
 	r := &http.Request{
-		Method: p.method, URL: u, Proto: "HTTP/2.0", ProtoMajor: 2, Header: h,
-		Host: host, RemoteAddr: c.remoteAddr, RequestURI: p.path, TLS: c.tlsState,
+		Method: f.method, URL: u, Proto: "HTTP/2.0", ProtoMajor: 2, Header: h,
+		Host: host, RemoteAddr: c.remoteAddr, RequestURI: f.path, TLS: c.tlsState,
 		Trailer: c.declaredTrailers(h), ContentLength: cl, Body: &st.body,
 	}
-	if f.StreamEnded() {
+	if f.ended {
 		if cl > 0 {
 			return nil, errBodyLength
 		}
@@ -59,37 +51,25 @@ func (c *conn) newRequest(st *stream, f *http2.MetaHeadersFrame) (*http.Request,
 	return r.WithContext(st.ctx), nil
 }
 
-// requestPseudo reads and checks the pseudo-header fields; the framer already refused
+// requestPseudo checks the pseudo-header fields; the block reader already refused
 // unknown, duplicate and misplaced ones.
-func requestPseudo(fields []hpack.HeaderField) (pseudo, error) {
-	var p pseudo
-	for _, hf := range fields {
-		switch hf.Name {
-		case ":method":
-			p.method = hf.Value
-		case ":scheme":
-			p.scheme = hf.Value
-		case ":authority":
-			p.authority = hf.Value
-		case ":path":
-			p.path = hf.Value
-		default: // :status, :protocol
-			return p, fmt.Errorf("h2server: pseudo-header %s in a request", hf.Name)
-		}
+func requestPseudo(f *headerBlock) error {
+	if f.nonRequest != "" {
+		return fmt.Errorf("h2server: pseudo-header %s in a request", f.nonRequest)
 	}
-	if !validMethod(p.method) {
-		return p, fmt.Errorf("h2server: bad :method %q", p.method)
+	if !validMethod(f.method) {
+		return fmt.Errorf("h2server: bad :method %q", f.method)
 	}
-	if p.method == http.MethodConnect {
-		return p, errConnect
+	if f.method == http.MethodConnect {
+		return errConnect
 	}
-	if p.scheme != "https" && p.scheme != "http" {
-		return p, fmt.Errorf("h2server: bad :scheme %q", p.scheme)
+	if f.scheme != "https" && f.scheme != "http" {
+		return fmt.Errorf("h2server: bad :scheme %q", f.scheme)
 	}
-	if p.path == "" || p.path[0] != '/' && (p.path != "*" || p.method != http.MethodOptions) {
-		return p, fmt.Errorf("h2server: bad :path %q", p.path)
+	if f.path == "" || f.path[0] != '/' && (f.path != "*" || f.method != http.MethodOptions) {
+		return fmt.Errorf("h2server: bad :path %q", f.path)
 	}
-	return p, nil
+	return nil
 }
 
 func validMethod(m string) bool {
@@ -104,36 +84,16 @@ func validMethod(m string) bool {
 	return true
 }
 
-// requestHeader turns the regular fields into an http.Header, refusing
-// connection-specific fields and joining cookies (RFC 9113 section 8.2.2, 8.2.3).
-func (c *conn) requestHeader(fields []hpack.HeaderField) (http.Header, error) {
-	h := make(http.Header, len(fields))
-	vals := make([]string, 0, len(fields)) // one backing array for single values
-	var cookies []string
-	for _, hf := range fields {
-		switch hf.Name {
-		case "connection", "proxy-connection", "keep-alive", "transfer-encoding", "upgrade":
-			return nil, fmt.Errorf("h2server: connection-specific header %q", hf.Name)
-		case "te":
-			if hf.Value != "trailers" {
-				return nil, fmt.Errorf("h2server: te %q is not \"trailers\"", hf.Value)
-			}
-		case "cookie":
-			cookies = append(cookies, hf.Value)
-			continue
-		}
-		k := c.canonical(hf.Name)
-		if prev, ok := h[k]; ok {
-			h[k] = append(prev, hf.Value)
-			continue
-		}
-		vals = append(vals, hf.Value)
-		h[k] = vals[len(vals)-1 : len(vals) : len(vals)]
+// requestHeader returns the request's http.Header, with its cookies joined (RFC 9113
+// section 8.2.3), or the field that makes it malformed (section 8.2.2).
+func requestHeader(f *headerBlock) (http.Header, error) {
+	if f.fieldErr != nil {
+		return nil, f.fieldErr
 	}
-	if len(cookies) > 0 {
-		h["Cookie"] = []string{strings.Join(cookies, "; ")}
+	if len(f.cookies) > 0 {
+		f.header["Cookie"] = []string{strings.Join(f.cookies, "; ")}
 	}
-	return h, nil
+	return f.header, nil
 }
 
 // requestHost returns the request's host, from :authority or else the Host header.
@@ -186,16 +146,16 @@ func (c *conn) declaredTrailers(h http.Header) http.Header {
 	return tr
 }
 
-// trailerHeader builds the request trailers from a trailing HEADERS frame.
-func (c *conn) trailerHeader(f *http2.MetaHeadersFrame) (http.Header, error) {
-	fields := f.RegularFields()
-	tr := make(http.Header, len(fields))
-	for _, hf := range fields {
-		k := c.canonical(hf.Name)
+// trailerHeader returns the request trailers of a trailing header block.
+func trailerHeader(f *headerBlock) (http.Header, error) {
+	tr := f.header
+	for k := range tr {
 		if !httpguts.ValidTrailerHeader(k) {
-			return nil, fmt.Errorf("h2server: %q is not allowed in trailers", hf.Name)
+			return nil, fmt.Errorf("h2server: %q is not allowed in trailers", k)
 		}
-		tr[k] = append(tr[k], hf.Value)
+	}
+	if len(f.cookies) > 0 {
+		tr["Cookie"] = f.cookies
 	}
 	return tr, nil
 }

@@ -223,7 +223,8 @@ func (rw *responseWriter) endLocked() error {
 }
 
 // impliedLength is the Content-Length to add to a response whose whole body is buffered
-// and that set none, as net/http does; empty when it does not apply.
+// and that set none, as net/http does; empty when it does not apply. The caller holds
+// c.mu.
 func (rw *responseWriter) impliedLength(tr []trailerField) string {
 	if rw.declared >= 0 || len(tr) > 0 || !bodyAllowed(rw.status) || rw.written == 0 && rw.noBody {
 		return ""
@@ -231,7 +232,7 @@ func (rw *responseWriter) impliedLength(tr []trailerField) string {
 	if _, set := rw.header["Content-Length"]; set {
 		return ""
 	}
-	return strconv.FormatInt(rw.written, 10)
+	return rw.st.c.lengthStringLocked(rw.written)
 }
 
 // checkLength fails when the body fell short of the declared Content-Length.

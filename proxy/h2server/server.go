@@ -38,7 +38,7 @@ type Server struct {
 	MaxConcurrentStreams uint32
 	// MaxHeaderListSize bounds a request's header list (default 64 KiB): a list beyond it
 	// is answered 431; one field beyond it, or a header block more than twice it, ends
-	// the connection (the framer's rules: COMPRESSION_ERROR, PROTOCOL_ERROR).
+	// the connection (x/net's Framer's rules: COMPRESSION_ERROR, PROTOCOL_ERROR).
 	MaxHeaderListSize uint32
 	// InitialStreamWindow and InitialConnWindow are the receive windows (default 1 MiB
 	// each); the connection's cannot go below the protocol's 65535.
