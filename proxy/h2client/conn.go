@@ -12,6 +12,8 @@ import (
 	"github.com/go-logr/logr"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/braidmesh/braid/proxy/internal/h2hdr"
 )
 
 const maxWindow = 1<<31 - 1
@@ -22,8 +24,8 @@ type conn struct {
 	addr   string
 	nc     net.Conn
 	log    logr.Logger
-	fr     *http2.Framer // written under wmu, read by readLoop only
-	blocks *blockReader  // readLoop only
+	fr     *http2.Framer  // written under wmu, read by readLoop only
+	blocks *h2hdr.Decoder // readLoop only
 
 	wmu          sync.Mutex
 	bw           *bufio.Writer
@@ -66,7 +68,7 @@ func newConn(t *Transport, addr string, nc net.Conn) (*conn, error) {
 	cc.cond = sync.NewCond(&cc.mu)
 	cc.bw = bufio.NewWriterSize(nc, 16<<10)
 	cc.fr = http2.NewFramer(cc.bw, bufio.NewReaderSize(nc, 16<<10))
-	cc.blocks = newBlockReader(t.maxHeaderBytes())
+	cc.blocks = h2hdr.NewDecoder(t.maxHeaderBytes(), nil)
 	cc.fr.SetMaxReadFrameSize(16384)
 	cc.fr.SetReuseFrames()
 	cc.henc = hpack.NewEncoder(&cc.hbuf)
@@ -272,9 +274,12 @@ func (cc *conn) connectionError(err error) {
 
 func protocolCode(err error) (http2.ErrCode, bool) {
 	var ce http2.ConnectionError
+	var he h2hdr.ConnError
 	switch {
 	case errors.As(err, &ce):
 		return http2.ErrCode(ce), true
+	case errors.As(err, &he):
+		return he.Code, true
 	case errors.Is(err, http2.ErrFrameTooLarge):
 		return http2.ErrCodeFrameSize, true
 	}

@@ -7,6 +7,8 @@ import (
 	"net/textproto"
 
 	"golang.org/x/net/http2"
+
+	"github.com/braidmesh/braid/proxy/internal/h2hdr"
 )
 
 const maxInformational = 16 // 1xx responses accepted per stream
@@ -14,7 +16,7 @@ const maxInformational = 16 // 1xx responses accepted per stream
 func (cc *conn) handleFrame(f http2.Frame) error {
 	switch f := f.(type) {
 	case *http2.HeadersFrame:
-		blk, err := cc.blocks.read(cc.fr, f)
+		blk, err := cc.blocks.Read(cc.fr, f)
 		if err != nil {
 			return err
 		}
@@ -51,12 +53,12 @@ func (cc *conn) streamFor(id uint32) (*stream, error) {
 	return nil, nil
 }
 
-func (cc *conn) onHeaders(f *headerBlock) error {
-	st, err := cc.streamFor(f.streamID)
+func (cc *conn) onHeaders(f *h2hdr.Block) error {
+	st, err := cc.streamFor(f.StreamID)
 	if st == nil {
 		return err
 	}
-	if f.truncated {
+	if f.Truncated {
 		cc.resetStream(st, http2.ErrCodeCancel, fmt.Errorf("h2client: response headers larger than %d bytes", cc.t.maxHeaderBytes()))
 		return nil
 	}
@@ -79,16 +81,16 @@ func (cc *conn) onHeaders(f *headerBlock) error {
 		return nil
 	}
 	st.headed = true
-	cc.publish(st, resp, f.ended)
+	cc.publish(st, resp, f.Ended)
 	return nil
 }
 
 // onInformational hands a 1xx response to the request's trace.
-func (cc *conn) onInformational(st *stream, f *headerBlock, head responseHead) error {
+func (cc *conn) onInformational(st *stream, f *h2hdr.Block, head responseHead) error {
 	switch {
 	case head.status == http.StatusSwitchingProtocols:
 		return errors.New("101 Switching Protocols over HTTP/2")
-	case f.ended:
+	case f.Ended:
 		return errors.New("informational response ends the stream")
 	}
 	st.informational++
@@ -126,7 +128,7 @@ func (cc *conn) publish(st *stream, resp *http.Response, ended bool) {
 	}
 }
 
-func (cc *conn) onTrailers(st *stream, f *headerBlock) error {
+func (cc *conn) onTrailers(st *stream, f *h2hdr.Block) error {
 	tr, err := decodeTrailers(f)
 	if err != nil {
 		cc.resetStream(st, http2.ErrCodeProtocol, fmt.Errorf("h2client: malformed trailers from server: %w", err))

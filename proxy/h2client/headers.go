@@ -11,6 +11,8 @@ import (
 	"strings"
 
 	"golang.org/x/net/http/httpguts"
+
+	"github.com/braidmesh/braid/proxy/internal/h2hdr"
 )
 
 // checkALPN refuses a TLS connection that did not negotiate "h2".
@@ -159,12 +161,12 @@ type responseHead struct {
 var errMissingStatus = errors.New("response without a valid :status")
 
 // decodeHead checks a response's (or an informational response's) header block.
-func decodeHead(f *headerBlock) (responseHead, error) {
-	status, err := strconv.Atoi(f.status)
+func decodeHead(f *h2hdr.Block) (responseHead, error) {
+	status, err := strconv.Atoi(f.Status)
 	if err != nil || status < 100 || status > 999 {
 		return responseHead{}, errMissingStatus
 	}
-	return responseHead{status: status, header: f.header}, nil
+	return responseHead{status: status, header: f.Header}, nil
 }
 
 // newResponse builds the final response from its head into resp; the caller sets Body.
@@ -209,14 +211,14 @@ func allEqual(vs []string) bool {
 }
 
 // decodeTrailers checks a trailing HEADERS block.
-func decodeTrailers(f *headerBlock) (http.Header, error) {
-	if !f.ended {
+func decodeTrailers(f *h2hdr.Block) (http.Header, error) {
+	if !f.Ended {
 		return nil, errors.New("trailers without END_STREAM")
 	}
-	if f.pseudos > 0 {
+	if f.Pseudo != 0 {
 		return nil, errors.New("pseudo-header in trailers")
 	}
-	return f.header, nil
+	return f.Header, nil
 }
 
 // statusLine is a response's Status, without building the common ones.

@@ -308,5 +308,8 @@ func checkRequest(req *http.Request) error {
 	if req.Method == http.MethodConnect {
 		return errors.New("h2client: CONNECT is not supported")
 	}
+	if req.ContentLength > 0 && !hasBody(req) {
+		return fmt.Errorf("%w: %d declared, no body", errBodyTooShort, req.ContentLength)
+	}
 	return forEachField(req, func(string, string) {})
 }

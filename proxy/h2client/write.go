@@ -4,29 +4,42 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 
 	"golang.org/x/net/http2"
 )
 
-var errStreamEnded = errors.New("stream ended")
+var (
+	errStreamEnded  = errors.New("stream ended")
+	errBodyTooLong  = errors.New("h2client: request body longer than its content-length")
+	errBodyTooShort = errors.New("h2client: request body shorter than its content-length")
+)
 
 // sendBody streams the request body as DATA frames, then ends the stream with the
-// request's trailers or an empty DATA frame. A read error resets the stream.
+// request's trailers or an empty DATA frame. A read error, or a body that disagrees with
+// the request's ContentLength, resets the stream (CANCEL): the server gets no more data
+// than the content-length sent, and no END_STREAM before all of it (RFC 9113 section
+// 8.1.1).
 func (st *stream) sendBody() {
 	cc := st.cc
 	body := st.req.Body
 	defer st.closeReqBody.Do(func() { _ = body.Close() })
 	bp := cc.t.getBuf()
 	defer cc.t.bufs.Put(bp)
-	buf := *bp
+	length := newBodyLength(st.req)
 	for {
-		n, rerr := body.Read(buf)
+		n, rerr := body.Read(length.readBuf(*bp))
+		eof := errors.Is(rerr, io.EOF)
+		if err := length.count(n, eof); err != nil {
+			cc.resetStream(st, http2.ErrCodeCancel, err)
+			return
+		}
 		if n > 0 {
-			if err := st.sendData(buf[:n]); err != nil {
+			if err := st.sendData((*bp)[:n]); err != nil {
 				return // the stream or connection ended; its error is reported elsewhere
 			}
 		}
-		if errors.Is(rerr, io.EOF) {
+		if eof {
 			st.endRequest()
 			return
 		}
@@ -35,6 +48,43 @@ func (st *stream) sendBody() {
 			return
 		}
 	}
+}
+
+// bodyLength checks a request body against its declared length as it is read.
+type bodyLength struct {
+	declared int64 // the request's ContentLength, -1 when unknown
+	read     int64
+}
+
+func newBodyLength(req *http.Request) bodyLength {
+	if req.ContentLength > 0 {
+		return bodyLength{declared: req.ContentLength}
+	}
+	return bodyLength{declared: -1} // 0 with a body is unknown, as in net/http
+}
+
+// readBuf returns the part of buf the next Read may fill: up to one byte beyond the
+// declared length, enough to find a body that goes on without reading much of it.
+func (b *bodyLength) readBuf(buf []byte) []byte {
+	if b.declared < 0 {
+		return buf
+	}
+	return buf[:min(int64(len(buf)), b.declared-b.read+1)]
+}
+
+// count adds n bytes read and refuses a body longer than declared or, at its end (eof),
+// shorter.
+func (b *bodyLength) count(n int, eof bool) error {
+	b.read += int64(n)
+	switch {
+	case b.declared < 0:
+		return nil
+	case b.read > b.declared:
+		return fmt.Errorf("%w (%d bytes)", errBodyTooLong, b.declared)
+	case eof && b.read < b.declared:
+		return fmt.Errorf("%w: %d of %d bytes", errBodyTooShort, b.read, b.declared)
+	}
+	return nil
 }
 
 // sendData writes p as DATA frames as the send windows allow.

@@ -24,7 +24,6 @@ const (
 	defaultWindow   = 65535 // every flow-control window before SETTINGS or WINDOW_UPDATE
 	maxWindow       = 1<<31 - 1
 	defaultMaxFrame = 16384   // SETTINGS_MAX_FRAME_SIZE until the peer says otherwise
-	headerTableSize = 4096    // the HPACK dynamic table both ways (protocol default)
 	readBufSize     = 8 << 10 // buffered reads under the framer
 	writeBufSize    = 16 << 10
 	// lingerTimeout bounds how long a connection being closed after a GOAWAY waits for the
@@ -73,7 +72,6 @@ type conn struct {
 
 	// Reader goroutine only.
 	sawSettings bool
-	canon       map[string]string // header name on the wire → canonical key
 
 	flushers atomic.Int32 // writers in lockToFlush..unlockFlushing
 
@@ -119,7 +117,6 @@ func newConn(s *Server, nc net.Conn) *conn {
 		br:             bufio.NewReaderSize(nc, readBufSize),
 		streamWindow:   int64(s.streamWindow()),
 		connWindow:     int64(s.connWindow()),
-		canon:          map[string]string{},
 		lower:          map[string]string{},
 		streams:        map[uint32]*stream{},
 		sendWindow:     defaultWindow,
@@ -130,7 +127,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 	c.ctx, c.cancel = context.WithCancel(base)
 	c.cond.L = &c.mu
 	c.rfr = http2.NewFramer(nil, c.br)
-	c.blocks = newBlockReader(s.maxHeaderList(), c.canonical)
+	c.blocks = newBlockReader(s.maxHeaderList())
 	c.rfr.SetMaxReadFrameSize(defaultMaxFrame) // what our SETTINGS leave it at
 	c.rfr.SetReuseFrames()                     // DATA payloads are copied before the next read
 	c.bw = bufio.NewWriterSize(&deadlineWriter{nc: nc, timeout: s.writeTimeout()}, writeBufSize)

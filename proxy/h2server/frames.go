@@ -46,7 +46,7 @@ func (c *conn) handleFrame(f http2.Frame) error {
 
 // onHeaders opens a stream, or ends one with its trailers.
 func (c *conn) onHeaders(f *headerBlock) error {
-	id := f.streamID
+	id := f.StreamID
 	if id%2 == 0 {
 		return connError{http2.ErrCodeProtocol, fmt.Sprintf("client opened even stream %d", id)}
 	}
@@ -68,8 +68,8 @@ func (c *conn) onHeaders(f *headerBlock) error {
 		return connError{http2.ErrCodeEnhanceYourCalm, "too many streams refused"}
 	case refuse:
 		return http2.StreamError{StreamID: id, Code: http2.ErrCodeRefusedStream}
-	case f.truncated:
-		c.respondDirect(id, http.StatusRequestHeaderFieldsTooLarge, !f.ended)
+	case f.Truncated:
+		c.respondDirect(id, http.StatusRequestHeaderFieldsTooLarge, !f.Ended)
 		return nil
 	}
 	st := newStream(c, id)
@@ -78,14 +78,14 @@ func (c *conn) onHeaders(f *headerBlock) error {
 		st.cancel() // releases the stream's context from the connection's
 	}
 	if errors.Is(err, errConnect) {
-		c.respondDirect(id, http.StatusMethodNotAllowed, !f.ended)
+		c.respondDirect(id, http.StatusMethodNotAllowed, !f.Ended)
 		return nil
 	}
 	if err != nil {
 		return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol, Cause: err}
 	}
 	st.req = req
-	c.start(st, f.ended)
+	c.start(st, f.Ended)
 	return nil
 }
 
@@ -94,10 +94,10 @@ func (c *conn) onHeaders(f *headerBlock) error {
 // stream and are ignored (RFC 9113 section 5.1); anything else tries to open a stream
 // with an ID that does not increase (section 5.1.1).
 func closedStreamHeaders(f *headerBlock) error {
-	if f.ended && f.pseudos == 0 {
+	if f.Ended && f.Pseudo == 0 {
 		return nil
 	}
-	return connError{http2.ErrCodeProtocol, fmt.Sprintf("HEADERS opening closed or skipped stream %d", f.streamID)}
+	return connError{http2.ErrCodeProtocol, fmt.Sprintf("HEADERS opening closed or skipped stream %d", f.StreamID)}
 }
 
 // admitLocked decides on a new stream: refused when the conn is going away or at its
@@ -130,11 +130,11 @@ func (c *conn) start(st *stream, ended bool) {
 
 // onTrailers ends stream st's request with the trailing HEADERS f.
 func (c *conn) onTrailers(st *stream, open bool, f *headerBlock) error {
-	id := f.streamID
+	id := f.StreamID
 	if !open {
 		return http2.StreamError{StreamID: id, Code: http2.ErrCodeStreamClosed}
 	}
-	if !f.ended || f.pseudos > 0 || f.truncated {
+	if !f.Ended || f.Pseudo != 0 || f.Truncated {
 		return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol, Cause: errBadTrailers}
 	}
 	if st.declaredLen >= 0 && st.received != st.declaredLen {

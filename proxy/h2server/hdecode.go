@@ -3,74 +3,32 @@ package h2server
 import (
 	"errors"
 	"fmt"
-	"net/http"
-	"strings"
 
-	"golang.org/x/net/http/httpguts"
 	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/hpack"
+
+	"github.com/braidmesh/braid/proxy/internal/h2hdr"
 )
 
-var (
-	errPseudoAfterRegular = errors.New("pseudo-header field after a regular one")
-	errMixedPseudo        = errors.New("mix of request and response pseudo-header fields")
-)
-
-// Pseudo-header fields, as bits of blockReader.seen.
-const (
-	pseudoStatus uint8 = 1 << iota
-	pseudoMethod
-	pseudoScheme
-	pseudoAuthority
-	pseudoPath
-	pseudoProtocol
-	requestPseudos = pseudoMethod | pseudoScheme | pseudoAuthority | pseudoPath | pseudoProtocol
-)
-
-// headerBlock is one header block (a HEADERS frame and its CONTINUATION frames) as the
-// reader decoded it. The connection reuses it for the next block; header is new each
-// time.
+// headerBlock is a header block from the client, as h2hdr decoded it, with what the
+// server notes of its regular fields. The reader reuses it for the next block.
 type headerBlock struct {
-	streamID   uint32
-	ended      bool // END_STREAM
-	truncated  bool // the header list went beyond the limit: fields are missing
-	pseudos    int  // pseudo-header fields
-	method     string
-	scheme     string
-	authority  string
-	path       string
-	nonRequest string      // :status or :protocol, when present
-	header     http.Header // the regular fields but cookies
-	cookies    []string    // cookie fields, joined in a request (RFC 9113 section 8.2.3)
+	*h2hdr.Block
+	cookies []string // cookie fields, joined in a request (RFC 9113 section 8.2.3)
 	// fieldErr is the first field a request must not carry: a connection-specific one,
 	// or te other than "trailers" (RFC 9113 section 8.2.2).
 	fieldErr error
 }
 
-// blockReader decodes header blocks straight into an http.Header, with the checks
-// x/net's Framer makes when it decodes them into a MetaHeadersFrame (RFC 9113 section
-// 8.2 and 8.3): the header list size, pseudo-header fields (known, not repeated, before
-// the regular ones, not both request and response ones), and valid, lower-case field
-// names and values. Used by the read loop only.
+// blockReader decodes the client's header blocks; Block.Header gets the regular fields
+// but cookies. Used by the reader goroutine only.
 type blockReader struct {
-	dec       *hpack.Decoder
-	maxList   uint32
-	canonical func(name string) string // the connection's cached canonical keys
-
-	blk        headerBlock
-	remain     uint32 // header list bytes left
-	sawRegular bool
-	seen       uint8 // pseudo-header fields seen
-	invalid    error // a field that makes the block malformed; decoding stops
-	pseudoErr  error // a pseudo-header problem, reported once the block is decoded
-	vals       []string
-	hint       int // the previous block's regular fields
+	dec *h2hdr.Decoder
+	blk headerBlock
 }
 
-func newBlockReader(maxList uint32, canonical func(string) string) *blockReader {
-	r := &blockReader{maxList: maxList, canonical: canonical}
-	r.dec = hpack.NewDecoder(headerTableSize, r.emit)
-	r.dec.SetMaxStringLength(int(min(maxList, 1<<30)))
+func newBlockReader(maxList uint32) *blockReader {
+	r := &blockReader{}
+	r.dec = h2hdr.NewDecoder(maxList, r.regular)
 	return r
 }
 
@@ -78,95 +36,22 @@ func newBlockReader(maxList uint32, canonical func(string) string) *blockReader 
 // malformed block is a stream error; one that cannot be decoded, or runs far beyond the
 // size limit, a connection error (connError).
 func (r *blockReader) read(fr *http2.Framer, f *http2.HeadersFrame) (*headerBlock, error) {
-	r.begin(f)
-	frag, end := f.HeaderBlockFragment(), f.HeadersEnded()
-	for {
-		if err := r.write(frag); err != nil {
-			return nil, err
-		}
-		if end {
-			break
-		}
-		next, err := fr.ReadFrame()
-		if err != nil {
-			return nil, fmt.Errorf("reading CONTINUATION: %w", err)
-		}
-		cf, ok := next.(*http2.ContinuationFrame) // the framer refuses any other frame here
-		if !ok || cf.StreamID != r.blk.streamID {
-			return nil, connError{http2.ErrCodeProtocol, "header block interrupted"}
-		}
-		frag, end = cf.HeaderBlockFragment(), cf.HeadersEnded()
-	}
-	return r.end()
-}
-
-func (r *blockReader) begin(f *http2.HeadersFrame) {
-	r.blk = headerBlock{streamID: f.StreamID, ended: f.StreamEnded(), header: make(http.Header, r.hint)}
-	r.remain = r.maxList
-	r.sawRegular, r.seen, r.invalid, r.pseudoErr = false, 0, nil, nil
-	r.vals = nil
-	r.dec.SetEmitEnabled(true)
-}
-
-// write decodes one fragment, refusing one far beyond the limit or following a
-// malformed field (x/net's rules: the peer gets no chance to keep us decoding).
-func (r *blockReader) write(frag []byte) error {
-	if int64(len(frag)) > 2*int64(r.remain) {
-		return connError{http2.ErrCodeProtocol, "header block far beyond the header list limit"}
-	}
-	if r.invalid != nil {
-		return connError{http2.ErrCodeProtocol, "header block goes on after a malformed field"}
-	}
-	if _, err := r.dec.Write(frag); err != nil {
-		return connError{http2.ErrCodeCompression, "undecodable header block: " + err.Error()}
-	}
-	return nil
-}
-
-func (r *blockReader) end() (*headerBlock, error) {
-	if err := r.dec.Close(); err != nil {
-		return nil, connError{http2.ErrCodeCompression, "undecodable header block: " + err.Error()}
-	}
-	r.hint = min(len(r.blk.header), 32)
-	err := r.invalid
-	if err == nil {
-		err = r.pseudoErr
-	}
-	if err == nil && r.seen&pseudoStatus != 0 && r.seen&requestPseudos != 0 {
-		err = errMixedPseudo
-	}
+	r.blk = headerBlock{}
+	b, err := r.dec.Read(fr, f)
 	if err != nil {
-		return nil, http2.StreamError{StreamID: r.blk.streamID, Code: http2.ErrCodeProtocol, Cause: err}
+		var ce h2hdr.ConnError
+		if errors.As(err, &ce) {
+			return nil, connError{ce.Code, ce.Reason}
+		}
+		return nil, err
 	}
+	r.blk.Block = b
 	return &r.blk, nil
-}
-
-// emit takes one decoded field.
-func (r *blockReader) emit(hf hpack.HeaderField) {
-	pseudo := strings.HasPrefix(hf.Name, ":")
-	if err := r.check(hf, pseudo); err != nil {
-		r.invalid = err
-		r.dec.SetEmitEnabled(false)
-		return
-	}
-	size := hf.Size()
-	if size > r.remain {
-		r.blk.truncated = true
-		r.remain = 0
-		r.dec.SetEmitEnabled(false)
-		return
-	}
-	r.remain -= size
-	if pseudo {
-		r.addPseudo(hf)
-		return
-	}
-	r.regular(hf.Name, hf.Value)
 }
 
 // regular takes a regular field: cookies are kept apart, and the fields a request must
 // not carry are noted (they are allowed, if useless, in trailers).
-func (r *blockReader) regular(name, value string) {
+func (r *blockReader) regular(name, value string) bool {
 	switch name {
 	case "connection", "proxy-connection", "keep-alive", "transfer-encoding", "upgrade":
 		r.noteFieldErr(fmt.Errorf("h2server: connection-specific header %q", name))
@@ -176,101 +61,13 @@ func (r *blockReader) regular(name, value string) {
 		}
 	case "cookie":
 		r.blk.cookies = append(r.blk.cookies, value)
-		return
+		return false
 	}
-	r.add(name, value)
+	return true
 }
 
 func (r *blockReader) noteFieldErr(err error) {
 	if r.blk.fieldErr == nil {
 		r.blk.fieldErr = err
 	}
-}
-
-// check refuses an invalid value, a pseudo-header after a regular field, and an invalid
-// (or upper-case) field name.
-func (r *blockReader) check(hf hpack.HeaderField, pseudo bool) error {
-	if !httpguts.ValidHeaderFieldValue(hf.Value) {
-		return fmt.Errorf("invalid value for header field %q", hf.Name) // the value may be secret
-	}
-	if pseudo {
-		if r.sawRegular {
-			return errPseudoAfterRegular
-		}
-		return nil
-	}
-	r.sawRegular = true
-	if !validWireName(hf.Name) {
-		return fmt.Errorf("invalid header field name %q", hf.Name)
-	}
-	return nil
-}
-
-func (r *blockReader) addPseudo(hf hpack.HeaderField) {
-	r.blk.pseudos++
-	var bit uint8
-	switch hf.Name {
-	case ":status":
-		bit = pseudoStatus
-		r.blk.nonRequest = hf.Name
-	case ":method":
-		bit = pseudoMethod
-		r.blk.method = hf.Value
-	case ":scheme":
-		bit = pseudoScheme
-		r.blk.scheme = hf.Value
-	case ":authority":
-		bit = pseudoAuthority
-		r.blk.authority = hf.Value
-	case ":path":
-		bit = pseudoPath
-		r.blk.path = hf.Value
-	case ":protocol":
-		bit = pseudoProtocol
-		r.blk.nonRequest = hf.Name
-	default:
-		r.setPseudoErr(fmt.Errorf("unknown pseudo-header field %q", hf.Name))
-		return
-	}
-	if r.seen&bit != 0 {
-		r.setPseudoErr(fmt.Errorf("duplicate pseudo-header field %q", hf.Name))
-	}
-	r.seen |= bit
-}
-
-func (r *blockReader) setPseudoErr(err error) {
-	if r.pseudoErr == nil {
-		r.pseudoErr = err
-	}
-}
-
-// add appends a regular field's value to the block's header. Single values share one
-// backing array per block.
-func (r *blockReader) add(name, value string) {
-	k := r.canonical(name)
-	h := r.blk.header
-	if prev, ok := h[k]; ok {
-		h[k] = append(prev, value)
-		return
-	}
-	if len(r.vals) == cap(r.vals) {
-		r.vals = make([]string, 0, max(r.hint, 4))
-	}
-	r.vals = append(r.vals, value)
-	n := len(r.vals)
-	h[k] = r.vals[n-1 : n : n]
-}
-
-// validWireName reports whether name is a valid HTTP/2 field name: a token without
-// upper-case letters.
-func validWireName(name string) bool {
-	if !httpguts.ValidHeaderFieldName(name) {
-		return false
-	}
-	for i := 0; i < len(name); i++ {
-		if c := name[i]; 'A' <= c && c <= 'Z' {
-			return false
-		}
-	}
-	return true
 }

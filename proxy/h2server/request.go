@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"golang.org/x/net/http/httpguts"
+
+	"github.com/braidmesh/braid/proxy/internal/h2hdr"
 )
 
 // errConnect marks a CONNECT request, which is answered 405.
@@ -24,11 +26,11 @@ func (c *conn) newRequest(st *stream, f *headerBlock) (*http.Request, error) {
 	if err != nil {
 		return nil, err
 	}
-	u, err := url.ParseRequestURI(f.path)
+	u, err := url.ParseRequestURI(f.Path)
 	if err != nil {
-		return nil, fmt.Errorf("h2server: bad :path %q: %w", f.path, err)
+		return nil, fmt.Errorf("h2server: bad :path %q: %w", f.Path, err)
 	}
-	host, err := requestHost(f.authority, h)
+	host, err := requestHost(f.Authority, h)
 	if err != nil {
 		return nil, err
 	}
@@ -37,11 +39,11 @@ func (c *conn) newRequest(st *stream, f *headerBlock) (*http.Request, error) {
 		return nil, err
 	}
 	r := &http.Request{
-		Method: f.method, URL: u, Proto: "HTTP/2.0", ProtoMajor: 2, Header: h,
-		Host: host, RemoteAddr: c.remoteAddr, RequestURI: f.path, TLS: c.tlsState,
+		Method: f.Method, URL: u, Proto: "HTTP/2.0", ProtoMajor: 2, Header: h,
+		Host: host, RemoteAddr: c.remoteAddr, RequestURI: f.Path, TLS: c.tlsState,
 		Trailer: c.declaredTrailers(h), ContentLength: cl, Body: &st.body,
 	}
-	if f.ended {
+	if f.Ended {
 		if cl > 0 {
 			return nil, errBodyLength
 		}
@@ -54,20 +56,23 @@ func (c *conn) newRequest(st *stream, f *headerBlock) (*http.Request, error) {
 // requestPseudo checks the pseudo-header fields; the block reader already refused
 // unknown, duplicate and misplaced ones.
 func requestPseudo(f *headerBlock) error {
-	if f.nonRequest != "" {
-		return fmt.Errorf("h2server: pseudo-header %s in a request", f.nonRequest)
+	switch {
+	case f.Pseudo&h2hdr.Status != 0:
+		return errors.New("h2server: pseudo-header :status in a request")
+	case f.Pseudo&h2hdr.Protocol != 0:
+		return errors.New("h2server: pseudo-header :protocol in a request")
 	}
-	if !validMethod(f.method) {
-		return fmt.Errorf("h2server: bad :method %q", f.method)
+	if !validMethod(f.Method) {
+		return fmt.Errorf("h2server: bad :method %q", f.Method)
 	}
-	if f.method == http.MethodConnect {
+	if f.Method == http.MethodConnect {
 		return errConnect
 	}
-	if f.scheme != "https" && f.scheme != "http" {
-		return fmt.Errorf("h2server: bad :scheme %q", f.scheme)
+	if f.Scheme != "https" && f.Scheme != "http" {
+		return fmt.Errorf("h2server: bad :scheme %q", f.Scheme)
 	}
-	if f.path == "" || f.path[0] != '/' && (f.path != "*" || f.method != http.MethodOptions) {
-		return fmt.Errorf("h2server: bad :path %q", f.path)
+	if f.Path == "" || f.Path[0] != '/' && (f.Path != "*" || f.Method != http.MethodOptions) {
+		return fmt.Errorf("h2server: bad :path %q", f.Path)
 	}
 	return nil
 }
@@ -91,9 +96,9 @@ func requestHeader(f *headerBlock) (http.Header, error) {
 		return nil, f.fieldErr
 	}
 	if len(f.cookies) > 0 {
-		f.header["Cookie"] = []string{strings.Join(f.cookies, "; ")}
+		f.Header["Cookie"] = []string{strings.Join(f.cookies, "; ")}
 	}
-	return f.header, nil
+	return f.Header, nil
 }
 
 // requestHost returns the request's host, from :authority or else the Host header.
@@ -137,7 +142,7 @@ func (c *conn) declaredTrailers(h http.Header) http.Header {
 	tr := http.Header{}
 	for _, v := range vals {
 		for k := range strings.SplitSeq(v, ",") {
-			k = c.canonical(strings.TrimSpace(k))
+			k = c.blocks.dec.Canonical(strings.TrimSpace(k))
 			if k != "" && httpguts.ValidTrailerHeader(k) {
 				tr[k] = nil
 			}
@@ -148,7 +153,7 @@ func (c *conn) declaredTrailers(h http.Header) http.Header {
 
 // trailerHeader returns the request trailers of a trailing header block.
 func trailerHeader(f *headerBlock) (http.Header, error) {
-	tr := f.header
+	tr := f.Header
 	for k := range tr {
 		if !httpguts.ValidTrailerHeader(k) {
 			return nil, fmt.Errorf("h2server: %q is not allowed in trailers", k)

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"net/textproto"
 	"slices"
 	"strconv"
 	"strings"
@@ -212,18 +211,6 @@ func (c *conn) lowerLocked(k string) string {
 	v := strings.ToLower(k)
 	if len(c.lower) < maxCachedNames {
 		c.lower[k] = v
-	}
-	return v
-}
-
-// canonical returns a header name from the wire as an http.Header key (reader only).
-func (c *conn) canonical(name string) string {
-	if v, ok := c.canon[name]; ok {
-		return v
-	}
-	v := textproto.CanonicalMIMEHeaderKey(name)
-	if len(c.canon) < maxCachedNames {
-		c.canon[name] = v
 	}
 	return v
 }
