@@ -28,6 +28,7 @@ import (
 
 	"github.com/braidmesh/braid/proxy/bufpool"
 	"github.com/braidmesh/braid/proxy/forward"
+	"github.com/braidmesh/braid/proxy/h1client"
 	"github.com/braidmesh/braid/proxy/h2server"
 	"github.com/braidmesh/braid/proxy/origdst"
 	"github.com/braidmesh/braid/proxy/sockio"
@@ -81,8 +82,9 @@ type Server struct {
 	done  chan struct{} // closed by Shutdown
 	// app and appH2 carry requests to the application over HTTP/1.1 and h2c, and
 	// buffers lends the buffers its answers are copied through.
-	app, appH2 http.RoundTripper
-	buffers    *bufpool.Pool
+	app     *h1client.Transport
+	appH2   *http.Transport
+	buffers *bufpool.Pool
 
 	mu      sync.Mutex
 	tcp     map[net.Conn]struct{}
@@ -110,7 +112,10 @@ func New(lis net.Listener, cfg Config) *Server {
 	appH2 := &http.Transport{DialContext: app.DialContext, IdleConnTimeout: 90 * time.Second, DisableCompression: true}
 	appH2.Protocols = new(http.Protocols)
 	appH2.Protocols.SetUnencryptedHTTP2(true)
-	s.app, s.appH2, s.buffers = app, appH2, &bufpool.Pool{}
+	// Requests without a body, most of them, go the lean way: written and answered in the
+	// handler's goroutine.
+	lean := &h1client.Transport{DialContext: app.DialContext, Fallback: app, MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second}
+	s.app, s.appH2, s.buffers = lean, appH2, &bufpool.Pool{}
 	s.mesh = &h2server.Server{
 		Handler:           http.HandlerFunc(s.serveMeshHTTP),
 		ConnContext:       connContext,
@@ -164,6 +169,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	draining.Go(func() { meshErr = s.mesh.Shutdown(ctx) })
 	herr := s.http1.Shutdown(ctx)
 	draining.Wait()
+	s.app.CloseIdleConnections()
+	s.appH2.CloseIdleConnections()
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
 	select {

@@ -17,6 +17,7 @@ package sockio
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -171,4 +172,43 @@ func DialContext(d *net.Dialer) func(ctx context.Context, network, addr string) 
 		}
 		return Wrap(c), nil
 	}
+}
+
+// ErrNotIdle says a connection kept for reuse was closed by its peer, or has bytes to
+// read that nobody asked for.
+var ErrNotIdle = errors.New("the idle connection was closed by its peer or has unexpected data")
+
+// CheckIdle reports whether c, a connection kept idle for reuse, still is: open, with
+// nothing to read. It peeks without waiting, so a connection the peer closed while it
+// sat in a pool is found before a request is written to it.
+func CheckIdle(c net.Conn) error {
+	var raw syscall.RawConn
+	switch c := c.(type) {
+	case *Conn:
+		raw = c.raw
+	case *net.TCPConn:
+		r, err := c.SyscallConn()
+		if err != nil {
+			return fmt.Errorf("checking an idle connection: %w", err)
+		}
+		raw = r
+	default:
+		return nil // nothing to peek with: the first read will tell
+	}
+	var errno syscall.Errno
+	var b [1]byte
+	err := raw.Read(func(fd uintptr) bool {
+		_, _, errno = syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
+			syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
+		return true // never wait
+	})
+	switch {
+	case err != nil:
+		return fmt.Errorf("checking an idle connection: %w", err)
+	case errno == syscall.EAGAIN:
+		return nil
+	case errno != 0:
+		return fmt.Errorf("%w: %w", ErrNotIdle, os.NewSyscallError("recvfrom", errno))
+	}
+	return ErrNotIdle // read 0 (the peer closed) or a byte nobody asked for
 }

@@ -237,3 +237,50 @@ func TestCloseWriteHalfCloses(t *testing.T) {
 		t.Fatalf("read after half-close = %q, %v", buf, err)
 	}
 }
+
+// CheckIdle tells an idle connection from one its peer closed, or wrote to unasked, and
+// leaves the bytes it peeked for the next Read.
+func TestCheckIdle(t *testing.T) {
+	c, s := pair(t)
+	if err := sockio.CheckIdle(c); err != nil {
+		t.Fatalf("an open, quiet connection: %v", err)
+	}
+	if _, err := s.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return sockio.CheckIdle(c) != nil })
+	if err := sockio.CheckIdle(c); !errors.Is(err, sockio.ErrNotIdle) {
+		t.Fatalf("a connection with unread bytes: %v, want ErrNotIdle", err)
+	}
+	if b := make([]byte, 1); !readsOne(c, b) || b[0] != 'x' {
+		t.Fatalf("the peeked byte was consumed: %q", b)
+	}
+	plain, s2 := pair(t)
+	tc, _ := sockio.Unwrap(plain)
+	_ = s2.Close()
+	for _, conn := range []net.Conn{c, tc} {
+		if conn == c {
+			_ = s.Close()
+		}
+		waitFor(t, func() bool { return sockio.CheckIdle(conn) != nil })
+		if err := sockio.CheckIdle(conn); !errors.Is(err, sockio.ErrNotIdle) {
+			t.Fatalf("%T whose peer closed: %v, want ErrNotIdle", conn, err)
+		}
+	}
+}
+
+func readsOne(c net.Conn, b []byte) bool {
+	n, err := c.Read(b)
+	return n == 1 && err == nil
+}
+
+// waitFor polls cond for up to 5 s: bytes and FINs cross loopback asynchronously.
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); !cond(); {
+		if time.Now().After(deadline) {
+			t.Fatal("the condition never held")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
