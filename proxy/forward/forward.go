@@ -13,7 +13,9 @@
 //   - a 101 Switching Protocols answer turns the client's connection into a two-way
 //     copy with the upstream one (WebSocket);
 //   - an upstream that fails mid-answer aborts the client's response
-//     (http.ErrAbortHandler), so the client sees a broken answer, not a short one.
+//     (http.ErrAbortHandler), so the client sees a broken answer, not a short one;
+//   - an answer without a Content-Type gets none: net/http's server would otherwise
+//     sniff one from the body.
 //
 // Unlike httputil.ReverseProxy configured with Rewrite, it leaves Forwarded and
 // X-Forwarded-* headers as the client sent them: a mesh is transparent to them, and an
@@ -161,6 +163,9 @@ func writeHead(w http.ResponseWriter, res *http.Response) int {
 		} else {
 			h[k] = append(h[k], vv...)
 		}
+	}
+	if _, typed := res.Header["Content-Type"]; !typed {
+		h["Content-Type"] = nil // the server must not guess one the application did not send
 	}
 	if n := len(res.Trailer); n > 0 {
 		keys := make([]string, 0, n)

@@ -324,3 +324,20 @@ func TestUpgradeBecomesATwoWayCopy(t *testing.T) {
 		t.Errorf("an upstream switching to another protocol answered %d, failure %v", res.StatusCode, err)
 	}
 }
+
+// The server passes an answer without a Content-Type on without one: net/http's server
+// would sniff one from the body, and the application said nothing of the kind.
+func TestNoContentTypeIsGuessed(t *testing.T) {
+	proxy, _ := setup(t, func(w http.ResponseWriter, _ *http.Request) {
+		w.Header()["Content-Type"] = nil // no Content-Type, and none sniffed by the upstream's server
+		_, _ = io.WriteString(w, "<html>plain words</html>")
+	})
+	res, err := http.Get(proxy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = res.Body.Close()
+	if ct, ok := res.Header["Content-Type"]; ok {
+		t.Errorf("the client got Content-Type %q, which the application did not send", ct)
+	}
+}
