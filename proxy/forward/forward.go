@@ -15,7 +15,9 @@
 //   - an upstream that fails mid-answer aborts the client's response
 //     (http.ErrAbortHandler), so the client sees a broken answer, not a short one;
 //   - an answer without a Content-Type gets none: net/http's server would otherwise
-//     sniff one from the body.
+//     sniff one from the body;
+//   - a whole answer leaves before Forward returns (see complete), so that what the
+//     caller does after it does not delay the client.
 //
 // Unlike httputil.ReverseProxy configured with Rewrite, it leaves Forwarded and
 // X-Forwarded-* headers as the client sent them: a mesh is transparent to them, and an
@@ -150,7 +152,27 @@ func (r *Request) Forward(w http.ResponseWriter, in, out *http.Request, x Exchan
 		return
 	}
 	_ = res.Body.Close() // now, so that res.Trailer holds the trailers
+	if len(res.Trailer) == 0 {
+		complete(w, in)
+		return
+	}
 	writeTrailers(w, res, announced)
+}
+
+// complete sends a whole answer out now rather than when the handler returns, so that
+// the caller's work after Forward (metrics) does not delay the client: h2server ends the
+// stream (EndResponse); net/http's HTTP/1 server is flushed when the answer has a
+// Content-Length, which makes it one write (without one, it would turn chunked).
+// net/http's HTTP/2 server is left alone: a flush would split a trailers-only answer
+// (gRPC's errors) into headers and an empty end, which is no longer trailers-only.
+func complete(w http.ResponseWriter, in *http.Request) {
+	if e, ok := w.(interface{ EndResponse() error }); ok {
+		_ = e.EndResponse()
+		return
+	}
+	if _, ok := w.Header()["Content-Length"]; ok && in.ProtoMajor == 1 {
+		_ = http.NewResponseController(w).Flush()
+	}
 }
 
 // writeHead writes the answer's status and header, announcing its trailers; it returns

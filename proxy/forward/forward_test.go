@@ -341,3 +341,47 @@ func TestNoContentTypeIsGuessed(t *testing.T) {
 		t.Errorf("the client got Content-Type %q, which the application did not send", ct)
 	}
 }
+
+// A whole answer reaches the client before the handler that forwarded it returns: the
+// handler's work after Forward (metrics) must not delay it.
+func TestTheAnswerLeavesBeforeTheHandlerReturns(t *testing.T) {
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Length", "5")
+		_, _ = io.WriteString(w, "whole")
+	}))
+	defer upstream.Close()
+	u, _ := url.Parse(upstream.URL)
+	transport := &http.Transport{}
+	defer transport.CloseIdleConnections()
+	release := make(chan struct{})
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		x := &exchange{transport: transport, upstream: u}
+		out, err := x.fwd.Outgoing(r.Context(), w, r)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		x.fwd.Forward(w, r, out, x, &bufpool.Pool{})
+		<-release // the handler's own work after its answer
+	}))
+	defer front.Close()
+	defer close(release)
+	c, err := net.Dial("tcp", strings.TrimPrefix(front.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = c.Close() }()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: app\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	res, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("no answer while the handler still ran: %v", err)
+	}
+	body, err := io.ReadAll(io.LimitReader(res.Body, 5))
+	_ = res.Body.Close()
+	if err != nil || string(body) != "whole" {
+		t.Fatalf("the answer was %q, %v while the handler still ran", body, err)
+	}
+}

@@ -31,6 +31,10 @@ type responseWriter struct {
 	buf         []byte
 	bufp        *[]byte // buf's pooled backing array
 	done        bool
+	// ended says the stream was ended before the handler returned (EndResponse), and
+	// endErr how that went.
+	ended  bool
+	endErr error
 }
 
 var (
@@ -142,6 +146,23 @@ func (rw *responseWriter) FlushError() error {
 	return rw.send(nil, true)
 }
 
+// EndResponse completes the response now, as the handler's return would: headers, the
+// buffered body and END_STREAM, in one write when they fit. It is for a handler that has
+// work left after its answer (metrics, logs), which then no longer delays the peer.
+// Writes, headers and trailers after it are not sent.
+func (rw *responseWriter) EndResponse() error {
+	if rw.done {
+		return errHandlerDone
+	}
+	if !rw.wroteHeader {
+		rw.WriteHeader(http.StatusOK)
+	}
+	c := rw.st.c
+	c.lockToFlush()
+	err := rw.endLocked()
+	return errors.Join(err, c.unlockFlushing())
+}
+
 // EnableFullDuplex is a no-op: an HTTP/2 handler may always read the request while it
 // writes the response (http.ResponseController calls it).
 func (rw *responseWriter) EnableFullDuplex() error { return nil }
@@ -196,7 +217,16 @@ func (rw *responseWriter) sendHeaderLocked(contentLength string, end bool) error
 // Content-Length when the whole body is known), the body, and trailers, ending the
 // stream. An error means the stream must be reset.
 func (rw *responseWriter) endLocked() error {
-	rw.done = true
+	if rw.ended {
+		return rw.endErr // EndResponse did it
+	}
+	rw.done, rw.ended = true, true
+	rw.endErr = rw.completeLocked()
+	return rw.endErr
+}
+
+// completeLocked sends what endLocked completes the response with.
+func (rw *responseWriter) completeLocked() error {
 	c, st := rw.st.c, rw.st
 	if err := c.streamWritableLocked(st); err != nil {
 		return err

@@ -2,10 +2,12 @@ package h2server
 
 import (
 	"bytes"
+	"fmt"
 	"net"
 	"net/http"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // countingConn counts the writes on the socket under TLS.
@@ -49,5 +51,52 @@ func TestResponseIsOneWrite(t *testing.T) {
 				t.Fatalf("%s, request %d: the response took %d writes, want 1", path, i, n)
 			}
 		}
+	}
+}
+
+// A handler with work left after its answer ends the response with EndResponse: the
+// peer gets the whole answer, in one write, while the handler still runs.
+func TestEndResponseSendsTheAnswerBeforeTheHandlerReturns(t *testing.T) {
+	release := make(chan struct{})
+	var afterEnd atomic.Value
+	srv := &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Length", "1024")
+		_, _ = w.Write(bytes.Repeat([]byte("x"), 1024))
+		ender, ok := w.(interface{ EndResponse() error })
+		if !ok {
+			t.Errorf("the ResponseWriter (%T) has no EndResponse", w)
+			return
+		}
+		if err := ender.EndResponse(); err != nil {
+			t.Errorf("EndResponse: %v", err)
+		}
+		_, err := w.Write([]byte("late"))
+		afterEnd.Store(fmt.Sprint(err))
+		<-release // the handler's own work after its answer
+	})}
+	var writes atomic.Int64
+	h := startServer(t, srv, func(c net.Conn) net.Conn { return &countingConn{Conn: c, writes: &writes} })
+	defer close(release)
+	client := h.client(t, nil)
+	fetch(t, client, getRequest(t, h.url+"/warm")) // the handshake and SETTINGS
+	got := make(chan int, 1)
+	before := writes.Load()
+	go func() {
+		res := fetch(t, client, getRequest(t, h.url+"/"))
+		got <- len(res.body)
+	}()
+	select {
+	case n := <-got:
+		if n != 1024 {
+			t.Errorf("the answer had %d bytes, want 1024", n)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the answer waited for the handler to return")
+	}
+	if n := writes.Load() - before; n != 1 {
+		t.Errorf("the ended answer took %d writes, want 1", n)
+	}
+	if err, _ := afterEnd.Load().(string); err == "<nil>" {
+		t.Error("a write after EndResponse succeeded")
 	}
 }
