@@ -17,6 +17,7 @@ package h1client
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -141,7 +142,7 @@ func (t *Transport) popIdle(addr string) *conn {
 		conns[len(conns)-1] = nil
 		conns = conns[:len(conns)-1]
 		t.idle[addr] = conns
-		if t.now().Sub(c.idleSince) <= t.idleTimeout() {
+		if t.now().Sub(c.idleSince) <= cmp.Or(t.IdleConnTimeout, DefaultIdleConnTimeout) {
 			return c
 		}
 		_ = c.nc.Close()
@@ -156,11 +157,11 @@ func (t *Transport) put(c *conn) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	conns := t.idle[c.addr]
-	for len(conns) > 0 && now.Sub(conns[0].idleSince) > t.idleTimeout() {
+	for len(conns) > 0 && now.Sub(conns[0].idleSince) > cmp.Or(t.IdleConnTimeout, DefaultIdleConnTimeout) {
 		_ = conns[0].nc.Close()
 		conns = conns[1:]
 	}
-	if t.closed || len(conns) >= t.maxIdle() {
+	if t.closed || len(conns) >= cmp.Or(t.MaxIdleConnsPerHost, DefaultMaxIdleConnsPerHost) {
 		t.idle[c.addr] = conns
 		_ = c.nc.Close()
 		return
@@ -177,27 +178,6 @@ func (t *Transport) now() time.Time {
 		return t.Now()
 	}
 	return time.Now()
-}
-
-func (t *Transport) idleTimeout() time.Duration {
-	if t.IdleConnTimeout > 0 {
-		return t.IdleConnTimeout
-	}
-	return DefaultIdleConnTimeout
-}
-
-func (t *Transport) maxIdle() int {
-	if t.MaxIdleConnsPerHost > 0 {
-		return t.MaxIdleConnsPerHost
-	}
-	return DefaultMaxIdleConnsPerHost
-}
-
-func (t *Transport) maxHeader() int64 {
-	if t.MaxResponseHeaderBytes > 0 {
-		return t.MaxResponseHeaderBytes
-	}
-	return DefaultMaxResponseHeaderBytes
 }
 
 // conn is one connection to the application, serving one request at a time.
@@ -235,7 +215,7 @@ var errHeaderTooLarge = errors.New("the application's answer has a header larger
 // roundTrip writes req and reads its answer's head; the answer's body then reads from c
 // and gives it back to the pool at its end.
 func (c *conn) roundTrip(req *http.Request) (*http.Response, error) {
-	c.got, c.wrote, c.limit = 0, false, c.t.maxHeader()
+	c.got, c.wrote, c.limit = 0, false, cmp.Or(c.t.MaxResponseHeaderBytes, DefaultMaxResponseHeaderBytes)
 	stop := context.AfterFunc(req.Context(), c.interrupt)
 	if err := c.write(req); err != nil {
 		stop()

@@ -379,18 +379,15 @@ func TestIdleConnectionsExpire(t *testing.T) {
 	var mu sync.Mutex
 	now := time.Unix(1000, 0)
 	tr.Now = func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); defer mu.Unlock(); now = now.Add(d) }
 	tr.IdleConnTimeout = time.Minute
 	get(t, tr, a.URL)
-	mu.Lock()
-	now = now.Add(59 * time.Second)
-	mu.Unlock()
+	advance(59 * time.Second)
 	get(t, tr, a.URL)
 	if n := a.conns.Load(); n != 1 {
 		t.Fatalf("a connection idle for 59 s was not reused (%d connections)", n)
 	}
-	mu.Lock()
-	now = now.Add(61 * time.Second)
-	mu.Unlock()
+	advance(61 * time.Second)
 	get(t, tr, a.URL)
 	if n := a.conns.Load(); n != 2 {
 		t.Errorf("a connection idle for 61 s was reused (%d connections)", n)
