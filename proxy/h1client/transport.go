@@ -220,16 +220,16 @@ func (c *conn) roundTrip(req *http.Request) (*http.Response, error) {
 	if err := c.write(req); err != nil {
 		stop()
 		_ = c.nc.Close()
-		return nil, err
+		return nil, ended(req.Context(), err)
 	}
 	resp, err := c.readHead(req)
 	if err != nil {
 		stop()
 		_ = c.nc.Close()
-		return nil, err
+		return nil, ended(req.Context(), err)
 	}
 	c.limit = math.MaxInt64
-	b := &body{c: c, rc: resp.Body, stop: stop, reuse: !resp.Close && !req.Close}
+	b := &body{c: c, ctx: req.Context(), rc: resp.Body, stop: stop, reuse: !resp.Close && !req.Close}
 	if resp.Body == http.NoBody {
 		b.finish(true)
 		return resp, nil
@@ -240,6 +240,16 @@ func (c *conn) roundTrip(req *http.Request) (*http.Response, error) {
 
 // interrupt unblocks the connection's reads and writes when the request's context ends.
 func (c *conn) interrupt() { _ = c.nc.SetDeadline(time.Unix(1, 0)) }
+
+// ended returns err, or, when ctx ended (which interrupted the connection), an error
+// that says so first: callers tell a client that went away (context.Canceled) from a
+// failing application.
+func ended(ctx context.Context, err error) error {
+	if ctx.Err() == nil {
+		return err
+	}
+	return fmt.Errorf("%w (%w)", ctx.Err(), err)
+}
 
 func (c *conn) write(req *http.Request) error {
 	if err := req.Write(c.bw); err != nil {
@@ -303,6 +313,7 @@ func replayable(req *http.Request) bool {
 // closed when it cannot serve another request.
 type body struct {
 	c     *conn
+	ctx   context.Context
 	rc    io.ReadCloser
 	stop  func() bool
 	reuse bool
@@ -316,7 +327,7 @@ func (b *body) Read(p []byte) (int, error) {
 		b.finish(true)
 	case err != nil:
 		b.finish(false)
-		return n, fmt.Errorf("reading the answer of the application at %s: %w", b.c.addr, err)
+		return n, ended(b.ctx, fmt.Errorf("reading the answer of the application at %s: %w", b.c.addr, err))
 	}
 	return n, err //nolint:wrapcheck // io.EOF must stay itself
 }

@@ -316,8 +316,8 @@ func TestCancellationUnblocksTheRequest(t *testing.T) {
 	}
 	defer func() { _ = resp.Body.Close() }()
 	time.AfterFunc(50*time.Millisecond, cancel2)
-	if _, err := io.ReadAll(resp.Body); err == nil {
-		t.Fatal("reading a body whose request was cancelled ended well")
+	if _, err := io.ReadAll(resp.Body); !errors.Is(err, context.Canceled) {
+		t.Fatalf("reading a body whose request was cancelled: %v, want context.Canceled", err)
 	}
 }
 
@@ -401,5 +401,26 @@ func waitFor(t *testing.T, cond func() bool) {
 			t.Fatal("the condition never held")
 		}
 		time.Sleep(time.Millisecond)
+	}
+}
+
+// A request whose client went away fails with context.Canceled, as net/http's Transport
+// does: the proxies tell it from a failing application by that.
+func TestACancelledRequestSaysSo(t *testing.T) {
+	arrived := make(chan struct{})
+	a := startApp(t, func(_ http.ResponseWriter, r *http.Request) {
+		close(arrived)
+		<-r.Context().Done()
+	})
+	tr, _ := newTransport(t)
+	ctx, cancel := context.WithCancel(t.Context())
+	go func() { <-arrived; cancel() }()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, a.URL, nil)
+	resp, err := tr.RoundTrip(req)
+	if err == nil {
+		_ = resp.Body.Close()
+	}
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("RoundTrip = %v, want context.Canceled", err)
 	}
 }
