@@ -19,6 +19,7 @@ import (
 
 	"github.com/braidmesh/braid/proxy/bufpool"
 	"github.com/braidmesh/braid/proxy/forward"
+	"github.com/braidmesh/braid/proxy/h1client"
 	"github.com/braidmesh/braid/proxy/router"
 	"github.com/braidmesh/braid/proxy/sockio"
 	"github.com/braidmesh/braid/proxy/telemetry"
@@ -82,7 +83,7 @@ type exchangeKey struct{}
 // records every request in metrics, unless metrics is nil.
 func New(log logr.Logger, table *atomic.Pointer[router.Table], metrics *telemetry.Metrics) *Handler {
 	h := &Handler{
-		log: log, table: table, metrics: metrics, upstream: newTransport(), buffers: &bufpool.Pool{},
+		log: log, table: table, metrics: metrics, upstream: newPlainTransport(), buffers: &bufpool.Pool{},
 		mirrors: make(chan struct{}, maxMirrorsInFlight), backoff: systemBackoff(),
 	}
 	h.rngs.New = func() any { return rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())) }
@@ -96,6 +97,16 @@ const copyBufferSize = bufpool.Size
 // (a deleted pod before the configuration catches up) must fail fast with a 502, not
 // after the kernel's two minutes of SYN retries.
 const connectTimeout = 3 * time.Second
+
+// newPlainTransport reaches unmeshed endpoints: requests without a body the lean way
+// (proxy/h1client, in the handler's goroutine), the others through net/http.
+func newPlainTransport() *h1client.Transport {
+	t := newTransport()
+	return &h1client.Transport{
+		DialContext: t.DialContext, Fallback: t,
+		IdleConnTimeout: t.IdleConnTimeout, MaxIdleConnsPerHost: t.MaxIdleConnsPerHost,
+	}
+}
 
 func newTransport() *http.Transport {
 	return &http.Transport{
