@@ -95,7 +95,7 @@ func TestMetricsCountNACKs(t *testing.T) {
 	// counts as rejected there.
 	srv.SetService("shop", "api", named(service("10.0.0.9"), "api"))
 	waitMetrics(t, opts.AdminAddr, "braid_proxy_config_version 3")
-	st := waitProxyState(t, srv, "PARTIAL")
+	st := waitProxyAcked(t, srv, 3, "PARTIAL") // the proxy applies a version before the server hears its ACK
 	if why := st.RejectedServices["shop/web"]; !strings.Contains(why, "not-an-ip") || len(st.RejectedServices) != 1 {
 		t.Errorf("the proxy reported rejected Services %v, want shop/web's bad endpoint only", st.RejectedServices)
 	}
@@ -163,13 +163,20 @@ func named(svc *api.Service, name string) *api.Service {
 // waitProxyState waits until the config server sees its one proxy in state.
 func waitProxyState(t *testing.T, srv *configserver.Server, state string) configserver.ProxyStatus {
 	t.Helper()
+	return waitProxyAcked(t, srv, 0, state)
+}
+
+// waitProxyAcked waits until the one proxy has acknowledged version (or a later one) and
+// is in state.
+func waitProxyAcked(t *testing.T, srv *configserver.Server, version uint64, state string) configserver.ProxyStatus {
+	t.Helper()
 	deadline := time.Now().Add(eventually)
 	for {
-		if ps := srv.Proxies(); len(ps) == 1 && ps[0].State() == state {
+		if ps := srv.Proxies(); len(ps) == 1 && ps[0].State() == state && ps[0].Acked >= version {
 			return ps[0]
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the proxy never reached state %s: %+v", state, srv.Proxies())
+			t.Fatalf("the proxy never reached state %s having acknowledged version %d: %+v", state, version, srv.Proxies())
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
