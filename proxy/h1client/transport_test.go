@@ -188,23 +188,28 @@ func rawApp(t *testing.T, serve func(c net.Conn, br *bufio.Reader, n int64)) (ur
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = lis.Close() })
 	accepted = &atomic.Int64{}
-	var wg sync.WaitGroup
-	t.Cleanup(wg.Wait)
+	var conns sync.WaitGroup
+	done := make(chan struct{})
 	go func() {
+		defer close(done)
 		for {
 			c, err := lis.Accept()
 			if err != nil {
 				return
 			}
 			n := accepted.Add(1)
-			wg.Go(func() {
+			conns.Go(func() {
 				defer func() { _ = c.Close() }()
 				serve(c, bufio.NewReader(c), n)
 			})
 		}
 	}()
+	t.Cleanup(func() {
+		_ = lis.Close()
+		<-done // no connection is added once the accepting loop ended
+		conns.Wait()
+	})
 	return "http://" + lis.Addr().String(), accepted
 }
 
