@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"net/http"
 	"strings"
@@ -37,12 +38,14 @@ func expectCalls(ctx context.Context, t *testing.T, p *harness.Proxy, host strin
 	t.Helper()
 	var last harness.Result
 	var lastErr error
+	seen := map[string]int{} // what the proxy answered meanwhile, for a failure's message
 	for first := calls[0]; ; time.Sleep(20 * time.Millisecond) {
 		if last, lastErr = p.Send(ctx, first.method, host, first.path, first.header); lastErr == nil && last.Status == first.want {
 			break
 		}
+		seen[answerOf(last, lastErr)]++
 		if ctx.Err() != nil {
-			t.Fatalf("%s %s%s %v never answered %d; last %+v, %v", first.method, host, first.path, first.header, first.want, last, lastErr)
+			t.Fatalf("%s %s%s %v never answered %d; last %+v, %v; answers meanwhile: %v", first.method, host, first.path, first.header, first.want, last, lastErr, seen)
 		}
 	}
 	for _, c := range calls[1:] {
@@ -64,6 +67,22 @@ func replaceTarget(ctx context.Context, t *testing.T, client *harness.Proxy, hos
 		expectCalls(ctx, t, client, host, call{method: http.MethodGet, path: "/", want: http.StatusForbidden})
 	}
 	create(ctx, t, env.cp.Client, tt)
+}
+
+// answerOf sums up one answer for expectCalls' tally: its status and the start of its
+// body, or the start of its error.
+func answerOf(r harness.Result, err error) string {
+	if err != nil {
+		return "error: " + prefix(err.Error(), 80)
+	}
+	return fmt.Sprintf("%d %s", r.Status, prefix(r.Body, 80))
+}
+
+func prefix(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
 }
 
 func header(kv ...string) http.Header {
