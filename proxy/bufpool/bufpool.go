@@ -1,10 +1,10 @@
-// Package bufpool lends the proxy's copy buffers: httputil.ReverseProxy would otherwise
-// allocate a fresh 32 KB buffer for every response it copies.
+// Package bufpool lends the proxy's copy buffers, so that copying a response body
+// (proxy/forward) allocates no fresh 32 KB buffer each time.
 package bufpool
 
 import "sync"
 
-// Size is the size of the buffers: the reverse proxy's own default.
+// Size is the size of the buffers: httputil.ReverseProxy's default too.
 const Size = 32 << 10
 
 // Pool is an httputil.BufferPool. It pools array pointers, so that neither Get nor Put

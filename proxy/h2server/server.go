@@ -26,8 +26,9 @@ const workerIdle = 30 * time.Second
 
 // Server serves HTTP/2 connections whose TLS handshake is done. Its exported fields must
 // not change once ServeConn has been called. Request contexts carry
-// http.ServerContextKey (a stand-in *http.Server: httputil.ReverseProxy needs it to abort
-// a response whose upstream broke off) and http.LocalAddrContextKey.
+// http.ServerContextKey (a stand-in *http.Server: proxy/forward, like
+// httputil.ReverseProxy, needs it to abort a response whose upstream broke off) and
+// http.LocalAddrContextKey.
 type Server struct {
 	Handler http.Handler
 	// ConnContext, when set, derives each connection's base context (the inbound server
@@ -112,9 +113,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 }
 
 func (s *Server) init() {
-	// httputil.ReverseProxy panics with http.ErrAbortHandler when an upstream response
-	// breaks off only when it finds a server under this key; otherwise it ends the
-	// response as if it were complete, and the client gets a truncated body.
+	// proxy/forward (like httputil.ReverseProxy) panics with http.ErrAbortHandler when an
+	// upstream response breaks off only when it finds a server under this key; otherwise
+	// it ends the response as if it were complete, and the client gets a truncated body.
 	s.std = &http.Server{Handler: s.Handler, IdleTimeout: s.idleTimeout(), MaxHeaderBytes: int(s.maxHeaderList())}
 	s.pool = newWorkerPool(workerIdle)
 	s.conns = map[*conn]struct{}{}

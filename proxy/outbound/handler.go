@@ -128,7 +128,7 @@ func newTransport() *http.Transport {
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	x := &exchange{h: h}
 	if h.metrics != nil {
-		// Deferred, so that a response the reverse proxy aborts midway (it panics with
+		// Deferred, so that a response forward aborts midway (it panics with
 		// http.ErrAbortHandler) counts too.
 		defer h.record(x, time.Now())
 	}

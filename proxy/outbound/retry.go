@@ -155,9 +155,9 @@ func (b requestBody) replayable(r *http.Request, connected bool) bool {
 	return false
 }
 
-// replay returns a body that sends the request body again: the guarded body itself
-// rather than original, which the reverse proxy marks closed when the transport closes
-// it.
+// replay returns a body that sends the request body again: the buffered copy, or the
+// guarded body itself, which a transport's Close after a failed connection left
+// readable; original otherwise.
 func (b requestBody) replay(original io.ReadCloser) io.ReadCloser {
 	switch {
 	case b.buffered != nil:
