@@ -85,6 +85,9 @@ type Server struct {
 	app     *h1client.Transport
 	appH2   *http.Transport
 	buffers *bufpool.Pool
+	// appAddrs holds the application's address per port as text (uint16 → string),
+	// made once rather than per request.
+	appAddrs sync.Map
 
 	mu      sync.Mutex
 	tcp     map[net.Conn]struct{}
@@ -343,7 +346,7 @@ func looksLikeHTTP1(b []byte) bool {
 
 // splice connects c to the application's port and copies both ways until both sides close.
 func (s *Server) splice(c net.Conn, port uint16) {
-	app, err := net.DialTimeout("tcp", net.JoinHostPort(s.cfg.AppHost, strconv.Itoa(int(port))), 3*time.Second)
+	app, err := net.DialTimeout("tcp", s.appAddr(port), 3*time.Second)
 	if err != nil {
 		s.cfg.Log.V(1).Info("Application refused the connection", "port", port, "error", err.Error())
 		_ = c.Close()
@@ -416,7 +419,7 @@ func (s *Server) serveMeshHTTP(w http.ResponseWriter, r *http.Request) {
 		s.cfg.Metrics.Request(peer, uint32(port), status, result, time.Since(start))
 		s.cfg.Edges.Inbound(r.RemoteAddr, peer, status, time.Since(start))
 	}()
-	x := &forwarded{target: net.JoinHostPort(s.cfg.AppHost, strconv.Itoa(int(port))), peer: peer, port: uint16(port), transport: s.app}
+	x := &forwarded{target: s.appAddr(uint16(port)), peer: peer, port: uint16(port), transport: s.app}
 	if r.Header.Get(TargetProtocolHeader) == "h2c" {
 		x.transport = s.appH2
 	}
@@ -429,6 +432,16 @@ func (s *Server) serveMeshHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	x.rewrite(out)
 	x.fwd.Forward(w, r, out, x, s.buffers)
+}
+
+// appAddr is the application's address on port, host:port.
+func (s *Server) appAddr(port uint16) string {
+	if a, ok := s.appAddrs.Load(port); ok {
+		return a.(string) //nolint:forcetypeassert // only strings are stored
+	}
+	a := net.JoinHostPort(s.cfg.AppHost, strconv.Itoa(int(port)))
+	s.appAddrs.Store(port, a)
+	return a
 }
 
 // requestTarget returns who sent a request and the application port it is for: from a
