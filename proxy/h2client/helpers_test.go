@@ -25,13 +25,6 @@ import (
 	"github.com/braidmesh/braid/proxy/internal/h2test"
 )
 
-// testTLS returns a server and a client TLS configuration around a fresh self-signed
-// certificate for 127.0.0.1.
-func testTLS(tb testing.TB) (server, client *tls.Config) {
-	tb.Helper()
-	return h2test.TLSConfigs(tb)
-}
-
 // testServer is a TLS listener on loopback; accepted counts its connections.
 type testServer struct {
 	addr      string
@@ -42,7 +35,7 @@ type testServer struct {
 // startNetHTTP serves h with net/http's HTTP/2 server; conf, when set, adjusts it.
 func startNetHTTP(tb testing.TB, h http.Handler, conf func(*http.Server)) *testServer {
 	tb.Helper()
-	serverTLS, clientTLS := testTLS(tb)
+	serverTLS, clientTLS := h2test.TLSConfigs(tb)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		tb.Fatal(err)
@@ -65,7 +58,7 @@ func startNetHTTP(tb testing.TB, h http.Handler, conf func(*http.Server)) *testS
 // startH2Server serves with the h2server.Server that current returns at each accept.
 func startH2Server(tb testing.TB, current func() *h2server.Server) *testServer {
 	tb.Helper()
-	serverTLS, clientTLS := testTLS(tb)
+	serverTLS, clientTLS := h2test.TLSConfigs(tb)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		tb.Fatal(err)
@@ -196,7 +189,7 @@ type rawConn struct {
 
 func startRaw(tb testing.TB, settings []http2.Setting, script func(rc *rawConn)) *rawServer {
 	tb.Helper()
-	serverTLS, clientTLS := testTLS(tb)
+	serverTLS, clientTLS := h2test.TLSConfigs(tb)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		tb.Fatal(err)

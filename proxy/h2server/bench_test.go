@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/braidmesh/braid/proxy/internal/h2test"
 )
 
 // BenchmarkServer compares this server with net/http's HTTP/2 server: the same handler
@@ -24,7 +26,7 @@ func BenchmarkServer(b *testing.B) {
 		benchRequests(b, h.url, h.clientTLS, len(body))
 	})
 	b.Run("net-http", func(b *testing.B) {
-		serverTLS, clientTLS := testTLS(b)
+		serverTLS, clientTLS := h2test.TLSConfigs(b)
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			b.Fatal(err)

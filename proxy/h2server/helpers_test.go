@@ -19,13 +19,6 @@ import (
 	"github.com/braidmesh/braid/proxy/internal/h2test"
 )
 
-// testTLS returns a server and a client TLS configuration around a fresh self-signed
-// certificate for 127.0.0.1.
-func testTLS(tb testing.TB) (server, client *tls.Config) {
-	tb.Helper()
-	return h2test.TLSConfigs(tb)
-}
-
 // harness serves a Server on a loopback listener, handshaking TLS as the inbound
 // server does.
 type harness struct {
@@ -43,7 +36,7 @@ type harness struct {
 // startServer serves srv; wrap, when set, wraps each accepted socket under TLS.
 func startServer(tb testing.TB, srv *Server, wrap func(net.Conn) net.Conn) *harness {
 	tb.Helper()
-	serverTLS, clientTLS := testTLS(tb)
+	serverTLS, clientTLS := h2test.TLSConfigs(tb)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		tb.Fatal(err)
