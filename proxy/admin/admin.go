@@ -16,7 +16,8 @@ import (
 )
 
 // SnapshotFunc returns the configuration the proxy runs now, or nil before it has one.
-type SnapshotFunc func() *api.Snapshot
+// It may decode the configuration on each call: only /config calls it.
+type SnapshotFunc func() (*api.Snapshot, error)
 
 // Handler returns the admin HTTP handler. It serves the metrics gatherer has on /metrics,
 // unless gatherer is nil, and what opts add (WithAppProbes).
@@ -25,15 +26,26 @@ type SnapshotFunc func() *api.Snapshot
 // scrapes it), so the profiles, which reveal the proxy's inside and cost CPU to take,
 // answer only clients on the pod's own loopback (kubectl port-forward arrives there);
 // others get a 403. /config holds no secret (no key; the trust bundle is public).
+// /ready answers 200 once current returns a configuration.
 func Handler(current SnapshotFunc, gatherer prometheus.Gatherer, opts ...Option) http.Handler {
-	return HandlerWithReadiness(current, nil, gatherer, opts...)
+	configured := func() string {
+		if snap, err := current(); snap == nil || err != nil {
+			return NoConfiguration
+		}
+		return ""
+	}
+	return HandlerWithReadiness(current, configured, gatherer, opts...)
 }
+
+// NoConfiguration is why a proxy that has not applied a configuration yet is not ready.
+const NoConfiguration = "no configuration yet"
 
 // ReadinessFunc says why the proxy is not ready yet, or "" when it is.
 type ReadinessFunc func() string
 
-// HandlerWithReadiness is Handler with a further readiness condition: /ready answers 503
-// with its reason until it returns "".
+// HandlerWithReadiness is Handler with its own readiness condition: /ready answers 503
+// with ready's reason until it returns "". ready must say whether there is a
+// configuration: current is not asked, since it may decode one on each call.
 func HandlerWithReadiness(current SnapshotFunc, ready ReadinessFunc, gatherer prometheus.Gatherer, opts ...Option) http.Handler {
 	mux := http.NewServeMux()
 	for _, opt := range opts {
@@ -45,22 +57,19 @@ func HandlerWithReadiness(current SnapshotFunc, ready ReadinessFunc, gatherer pr
 	})
 	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		if current() == nil {
+		if why := ready(); why != "" {
 			w.WriteHeader(http.StatusServiceUnavailable)
-			_, _ = w.Write([]byte("not ready: no configuration yet\n"))
+			_, _ = w.Write([]byte("not ready: " + why + "\n"))
 			return
-		}
-		if ready != nil {
-			if why := ready(); why != "" {
-				w.WriteHeader(http.StatusServiceUnavailable)
-				_, _ = w.Write([]byte("not ready: " + why + "\n"))
-				return
-			}
 		}
 		_, _ = w.Write([]byte("ready\n"))
 	})
 	mux.HandleFunc("GET /config", func(w http.ResponseWriter, _ *http.Request) {
-		snap := current()
+		snap, err := current()
+		if err != nil {
+			http.Error(w, "reading the configuration: "+err.Error(), http.StatusInternalServerError)
+			return
+		}
 		if snap == nil {
 			snap = &api.Snapshot{}
 		}

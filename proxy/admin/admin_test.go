@@ -22,7 +22,7 @@ func get(h http.Handler, path, remote string) *httptest.ResponseRecorder {
 // while the kubelet's probes, Prometheus and /config answer from anywhere.
 func TestInsideAnswersOnlyOnLoopback(t *testing.T) {
 	snap := &api.Snapshot{Version: 7}
-	h := admin.Handler(func() *api.Snapshot { return snap }, nil)
+	h := admin.Handler(func() (*api.Snapshot, error) { return snap, nil }, nil)
 	for _, path := range []string{"/debug/pprof/", "/debug/pprof/cmdline"} {
 		if rec := get(h, path, "10.1.2.3:40000"); rec.Code != http.StatusForbidden {
 			t.Errorf("%s from the pod network = %d, want 403", path, rec.Code)
@@ -43,7 +43,7 @@ func TestInsideAnswersOnlyOnLoopback(t *testing.T) {
 func TestReadyWaitsForTheIdentity(t *testing.T) {
 	snap := &api.Snapshot{Version: 1}
 	why := "no workload certificate and trust bundle yet"
-	h := admin.HandlerWithReadiness(func() *api.Snapshot { return snap }, func() string { return why }, nil)
+	h := admin.HandlerWithReadiness(func() (*api.Snapshot, error) { return snap, nil }, func() string { return why }, nil)
 	rec := get(h, "/ready", "10.1.2.3:1")
 	if rec.Code != http.StatusServiceUnavailable || !strings.Contains(rec.Body.String(), why) {
 		t.Fatalf("/ready without a certificate = %d %q, want 503 with the reason", rec.Code, rec.Body.String())

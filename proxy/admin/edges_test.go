@@ -18,7 +18,7 @@ func TestStatsEdgesServesTheWindow(t *testing.T) {
 	clk := clocktesting.NewFakePassiveClock(time.Unix(1000, 0))
 	edges := telemetry.NewEdges(telemetry.EdgesOptions{Clock: clk})
 	edges.Record(telemetry.EdgeInbound, netip.MustParseAddr("10.1.2.3"), "spiffe://td/ns/a/sa/web", false, time.Millisecond)
-	h := admin.Handler(func() *api.Snapshot { return &api.Snapshot{} }, nil, admin.WithEdges(edges))
+	h := admin.Handler(func() (*api.Snapshot, error) { return &api.Snapshot{}, nil }, nil, admin.WithEdges(edges))
 
 	for _, path := range []string{"/stats/edges", "/stats/edges?window=1m"} {
 		rec := get(h, path, "10.9.9.9:5000") // the operator calls from the pod network

@@ -17,7 +17,7 @@ import (
 	"github.com/braidmesh/braid/proxy/api"
 )
 
-func noSnapshot() *api.Snapshot { return nil }
+func noSnapshot() (*api.Snapshot, error) { return nil, nil }
 
 // listenLoopback listens on a free port of 127.0.0.1, where the prober sends probes.
 func listenLoopback(t *testing.T) (net.Listener, int32) {

@@ -128,10 +128,15 @@ func (c *Client) stream(ctx context.Context, client api.ConfigServiceClient) (re
 			return received, fmt.Errorf("receiving configuration: %w", err)
 		}
 		received = true
-		snap := seen.apply(msg)
+		snap, err := seen.apply(msg)
+		if err != nil {
+			snap = msg // for its version
+		} else {
+			err = c.Apply(snap)
+		}
 		ack := &api.Ack{Version: snap.GetVersion()}
 		var partial *PartialError
-		switch err := c.Apply(snap); {
+		switch {
 		case errors.As(err, &partial):
 			ack.RejectedServices = partial.Rejected
 			c.Log.Info("Applied configuration except some Services; they keep their last good configuration", "version", snap.GetVersion(), "error", err.Error())
