@@ -27,16 +27,23 @@ type Table struct {
 	version   uint64
 	namespace string
 	domain    string
-	services  map[serviceKey]*service
+	// services holds each Service's ports, in the snapshot's order: a Service has few,
+	// and a slice of them takes a tenth of a map's memory.
+	services map[serviceKey][]*Port
 	// byAddr finds a Service port by one of its cluster IPs and its port number.
 	byAddr map[netip.AddrPort]*Port
 }
 
 type serviceKey struct{ namespace, name string }
 
-type service struct {
-	namespace, name string
-	ports           map[uint32]*Port
+// portNumbered returns the port of ports with number n.
+func portNumbered(ports []*Port, n uint32) (*Port, bool) {
+	for _, p := range ports {
+		if p.Number == n {
+			return p, true
+		}
+	}
+	return nil, false
 }
 
 // MaxRouteLabels bounds the distinct route labels of a port (see Route.Label): routes
@@ -196,7 +203,7 @@ func (b *builder) budget(key budgetKey) *Budget {
 func (b *builder) build(snap *api.Snapshot, namespace, domain string) (*Table, error) {
 	t := &Table{
 		version: snap.GetVersion(), namespace: namespace, domain: domain,
-		services: map[serviceKey]*service{}, byAddr: map[netip.AddrPort]*Port{},
+		services: make(map[serviceKey][]*Port, len(snap.GetServices())), byAddr: map[netip.AddrPort]*Port{},
 	}
 	for _, s := range snap.GetServices() {
 		key := serviceKey{s.GetNamespace(), s.GetName()}
@@ -206,30 +213,33 @@ func (b *builder) build(snap *api.Snapshot, namespace, domain string) (*Table, e
 		if _, dup := t.services[key]; dup {
 			return nil, fmt.Errorf("service %s/%s appears twice", key.namespace, key.name)
 		}
-		svc := &service{namespace: key.namespace, name: key.name, ports: map[uint32]*Port{}}
+		ports := make([]*Port, 0, len(s.GetPorts()))
 		for _, p := range s.GetPorts() {
-			port, err := b.buildPort(svc, p, s.GetDenied())
+			if _, dup := portNumbered(ports, p.GetPort()); dup {
+				return nil, fmt.Errorf("service %s/%s: port %d appears twice", key.namespace, key.name, p.GetPort())
+			}
+			port, err := b.buildPort(key, p, s.GetDenied())
 			if err != nil {
 				return nil, fmt.Errorf("service %s/%s: %w", key.namespace, key.name, err)
 			}
-			svc.ports[port.Number] = port
+			ports = append(ports, port)
 		}
-		t.services[key] = svc
-		if err := t.indexClusterIPs(svc, s.GetClusterIps()); err != nil {
+		t.services[key] = ports
+		if err := t.indexClusterIPs(ports, s.GetClusterIps()); err != nil {
 			return nil, fmt.Errorf("service %s/%s: %w", key.namespace, key.name, err)
 		}
 	}
 	return t, nil
 }
 
-func (t *Table) indexClusterIPs(svc *service, ips []string) error {
+func (t *Table) indexClusterIPs(ports []*Port, ips []string) error {
 	for _, s := range ips {
 		ip, err := netip.ParseAddr(s)
 		if err != nil {
 			return fmt.Errorf("invalid cluster IP %q", s)
 		}
-		for n, p := range svc.ports {
-			addr := netip.AddrPortFrom(ip.Unmap(), uint16(n))
+		for _, p := range ports {
+			addr := netip.AddrPortFrom(ip.Unmap(), uint16(p.Number))
 			if other, dup := t.byAddr[addr]; dup {
 				return fmt.Errorf("cluster IP %s is also %s's", addr, other.Service)
 			}
@@ -248,12 +258,9 @@ func (t *Table) ResolveAddr(dst netip.AddrPort) (*Port, bool) {
 
 // buildPort builds one port of svc; a port of a Service the workload may not reach
 // (denied says why) keeps no routes, whatever the snapshot carries.
-func (b *builder) buildPort(svc *service, p *api.ServicePort, denied string) (*Port, error) {
+func (b *builder) buildPort(svc serviceKey, p *api.ServicePort, denied string) (*Port, error) {
 	if p.GetPort() < 1 || p.GetPort() > 65535 {
 		return nil, fmt.Errorf("port %d is out of range", p.GetPort())
-	}
-	if _, dup := svc.ports[p.GetPort()]; dup {
-		return nil, fmt.Errorf("port %d appears twice", p.GetPort())
 	}
 	out := &Port{Service: svc.namespace + "/" + svc.name, Number: p.GetPort(), Split: p.GetSplit(), Protocol: p.GetProtocol(), Denied: denied}
 	if denied != "" {
@@ -384,8 +391,8 @@ func (t *Table) Version() uint64 { return t.version }
 // Ports yields every Service port of the table, in no particular order.
 func (t *Table) Ports() iter.Seq[*Port] {
 	return func(yield func(*Port) bool) {
-		for _, svc := range t.services {
-			for _, p := range svc.ports {
+		for _, ports := range t.services {
+			for _, p := range ports {
 				if !yield(p) {
 					return
 				}
@@ -408,11 +415,11 @@ func (t *Table) Resolve(authority string) (*Port, error) {
 	if !ok {
 		return nil, fmt.Errorf("%w: host %q is not a mesh service name", ErrNoRoute, host)
 	}
-	svc, ok := t.services[key]
+	ports, ok := t.services[key]
 	if !ok {
 		return nil, fmt.Errorf("%w: no mesh service %s/%s (host %q)", ErrNoRoute, key.namespace, key.name, host)
 	}
-	p, ok := svc.ports[port]
+	p, ok := portNumbered(ports, port)
 	if !ok {
 		return nil, fmt.Errorf("%w: service %s/%s has no port %d (host %q)", ErrNoRoute, key.namespace, key.name, port, authority)
 	}
