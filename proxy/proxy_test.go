@@ -181,3 +181,33 @@ func waitProxyAcked(t *testing.T, srv *configserver.Server, version uint64, stat
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// /ready answers 503 until the proxy has applied a configuration, and /config then shows
+// the configuration it runs.
+func TestReadyWaitsForAConfiguration(t *testing.T) {
+	srv := configserver.New(testr.New(t), configserver.Options{})
+	srv.SetService("shop", "web", service("10.0.0.1"))
+	opts := runWithControlPlane(t, srv) // the server holds the stream until MarkReady
+	deadline := time.Now().Add(eventually)
+	for {
+		code, body := get(t, "http://"+opts.AdminAddr+"/ready")
+		if code == http.StatusServiceUnavailable && strings.Contains(body, "no configuration yet") {
+			break
+		}
+		if code == http.StatusOK || time.Now().After(deadline) {
+			t.Fatalf("/ready before any configuration = %d %q, want 503 saying there is none", code, body)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if code, body := get(t, "http://"+opts.AdminAddr+"/config"); code != http.StatusOK || strings.Contains(body, "10.0.0.1") {
+		t.Errorf("/config before any configuration = %d %q, want an empty one", code, body)
+	}
+	srv.MarkReady()
+	waitMetrics(t, opts.AdminAddr, "braid_proxy_config_version 1")
+	if code, body := get(t, "http://"+opts.AdminAddr+"/ready"); code != http.StatusOK {
+		t.Errorf("/ready with a configuration = %d %q, want 200", code, body)
+	}
+	if code, body := get(t, "http://"+opts.AdminAddr+"/config"); code != http.StatusOK || !strings.Contains(body, `"10.0.0.1"`) || !strings.Contains(body, `"version": "1"`) {
+		t.Errorf("/config = %d %s; want version 1 with shop/web's endpoint 10.0.0.1", code, body)
+	}
+}
