@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -39,6 +40,10 @@ type conn struct {
 	readyOnce sync.Once
 	closeOnce sync.Once
 	idleTimer *time.Timer
+	// health checks that a connection with streams open still hears from its server
+	// (checkHealth); never started when Transport.ReadIdleTimeout is negative.
+	health *time.Timer
+	reads  atomic.Uint64 // frames read, counted by readLoop
 
 	mu         sync.Mutex
 	cond       *sync.Cond // send windows grew, or streams or the connection ended
@@ -56,7 +61,13 @@ type conn struct {
 	closed     bool
 	err        error
 	idleAt     time.Time
+	// readsSeen is reads at the last health check; pinged says that check sent a PING.
+	readsSeen uint64
+	pinged    bool
 }
+
+// healthPing is the payload of the PINGs checkHealth sends.
+var healthPing = [8]byte{'b', 'r', 'a', 'i', 'd', 'h', 'c', 'k'}
 
 func newConn(t *Transport, addr string, nc net.Conn) (*conn, error) {
 	cc := &conn{
@@ -76,12 +87,51 @@ func newConn(t *Transport, addr string, nc net.Conn) (*conn, error) {
 	cc.hbuf.Grow(headerBlockInitialSize)
 	cc.idleTimer = time.AfterFunc(time.Hour, cc.onIdleTimer)
 	cc.idleTimer.Stop()
+	cc.health = time.AfterFunc(time.Hour, cc.checkHealth)
+	cc.health.Stop()
 	if err := cc.writePreface(); err != nil {
 		_ = nc.Close()
 		return nil, err
 	}
 	go cc.readLoop()
-	return cc, cc.awaitSettings()
+	if err := cc.awaitSettings(); err != nil {
+		return cc, err
+	}
+	if every := t.readIdleTimeout(); every > 0 {
+		cc.health.Reset(every)
+	}
+	return cc, nil
+}
+
+// checkHealth runs every ReadIdleTimeout, or PingTimeout after it sent a PING. A
+// connection with streams open that read no frame since the last check is sent a PING;
+// one that read nothing since the PING fails.
+func (cc *conn) checkHealth() {
+	reads := cc.reads.Load()
+	cc.mu.Lock()
+	if cc.closed {
+		cc.mu.Unlock()
+		return
+	}
+	quiet := reads == cc.readsSeen
+	if cc.pinged && quiet {
+		cc.mu.Unlock()
+		timeout := cc.t.pingTimeout()
+		cc.log.V(1).Info("Closing connection: the server did not answer a PING", "timeout", timeout.String())
+		cc.fail(fmt.Errorf("h2client: no answer from %s to a PING within %v", cc.addr, timeout))
+		return
+	}
+	cc.readsSeen = reads
+	cc.pinged = quiet && len(cc.streams) > 0
+	ping := cc.pinged
+	cc.mu.Unlock()
+	if !ping {
+		cc.health.Reset(cc.t.readIdleTimeout())
+		return
+	}
+	if cc.write(func() error { return cc.fr.WritePing(false, healthPing) }) == nil {
+		cc.health.Reset(cc.t.pingTimeout())
+	}
 }
 
 func (cc *conn) writePreface() error {
@@ -184,6 +234,7 @@ func (cc *conn) markClosedIfIdle() bool {
 func (cc *conn) closeConn() {
 	cc.closeOnce.Do(func() {
 		cc.idleTimer.Stop()
+		cc.health.Stop()
 		_ = cc.nc.Close()
 	})
 }
@@ -224,6 +275,7 @@ func (cc *conn) readLoop() {
 	first := true
 	for {
 		f, err := cc.fr.ReadFrame()
+		cc.reads.Add(1)
 		if err == nil && first {
 			if _, ok := f.(*http2.SettingsFrame); !ok {
 				err = http2.ConnectionError(http2.ErrCodeProtocol)

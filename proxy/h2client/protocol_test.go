@@ -300,3 +300,56 @@ func TestServerThatStopsReading(t *testing.T) {
 		t.Fatal("RoundTrip hung on a server that stopped reading")
 	}
 }
+
+// A server that goes silent with a request in flight (its node lost, a partition: no
+// FIN, no RST) is found by a PING it does not answer, and the request fails instead of
+// waiting for TCP to give up many minutes later.
+func TestSilentServerFailsItsConnection(t *testing.T) {
+	stop := make(chan struct{})
+	rs := startRaw(t, nil, func(rc *rawConn) {
+		rc.awaitRequest()
+		<-stop // answers nothing more, not even PINGs
+	})
+	defer close(stop)
+	tr := newTransport(t, rs.clientTLS, nil)
+	tr.ReadIdleTimeout, tr.PingTimeout = 100*time.Millisecond, 100*time.Millisecond
+	err := roundTripErr(t, tr, "https://"+rs.addr+"/")
+	if err == nil || !strings.Contains(err.Error(), "PING") {
+		t.Fatalf("request to a silent server: %v, want the connection failed for an unanswered PING", err)
+	}
+}
+
+// A server that is slow to answer but alive answers the PINGs, and the request waits for
+// its answer however long it takes.
+func TestSlowServerKeepsItsConnection(t *testing.T) {
+	pings := make(chan int, 1)
+	rs := startRaw(t, nil, func(rc *rawConn) {
+		id := rc.awaitRequest()
+		n := 0
+		deadline := time.Now().Add(time.Second) // ten read-idle periods
+		for time.Now().Before(deadline) {
+			_ = rc.nc.SetReadDeadline(deadline)
+			f, err := rc.fr.ReadFrame()
+			if err != nil {
+				break
+			}
+			if p, ok := f.(*http2.PingFrame); ok && !p.IsAck() {
+				n++
+				_ = rc.fr.WritePing(true, p.Data)
+				rc.flush()
+			}
+		}
+		pings <- n
+		_ = rc.nc.SetReadDeadline(time.Time{})
+		rc.headers(id, true, ":status", "204")
+		rc.awaitEnd()
+	})
+	tr := newTransport(t, rs.clientTLS, nil)
+	tr.ReadIdleTimeout, tr.PingTimeout = 100*time.Millisecond, 100*time.Millisecond
+	if err := roundTripErr(t, tr, "https://"+rs.addr+"/"); err != nil {
+		t.Fatalf("request to a slow server: %v, want its answer", err)
+	}
+	if n := <-pings; n < 2 {
+		t.Errorf("the server saw %d PINGs in a second of silence, want several", n)
+	}
+}

@@ -25,6 +25,8 @@ const (
 	dataBufSize            = 16 << 10 // a response data buffer: one DATA frame at our SETTINGS_MAX_FRAME_SIZE
 	maxPooledDataBuf       = 64 << 10 // larger (grown) data buffers are left to the GC
 	defaultWriteTimeout    = 30 * time.Second
+	defaultReadIdleTimeout = 10 * time.Second
+	defaultPingTimeout     = 5 * time.Second
 	headerBlockInitialSize = 512
 )
 
@@ -39,6 +41,12 @@ type Transport struct {
 	IdleConnTimeout time.Duration
 	// MaxResponseHeaderBytes bounds a response's header list (default 64 KiB).
 	MaxResponseHeaderBytes uint32
+	// ReadIdleTimeout and PingTimeout find a connection whose server is gone without a
+	// word (its node lost, a network partition): TCP would keep the requests on it
+	// waiting for many minutes. A connection with streams open that has read nothing
+	// for ReadIdleTimeout (default 10 s; negative: never) is sent a PING, and fails,
+	// with its streams, when nothing comes back within PingTimeout (default 5 s).
+	ReadIdleTimeout, PingTimeout time.Duration
 	// Log receives connection errors at V(1).
 	Log logr.Logger
 
@@ -99,6 +107,20 @@ func (t *Transport) writeTimeout() time.Duration {
 		return t.writeTimeoutOverride
 	}
 	return defaultWriteTimeout
+}
+
+func (t *Transport) readIdleTimeout() time.Duration {
+	if t.ReadIdleTimeout != 0 {
+		return t.ReadIdleTimeout
+	}
+	return defaultReadIdleTimeout
+}
+
+func (t *Transport) pingTimeout() time.Duration {
+	if t.PingTimeout > 0 {
+		return t.PingTimeout
+	}
+	return defaultPingTimeout
 }
 
 func (t *Transport) maxHeaderBytes() uint32 {
