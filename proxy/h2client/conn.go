@@ -66,9 +66,6 @@ type conn struct {
 	pinged    bool
 }
 
-// healthPing is the payload of the PINGs checkHealth sends.
-var healthPing = [8]byte{'b', 'r', 'a', 'i', 'd', 'h', 'c', 'k'}
-
 func newConn(t *Transport, addr string, nc net.Conn) (*conn, error) {
 	cc := &conn{
 		t: t, addr: addr, nc: nc, log: t.Log.WithValues("addr", addr),
@@ -129,7 +126,8 @@ func (cc *conn) checkHealth() {
 		cc.health.Reset(cc.t.readIdleTimeout())
 		return
 	}
-	if cc.write(func() error { return cc.fr.WritePing(false, healthPing) }) == nil {
+	payload := [8]byte{'b', 'r', 'a', 'i', 'd', 'h', 'c', 'k'}
+	if cc.write(func() error { return cc.fr.WritePing(false, payload) }) == nil {
 		cc.health.Reset(cc.t.pingTimeout())
 	}
 }
