@@ -337,3 +337,68 @@ func TestEndpointsOfMeshedPodsCarryTheirIdentity(t *testing.T) {
 		t.Errorf("the plain pod's endpoint = %v, want no identity", e)
 	}
 }
+
+// An EndpointSlice can reach the operator before the pod it points at (their informers do
+// not keep each other's order, and a pod's IP comes in an update): the endpoint is plain
+// until then, and turns meshed, under the pod's identity, when the pod arrives. Until
+// the operator watched pods it stayed plain, and clients bypassed the pod's proxy.
+func TestEndpointsFollowTheirPods(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	ns := namespace(ctx, t)
+	mustCreate(ctx, t, harness.Service(ns, "ratings", 80))
+	slice := func(name, ip, pod string) {
+		for _, s := range harness.EndpointSlices(ns, "ratings", netip.MustParseAddrPort(ip+":8080")) {
+			s.Name = name
+			if pod != "" {
+				s.Endpoints[0].TargetRef = &corev1.ObjectReference{Kind: "Pod", Namespace: ns, Name: pod}
+			}
+			mustCreate(ctx, t, s)
+		}
+	}
+	stream, err := harness.DialConfig(ctx, cp.ConfigAddr, t.Name(), ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = stream.Close() }()
+	// await reads snapshots until ratings' endpoints satisfy done.
+	await := func(what string, done func(map[string]*api.Endpoint) bool) map[string]*api.Endpoint {
+		t.Helper()
+		for {
+			snap, err := stream.Recv()
+			if err != nil {
+				t.Fatalf("waiting for %s: %v", what, err)
+			}
+			if p := harness.FindPort(snap, ns, "ratings", 80); p != nil {
+				eps := map[string]*api.Endpoint{}
+				for _, b := range harness.Backends(p) {
+					for _, e := range b.GetEndpoints() {
+						eps[e.GetIp()] = e
+					}
+				}
+				if done(eps) {
+					return eps
+				}
+			}
+		}
+	}
+	slice("late", "198.18.9.3", "late")
+	if e := await("the endpoint of pod late", func(m map[string]*api.Endpoint) bool { return m["198.18.9.3"] != nil })["198.18.9.3"]; e.GetIdentity() != "" {
+		t.Fatalf("the endpoint of a pod the operator has not seen = %v, want it plain", e)
+	}
+	// A compile that reads a second slice comes after every event queued before it: from
+	// here on, only the pod can make the Service compile again.
+	slice("other", "198.18.9.4", "")
+	await("a second endpoint", func(m map[string]*api.Endpoint) bool { return m["198.18.9.4"] != nil })
+	p := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "late", Annotations: map[string]string{"braid.dev/injected": "true"}},
+		Spec:       corev1.PodSpec{ServiceAccountName: "ratings", Containers: []corev1.Container{{Name: "app", Image: "app"}}},
+	}
+	mustCreate(ctx, t, p)
+	p.Status = corev1.PodStatus{PodIP: "198.18.9.3", PodIPs: []corev1.PodIP{{IP: "198.18.9.3"}}}
+	if err := cp.Client.Status().Update(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	want := "spiffe://cluster.local/ns/" + ns + "/sa/ratings"
+	await("pod late's identity on its endpoint", func(m map[string]*api.Endpoint) bool { return m["198.18.9.3"].GetIdentity() == want })
+}

@@ -30,6 +30,8 @@ const (
 	indexSplitMatch = "braid.dev/split-match"
 	// indexSliceService indexes EndpointSlices by the name of the Service they belong to.
 	indexSliceService = "braid.dev/slice-service"
+	// indexSlicePod indexes EndpointSlices by the names of the pods their endpoints are.
+	indexSlicePod = "braid.dev/slice-pod"
 	// indexHTTPRouteParent indexes HTTPRoutes by the names of the Services of their own
 	// namespace that they name as parents (producer routes).
 	indexHTTPRouteParent = "braid.dev/httproute-parent"
@@ -72,6 +74,9 @@ func SetupIndexes(ctx context.Context, mgr manager.Manager) error {
 	}); err != nil {
 		return fmt.Errorf("indexing EndpointSlices by service: %w", err)
 	}
+	if err := idx.IndexField(ctx, &discoveryv1.EndpointSlice{}, indexSlicePod, slicePods); err != nil {
+		return fmt.Errorf("indexing EndpointSlices by pod: %w", err)
+	}
 	if err := idx.IndexField(ctx, &smi.TrafficTarget{}, indexTargetSourceNamespace, func(o client.Object) []string {
 		tt := o.(*smi.TrafficTarget)
 		var out []string
@@ -85,6 +90,17 @@ func SetupIndexes(ctx context.Context, mgr manager.Manager) error {
 		return fmt.Errorf("indexing TrafficTargets by source namespace: %w", err)
 	}
 	return nil
+}
+
+// slicePods returns the names of the pods an EndpointSlice's endpoints are.
+func slicePods(o client.Object) []string {
+	var names []string
+	for _, e := range o.(*discoveryv1.EndpointSlice).Endpoints {
+		if ref := e.TargetRef; ref != nil && ref.Kind == "Pod" && ref.Name != "" && !slices.Contains(names, ref.Name) {
+			names = append(names, ref.Name)
+		}
+	}
+	return names
 }
 
 // setupHTTPRouteIndexes registers the field indexes on HTTPRoutes. Call it once per

@@ -383,14 +383,20 @@ func (r *ServiceReconciler) forget(root types.NamespacedName) {
 }
 
 // SetupWithManager registers the reconciler: a Service is recompiled when it, one of its
-// EndpointSlices, a split rooted at it, a backend of such a split, an HTTPRouteGroup the
-// split matches on, an HTTPRoute naming it as parent, or a backend of such a route changes.
+// EndpointSlices, a pod of those slices, a split rooted at it, a backend of such a split,
+// an HTTPRouteGroup the split matches on, an HTTPRoute naming it as parent, or a backend
+// of such a route changes.
 func (r *ServiceReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	b := ctrl.NewControllerManagedBy(mgr).
 		Named("service").
 		For(&corev1.Service{}).
 		Watches(&corev1.Service{}, handler.EnqueueRequestsFromMapFunc(r.rootsOfBackend)).
 		Watches(&discoveryv1.EndpointSlice{}, handler.EnqueueRequestsFromMapFunc(r.forSlice)).
+		// A pod decides whether its endpoints are reached through its proxy, and under
+		// which identity (workloads); the informers of pods and of EndpointSlices do not
+		// keep each other's order, so a slice can arrive before the pod it points at.
+		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(r.forPod),
+			builder.WithPredicates(predicate.Funcs{UpdateFunc: meshingChanged, GenericFunc: func(event.GenericEvent) bool { return false }})).
 		Watches(&smi.TrafficSplit{}, handler.EnqueueRequestsFromMapFunc(rootOfSplit)).
 		Watches(&smi.HTTPRouteGroup{}, handler.EnqueueRequestsFromMapFunc(r.rootsMatchingOn)).
 		// Endpoint identities carry the trust domain: a new one recompiles every Service
@@ -413,6 +419,34 @@ func (r *ServiceReconciler) forSlice(ctx context.Context, o client.Object) []rec
 	svc := &corev1.Service{}
 	svc.Namespace, svc.Name = o.GetNamespace(), name
 	return append(r.rootsOfBackend(ctx, svc), reconcile.Request{NamespacedName: types.NamespacedName{Namespace: o.GetNamespace(), Name: name}})
+}
+
+// forPod maps a pod to the Services (and the roots using them) whose EndpointSlices point
+// at it.
+func (r *ServiceReconciler) forPod(ctx context.Context, o client.Object) []reconcile.Request {
+	var list discoveryv1.EndpointSliceList
+	if err := r.Client.List(ctx, &list, client.InNamespace(o.GetNamespace()), client.MatchingFields{indexSlicePod: o.GetName()}); err != nil {
+		log.FromContext(ctx).Error(err, "Listing EndpointSlices by pod failed", "namespace", o.GetNamespace(), "pod", o.GetName())
+		return nil
+	}
+	var reqs []reconcile.Request
+	for i := range list.Items {
+		reqs = append(reqs, r.forSlice(ctx, &list.Items[i])...)
+	}
+	return reqs
+}
+
+// meshingChanged tells whether a pod update changes what workloads reads of it: its IPs,
+// whether it was injected, its ServiceAccount.
+func meshingChanged(e event.UpdateEvent) bool {
+	old, okOld := e.ObjectOld.(*corev1.Pod)
+	pod, okNew := e.ObjectNew.(*corev1.Pod)
+	if !okOld || !okNew {
+		return true
+	}
+	return !slices.Equal(old.Status.PodIPs, pod.Status.PodIPs) ||
+		old.Annotations[InjectedAnnotation] != pod.Annotations[InjectedAnnotation] ||
+		old.Spec.ServiceAccountName != pod.Spec.ServiceAccountName
 }
 
 // rootsOfBackend maps a Service to the roots of the splits that name it as a backend, to

@@ -23,7 +23,8 @@ const InjectedAnnotation = "braid.dev/injected"
 
 // workloads fills in the pods behind the endpoints the compile reads, so that endpoints
 // of meshed pods are reached through their proxies under their identity. A pod the cache
-// does not hold yet is treated as not meshed.
+// does not hold yet, or holds without its IP, is treated as not meshed until it arrives:
+// the Pod watch then compiles the Service again.
 func (r *ServiceReconciler) workloads(ctx context.Context, in *mesh.ServiceInput) error {
 	names := map[string]bool{}
 	collect := func(slices []*discoveryv1.EndpointSlice) {
