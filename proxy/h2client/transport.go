@@ -44,8 +44,9 @@ type Transport struct {
 	// ReadIdleTimeout and PingTimeout find a connection whose server is gone without a
 	// word (its node lost, a network partition): TCP would keep the requests on it
 	// waiting for many minutes. A connection with streams open that has read nothing
-	// for ReadIdleTimeout (default 10 s; negative: never) is sent a PING, and fails,
-	// with its streams, when nothing comes back within PingTimeout (default 5 s).
+	// over a whole ReadIdleTimeout period (default 10 s, checked once a period;
+	// negative: never) is sent a PING, and fails, with its streams, when nothing comes
+	// back within PingTimeout (default 5 s).
 	ReadIdleTimeout, PingTimeout time.Duration
 	// Log receives connection errors at V(1).
 	Log logr.Logger
