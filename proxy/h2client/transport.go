@@ -1,6 +1,7 @@
 package h2client
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -96,39 +97,33 @@ func isUnprocessed(err error) bool {
 	return errors.As(err, &u)
 }
 
-func (t *Transport) idleTimeout() time.Duration {
-	if t.IdleConnTimeout > 0 {
-		return t.IdleConnTimeout
+// positiveOr returns v when it is positive, else def.
+func positiveOr[T time.Duration | uint32](v, def T) T {
+	if v > 0 {
+		return v
 	}
-	return defaultIdleTimeout
+	return def
+}
+
+func (t *Transport) idleTimeout() time.Duration {
+	return positiveOr(t.IdleConnTimeout, defaultIdleTimeout)
 }
 
 func (t *Transport) writeTimeout() time.Duration {
-	if t.writeTimeoutOverride > 0 {
-		return t.writeTimeoutOverride
-	}
-	return defaultWriteTimeout
+	return positiveOr(t.writeTimeoutOverride, defaultWriteTimeout)
 }
 
+// readIdleTimeout is negative when health checks are off.
 func (t *Transport) readIdleTimeout() time.Duration {
-	if t.ReadIdleTimeout != 0 {
-		return t.ReadIdleTimeout
-	}
-	return defaultReadIdleTimeout
+	return cmp.Or(t.ReadIdleTimeout, defaultReadIdleTimeout)
 }
 
 func (t *Transport) pingTimeout() time.Duration {
-	if t.PingTimeout > 0 {
-		return t.PingTimeout
-	}
-	return defaultPingTimeout
+	return positiveOr(t.PingTimeout, defaultPingTimeout)
 }
 
 func (t *Transport) maxHeaderBytes() uint32 {
-	if t.MaxResponseHeaderBytes > 0 {
-		return t.MaxResponseHeaderBytes
-	}
-	return defaultMaxHeaderBytes
+	return positiveOr(t.MaxResponseHeaderBytes, defaultMaxHeaderBytes)
 }
 
 func (t *Transport) getBuf() *[]byte {
