@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 	"github.com/braidmesh/braid/proxy/admin"
 	"github.com/braidmesh/braid/proxy/api"
 	"github.com/braidmesh/braid/proxy/inbound"
+	"github.com/braidmesh/braid/proxy/sockio"
 )
 
 // meshState is the part of the running configuration that concerns mTLS and access: the
@@ -92,11 +94,14 @@ func loadStaticIdentity(log logr.Logger, st *state) error {
 }
 
 // startInbound returns the inbound server for the configured address, or nil without one.
-func startInbound(log logr.Logger, st *state) (*inbound.Server, error) {
+func startInbound(ctx context.Context, log logr.Logger, st *state) (*inbound.Server, error) {
 	if st.opts.InboundAddr == "" {
 		return nil, nil
 	}
-	lis, err := net.Listen("tcp", st.opts.InboundAddr)
+	// Its connections come from peer proxies and, redirected, from unmeshed clients: a
+	// client lost without a FIN or RST fails them after sockio.PeerUserTimeout.
+	lc := net.ListenConfig{Control: sockio.UserTimeout(sockio.PeerUserTimeout)}
+	lis, err := lc.Listen(ctx, "tcp", st.opts.InboundAddr)
 	if err != nil {
 		return nil, fmt.Errorf("inbound listener: %w", err)
 	}

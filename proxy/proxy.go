@@ -242,7 +242,7 @@ func Run(ctx context.Context, log logr.Logger, opts Options) error {
 	if err != nil {
 		return err
 	}
-	in, err := startInbound(log, st)
+	in, err := startInbound(ctx, log, st)
 	if err != nil {
 		return err
 	}

@@ -1,7 +1,6 @@
 package outbound
 
 import (
-	"cmp"
 	"context"
 	"crypto/tls"
 	"encoding/binary"
@@ -9,12 +8,10 @@ import (
 	"net"
 	"net/http"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/go-logr/logr"
 	"golang.org/x/net/http/httpguts"
-	"golang.org/x/sys/unix"
 
 	"github.com/braidmesh/braid/proxy/h2client"
 	"github.com/braidmesh/braid/proxy/router"
@@ -64,37 +61,18 @@ func dialPeer(ctx context.Context, ids *tlsid.Store, addr, identity, proto strin
 	return tc, nil
 }
 
-// peerUserTimeout is how long data sent to a peer proxy, or a keepalive probe, may go
-// unacknowledged before the connection fails (TCP_USER_TIMEOUT). A peer lost without a
-// FIN or RST (its node gone, a partition) would otherwise hold an opaque or upgraded
-// connection for the kernel's retransmission limit, about 15 minutes, or, idle, for the
-// nine keepalive probes after it. HTTP/2 connections find such a peer sooner by PING.
-const peerUserTimeout = 30 * time.Second
-
-// peerDialer dials peer proxies: keepalive after 30 s of silence, and userTimeout as
-// TCP_USER_TIMEOUT.
+// peerDialer dials peer proxies: keepalive after 30 s of silence, and TCP_USER_TIMEOUT
+// userTimeout (sockio.PeerUserTimeout). HTTP/2 connections find a silent peer sooner,
+// by PING; opaque and upgraded connections have only this.
 func peerDialer(userTimeout time.Duration) *net.Dialer {
-	return &net.Dialer{
-		Timeout:   connectTimeout,
-		KeepAlive: 30 * time.Second,
-		Control: func(_, _ string, c syscall.RawConn) error {
-			var serr error
-			err := c.Control(func(fd uintptr) {
-				serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(userTimeout.Milliseconds()))
-			})
-			if err = cmp.Or(err, serr); err != nil {
-				return fmt.Errorf("setting TCP_USER_TIMEOUT: %w", err)
-			}
-			return nil
-		},
-	}
+	return &net.Dialer{Timeout: connectTimeout, KeepAlive: 30 * time.Second, Control: sockio.UserTimeout(userTimeout)}
 }
 
 func handshakePeer(ctx context.Context, ids *tlsid.Store, addr, identity, proto string) (*tls.Conn, error) {
 	if !ids.Ready() {
 		return nil, fmt.Errorf("cannot reach %s at %s: %w", identity, addr, tlsid.ErrNoIdentity)
 	}
-	raw, err := peerDialer(peerUserTimeout).DialContext(ctx, "tcp", addr)
+	raw, err := peerDialer(sockio.PeerUserTimeout).DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err
 	}

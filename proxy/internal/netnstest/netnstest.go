@@ -1,0 +1,58 @@
+// Package netnstest runs test code in a network namespace of its own, whose loopback the
+// test can take down to make a peer vanish without a FIN or RST. It needs root.
+package netnstest
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+
+	"golang.org/x/sys/unix"
+)
+
+// Supported reports whether this process may create network namespaces (it runs as root).
+func Supported() bool { return os.Geteuid() == 0 }
+
+// Run runs fn on a thread in a new network namespace with its loopback up, and returns
+// its error. Sockets fn creates belong to that namespace, whichever threads use them
+// later; the thread itself is never unlocked, so it ends with fn and no other goroutine
+// runs in the namespace.
+func Run(fn func() error) error {
+	done := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			done <- fmt.Errorf("new network namespace: %w", err)
+			return
+		}
+		if err := SetLoopback(true); err != nil {
+			done <- err
+			return
+		}
+		done <- fn()
+	}()
+	return <-done
+}
+
+// SetLoopback brings the loopback of the calling thread's network namespace up or down;
+// call it from fn in Run.
+func SetLoopback(up bool) error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("socket for ioctl: %w", err)
+	}
+	defer unix.Close(fd) //nolint:errcheck // a datagram socket with nothing to flush
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return fmt.Errorf("ifreq: %w", err)
+	}
+	var flags uint16
+	if up {
+		flags = unix.IFF_UP | unix.IFF_RUNNING
+	}
+	ifr.SetUint16(flags)
+	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("setting lo up=%v: %w", up, err)
+	}
+	return nil
+}

@@ -1,0 +1,52 @@
+package sockio_test
+
+import (
+	"errors"
+	"net"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/braidmesh/braid/proxy/internal/netnstest"
+	"github.com/braidmesh/braid/proxy/sockio"
+)
+
+// A listener's accepted connections inherit its TCP_USER_TIMEOUT: a server side whose
+// client vanishes without a FIN or RST (the loopback goes down) fails the connection, with
+// data in flight, after the timeout rather than after the kernel's 15 minutes.
+func TestAcceptedConnectionsInheritTheUserTimeout(t *testing.T) {
+	if !netnstest.Supported() {
+		t.Skip("needs root for a network namespace of its own")
+	}
+	const userTimeout = time.Second
+	err := netnstest.Run(func() error {
+		lc := net.ListenConfig{Control: sockio.UserTimeout(userTimeout)}
+		ln, err := lc.Listen(t.Context(), "tcp", "127.0.0.1:0")
+		if err != nil {
+			return err
+		}
+		defer ln.Close() //nolint:errcheck // test
+		client, err := (&net.Dialer{}).DialContext(t.Context(), "tcp", ln.Addr().String())
+		if err != nil {
+			return err
+		}
+		defer client.Close() //nolint:errcheck // test
+		server, err := ln.Accept()
+		if err != nil {
+			return err
+		}
+		defer server.Close() //nolint:errcheck // test
+		if err := netnstest.SetLoopback(false); err != nil {
+			return err
+		}
+		if _, err := server.Write([]byte("are you there?")); err != nil {
+			return err
+		}
+		_ = server.SetReadDeadline(time.Now().Add(20 * userTimeout))
+		_, err = server.Read(make([]byte, 1))
+		return err
+	})
+	if !errors.Is(err, syscall.ETIMEDOUT) {
+		t.Fatalf("reading on an accepted connection whose client went silent: %v, want ETIMEDOUT", err)
+	}
+}
