@@ -5,11 +5,13 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/go-logr/logr/testr"
+	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/braidmesh/braid/internal/configserver"
 	"github.com/braidmesh/braid/proxy"
@@ -207,7 +209,29 @@ func TestReadyWaitsForAConfiguration(t *testing.T) {
 	if code, body := get(t, "http://"+opts.AdminAddr+"/ready"); code != http.StatusOK {
 		t.Errorf("/ready with a configuration = %d %q, want 200", code, body)
 	}
-	if code, body := get(t, "http://"+opts.AdminAddr+"/config"); code != http.StatusOK || !strings.Contains(body, `"10.0.0.1"`) || !strings.Contains(body, `"version": "1"`) {
-		t.Errorf("/config = %d %s; want version 1 with shop/web's endpoint 10.0.0.1", code, body)
+	code, body := get(t, "http://"+opts.AdminAddr+"/config")
+	var shown api.Snapshot
+	if err := protojson.Unmarshal([]byte(body), &shown); code != http.StatusOK || err != nil {
+		t.Fatalf("/config = %d %s (%v); want the configuration as JSON", code, body, err)
 	}
+	if shown.GetVersion() != 1 || !slices.Equal(endpointsOf(&shown), []string{"web=10.0.0.1"}) {
+		t.Errorf("/config = %s; want version 1 with shop/web's endpoint 10.0.0.1 alone", body)
+	}
+}
+
+// endpointsOf lists the endpoints of snap as <service name>=<ip>.
+func endpointsOf(snap *api.Snapshot) []string {
+	var out []string
+	for _, svc := range snap.GetServices() {
+		for _, p := range svc.GetPorts() {
+			for _, r := range p.GetRoutes() {
+				for _, b := range r.GetBackends() {
+					for _, e := range b.GetEndpoints() {
+						out = append(out, svc.GetName()+"="+e.GetIp())
+					}
+				}
+			}
+		}
+	}
+	return out
 }
