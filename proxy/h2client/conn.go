@@ -31,7 +31,6 @@ type conn struct {
 	wmu          sync.Mutex
 	bw           *bufio.Writer
 	henc         *hpack.Encoder
-	encodeField  func(name, value string) // cc.encodeOne
 	hbuf         bytes.Buffer
 	writeTimeout time.Duration
 	refreshAt    time.Time // when the write deadline is next moved on
@@ -80,7 +79,6 @@ func newConn(t *Transport, addr string, nc net.Conn) (*conn, error) {
 	cc.fr.SetMaxReadFrameSize(16384)
 	cc.fr.SetReuseFrames()
 	cc.henc = hpack.NewEncoder(&cc.hbuf)
-	cc.encodeField = cc.encodeOne
 	cc.hbuf.Grow(headerBlockInitialSize)
 	cc.idleTimer = time.AfterFunc(time.Hour, cc.onIdleTimer)
 	cc.idleTimer.Stop()

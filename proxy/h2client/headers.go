@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"golang.org/x/net/http/httpguts"
+	"golang.org/x/net/http2/hpack"
 
 	"github.com/braidmesh/braid/proxy/internal/h2hdr"
 )
@@ -27,41 +28,44 @@ func checkALPN(nc net.Conn) error {
 	return nil
 }
 
-// forEachField validates req's header list and calls fn for every field to send, the
-// pseudo-headers first.
-func forEachField(req *http.Request, fn func(name, value string)) error {
+// appendRequestFields validates req's header list and appends to fields the fields to
+// send, the pseudo-headers first: once per request, before a stream is opened, so that
+// a request that cannot be sent fails alone, and its retries send the same list.
+func appendRequestFields(fields []hpack.HeaderField, req *http.Request) ([]hpack.HeaderField, error) {
 	host := req.Host
 	if host == "" {
 		host = req.URL.Host
 	}
 	if !httpguts.ValidHostHeader(host) {
-		return fmt.Errorf("h2client: invalid request host %q", host)
+		return nil, fmt.Errorf("h2client: invalid request host %q", host)
 	}
 	method := req.Method
 	if method == "" {
 		method = http.MethodGet
 	}
 	if !validMethod(method) {
-		return fmt.Errorf("h2client: invalid request method %q", method)
+		return nil, fmt.Errorf("h2client: invalid request method %q", method)
 	}
 	path := req.URL.RequestURI()
 	if path == "" {
 		path = "/"
 	}
-	fn(":method", method)
-	fn(":scheme", "https")
-	fn(":authority", host)
-	fn(":path", path)
-	if err := forEachHeader(req.Header, fn); err != nil {
-		return err
+	fields = append(fields,
+		hpack.HeaderField{Name: ":method", Value: method},
+		hpack.HeaderField{Name: ":scheme", Value: "https"},
+		hpack.HeaderField{Name: ":authority", Value: host},
+		hpack.HeaderField{Name: ":path", Value: path})
+	fields, err := appendHeaderFields(fields, req.Header)
+	if err != nil {
+		return nil, err
 	}
 	if len(req.Trailer) > 0 {
-		fn("trailer", trailerNames(req.Trailer))
+		fields = append(fields, hpack.HeaderField{Name: "trailer", Value: trailerNames(req.Trailer)})
 	}
 	if cl, ok := contentLength(req); ok {
-		fn("content-length", strconv.FormatInt(cl, 10))
+		fields = append(fields, hpack.HeaderField{Name: "content-length", Value: strconv.FormatInt(cl, 10)})
 	}
-	return nil
+	return fields, nil
 }
 
 func validMethod(m string) bool {
@@ -93,11 +97,12 @@ func hasBody(req *http.Request) bool {
 	return req.Body != nil && req.Body != http.NoBody
 }
 
-// forEachHeader validates h and calls fn for every field that HTTP/2 carries.
-func forEachHeader(h http.Header, fn func(name, value string)) error {
+// appendHeaderFields validates h and appends to fields every field of it that HTTP/2
+// carries.
+func appendHeaderFields(fields []hpack.HeaderField, h http.Header) ([]hpack.HeaderField, error) {
 	for k, vv := range h {
 		if !httpguts.ValidHeaderFieldName(k) {
-			return fmt.Errorf("h2client: invalid header field name %q", k)
+			return nil, fmt.Errorf("h2client: invalid header field name %q", k)
 		}
 		name := lower(k)
 		if dropped(name, h) {
@@ -105,15 +110,15 @@ func forEachHeader(h http.Header, fn func(name, value string)) error {
 		}
 		for _, v := range vv {
 			if !httpguts.ValidHeaderFieldValue(v) {
-				return fmt.Errorf("h2client: invalid value for header field %q", k)
+				return nil, fmt.Errorf("h2client: invalid value for header field %q", k)
 			}
 			if name == "te" && !strings.EqualFold(v, "trailers") {
 				continue
 			}
-			fn(name, v)
+			fields = append(fields, hpack.HeaderField{Name: name, Value: v})
 		}
 	}
-	return nil
+	return fields, nil
 }
 
 // dropped reports whether a request header must not be sent over HTTP/2: a

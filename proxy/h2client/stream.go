@@ -20,6 +20,7 @@ var errBodyClosed = errors.New("h2client: read on closed response body")
 type stream struct {
 	cc            *conn
 	req           *http.Request
+	fields        []hpack.HeaderField // the request's header list, checked (checkRequest), until sent
 	trace         *httptrace.ClientTrace
 	ctxDone       <-chan struct{} // the request context's Done
 	readable      chan struct{}   // signalled when the response, data, the end or a failure arrives
@@ -51,9 +52,9 @@ type stream struct {
 }
 
 // roundTrip sends req on a stream reserved by getConn and waits for the response headers.
-func (cc *conn) roundTrip(req *http.Request) (*http.Response, error) {
+func (cc *conn) roundTrip(req *http.Request, fields []hpack.HeaderField) (*http.Response, error) {
 	st := &stream{
-		cc: cc, req: req, trace: httptrace.ContextClientTrace(req.Context()),
+		cc: cc, req: req, fields: fields, trace: httptrace.ContextClientTrace(req.Context()),
 		ctxDone: req.Context().Done(), readable: make(chan struct{}, 1),
 	}
 	st.body.st = st
@@ -135,9 +136,8 @@ func (cc *conn) writeHeaders(st *stream, endStream bool) error {
 	if endStream {
 		st.wclosed.Store(true)
 	}
-	err := cc.encodeHeaders(st.id, maxFrame, endStream, func(fn func(string, string)) error {
-		return forEachField(st.req, fn)
-	})
+	err := cc.encodeHeaders(st.id, maxFrame, endStream, st.fields)
+	st.fields = nil // the RoundTrip's, pooled once it returns
 	cc.wmu.Unlock()
 	if err != nil {
 		err = fmt.Errorf("h2client: writing request headers to %s: %w", cc.addr, err)
@@ -148,10 +148,10 @@ func (cc *conn) writeHeaders(st *stream, endStream bool) error {
 
 // encodeHeaders encodes a header block and writes it as HEADERS and CONTINUATION
 // frames, then flushes. The caller holds wmu.
-func (cc *conn) encodeHeaders(id uint32, maxFrame int, endStream bool, fields func(func(string, string)) error) error {
+func (cc *conn) encodeHeaders(id uint32, maxFrame int, endStream bool, fields []hpack.HeaderField) error {
 	cc.hbuf.Reset()
-	if err := fields(cc.encodeField); err != nil {
-		return err
+	for _, f := range fields {
+		_ = cc.henc.WriteField(f) // writes to hbuf, a bytes.Buffer: cannot fail
 	}
 	block := cc.hbuf.Bytes()
 	first := true
@@ -172,12 +172,6 @@ func (cc *conn) encodeHeaders(id uint32, maxFrame int, endStream bool, fields fu
 		}
 	}
 	return cc.bw.Flush()
-}
-
-// encodeOne adds one field to the header block being encoded; encodeHeaders passes it as
-// cc.encodeField, a method value made once per connection. The caller holds wmu.
-func (cc *conn) encodeOne(name, value string) {
-	_ = cc.henc.WriteField(hpack.HeaderField{Name: name, Value: value})
 }
 
 // resetStream ends st with err and, if it is still open, sends RST_STREAM with code.

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"golang.org/x/net/http2/hpack"
 )
 
 const (
@@ -57,6 +58,9 @@ type Transport struct {
 	mu    sync.Mutex
 	pools map[string]*pool
 	bufs  sync.Pool // *[]byte of bodyBufSize: request body buffers
+	// fieldLists holds *[]hpack.HeaderField: a request's header list, checked once
+	// (checkRequest) and encoded on each attempt, lives in one for the RoundTrip.
+	fieldLists sync.Pool
 	// dataBufs holds *[]byte response data buffers (capacity dataBufSize to
 	// maxPooledDataBuf), so that a stream's buffered DATA needs no new array.
 	dataBufs sync.Pool
@@ -134,6 +138,14 @@ func (t *Transport) getBuf() *[]byte {
 	return &b
 }
 
+func (t *Transport) getFieldList() *[]hpack.HeaderField {
+	if l, ok := t.fieldLists.Get().(*[]hpack.HeaderField); ok {
+		return l
+	}
+	l := make([]hpack.HeaderField, 0, 16)
+	return &l
+}
+
 func (t *Transport) getDataBuf() *[]byte {
 	if b, ok := t.dataBufs.Get().(*[]byte); ok {
 		return b
@@ -144,12 +156,18 @@ func (t *Transport) getDataBuf() *[]byte {
 
 // RoundTrip sends req to req.URL.Host and returns the response once its headers arrive.
 func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
-	if err := checkRequest(req); err != nil {
+	list := t.getFieldList()
+	defer t.fieldLists.Put(list)
+	fields, err := checkRequest(req, (*list)[:0])
+	if cap(fields) > cap(*list) {
+		*list = fields[:0] // keep the grown array for the next request
+	}
+	if err != nil {
 		closeBody(req)
 		return nil, err
 	}
 	for attempt := 1; ; attempt++ {
-		resp, err := t.roundTripOnce(req)
+		resp, err := t.roundTripOnce(req, fields)
 		if err == nil || !isUnprocessed(err) || attempt == maxAttempts || req.Context().Err() != nil {
 			return resp, err
 		}
@@ -162,7 +180,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 }
 
-func (t *Transport) roundTripOnce(req *http.Request) (*http.Response, error) {
+func (t *Transport) roundTripOnce(req *http.Request, fields []hpack.HeaderField) (*http.Response, error) {
 	if err := req.Context().Err(); err != nil {
 		closeBody(req)
 		return nil, err
@@ -172,7 +190,7 @@ func (t *Transport) roundTripOnce(req *http.Request) (*http.Response, error) {
 		closeBody(req)
 		return nil, err
 	}
-	return cc.roundTrip(req)
+	return cc.roundTrip(req, fields)
 }
 
 // rewind returns req ready to be sent again, or an error when its body cannot be.
@@ -318,16 +336,17 @@ func (t *Transport) CloseIdleConnections() {
 	}
 }
 
-// checkRequest refuses what cannot be sent, before anything is.
-func checkRequest(req *http.Request) error {
+// checkRequest refuses what cannot be sent, before anything is, and returns the header
+// fields to send.
+func checkRequest(req *http.Request, fields []hpack.HeaderField) ([]hpack.HeaderField, error) {
 	if req.URL == nil || req.URL.Host == "" {
-		return errors.New("h2client: request has no URL host")
+		return nil, errors.New("h2client: request has no URL host")
 	}
 	if req.Method == http.MethodConnect {
-		return errors.New("h2client: CONNECT is not supported")
+		return nil, errors.New("h2client: CONNECT is not supported")
 	}
 	if req.ContentLength > 0 && !hasBody(req) {
-		return fmt.Errorf("%w: %d declared, no body", errBodyTooShort, req.ContentLength)
+		return nil, fmt.Errorf("%w: %d declared, no body", errBodyTooShort, req.ContentLength)
 	}
-	return forEachField(req, func(string, string) {})
+	return appendRequestFields(fields, req)
 }

@@ -153,7 +153,8 @@ func (st *stream) writeTrailers() error {
 	cc.mu.Lock()
 	maxFrame := int(cc.maxFrame)
 	cc.mu.Unlock()
-	if err := forEachHeader(st.req.Trailer, func(string, string) {}); err != nil {
+	fields, err := appendHeaderFields(nil, st.req.Trailer)
+	if err != nil {
 		cc.resetStream(st, http2.ErrCodeCancel, fmt.Errorf("h2client: request trailers: %w", err))
 		return err
 	}
@@ -162,9 +163,7 @@ func (st *stream) writeTrailers() error {
 		cc.wmu.Unlock()
 		return errStreamEnded
 	}
-	err := cc.encodeHeaders(st.id, maxFrame, true, func(fn func(string, string)) error {
-		return forEachHeader(st.req.Trailer, fn)
-	})
+	err = cc.encodeHeaders(st.id, maxFrame, true, fields)
 	cc.wmu.Unlock()
 	if err != nil {
 		err = fmt.Errorf("h2client: writing request trailers to %s: %w", cc.addr, err)
