@@ -104,7 +104,7 @@ func appendHeaderFields(fields []hpack.HeaderField, h http.Header) ([]hpack.Head
 		if !httpguts.ValidHeaderFieldName(k) {
 			return nil, fmt.Errorf("h2client: invalid header field name %q", k)
 		}
-		name := lower(k)
+		name := h2hdr.Lower(k)
 		if dropped(name, h) {
 			continue
 		}
@@ -142,19 +142,9 @@ func dropped(name string, h http.Header) bool {
 func trailerNames(tr http.Header) string {
 	names := make([]string, 0, len(tr))
 	for k := range tr {
-		names = append(names, lower(k))
+		names = append(names, h2hdr.Lower(k))
 	}
 	return strings.Join(names, ", ")
-}
-
-// lower lower-cases an ASCII header name, without allocating when it already is.
-func lower(s string) string {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; 'A' <= c && c <= 'Z' {
-			return strings.ToLower(s)
-		}
-	}
-	return s
 }
 
 // responseHead is a decoded response HEADERS block.

@@ -18,6 +18,8 @@ import (
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/braidmesh/braid/proxy/internal/h2hdr"
 )
 
 const (
@@ -32,8 +34,6 @@ const (
 	// goAwayGrace is how long a connection that sent a graceful GOAWAY and has no stream
 	// left waits for the peer to close it.
 	goAwayGrace = time.Second
-	// maxCachedNames bounds each connection's caches of header name spellings.
-	maxCachedNames = 256
 )
 
 // connError is a connection error found by this package (the framer reports its own as
@@ -81,7 +81,7 @@ type conn struct {
 	wfr            *http2.Framer
 	enc            *hpack.Encoder
 	hbuf           bytes.Buffer
-	lower          map[string]string // canonical key → wire name
+	lower          h2hdr.NameCache // canonical key → wire name
 	streams        map[uint32]*stream
 	maxSeen        uint32 // highest stream ID the peer opened
 	refused        uint32 // streams refused since a stream last finished
@@ -117,7 +117,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 		br:             bufio.NewReaderSize(nc, readBufSize),
 		streamWindow:   int64(s.streamWindow()),
 		connWindow:     int64(s.connWindow()),
-		lower:          map[string]string{},
+		lower:          h2hdr.NewNameCache(h2hdr.Lower),
 		streams:        map[uint32]*stream{},
 		sendWindow:     defaultWindow,
 		peerInitWindow: defaultWindow,

@@ -204,16 +204,7 @@ func (c *conn) creditConn(n int64) {
 }
 
 // lowerLocked returns a canonical header key as it goes on the wire.
-func (c *conn) lowerLocked(k string) string {
-	if v, ok := c.lower[k]; ok {
-		return v
-	}
-	v := strings.ToLower(k)
-	if len(c.lower) < maxCachedNames {
-		c.lower[k] = v
-	}
-	return v
-}
+func (c *conn) lowerLocked(k string) string { return c.lower.Get(k) }
 
 func statusString(code int) string {
 	switch code {

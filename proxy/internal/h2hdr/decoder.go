@@ -22,8 +22,6 @@ const (
 	// tableSize is the HPACK dynamic table size: the protocol's initial one, which
 	// neither end of the proxy's connections changes.
 	tableSize = 4096
-	// maxCachedNames bounds a decoder's cache of canonical header keys.
-	maxCachedNames = 256
 	// maxHint bounds the header map size a block is given from the previous block's.
 	maxHint = 32
 )
@@ -46,7 +44,7 @@ type Decoder struct {
 	hpack     *hpack.Decoder
 	maxList   uint32
 	onRegular func(name, value string) bool
-	canon     map[string]string // field name on the wire → canonical key
+	canon     NameCache // field name on the wire → canonical key
 
 	blk        Block
 	remain     uint32 // header list bytes left
@@ -62,7 +60,7 @@ type Decoder struct {
 // nil, is called with each valid regular field within the limit, in order; the field
 // joins Block.Header only when it returns true.
 func NewDecoder(maxList uint32, onRegular func(name, value string) bool) *Decoder {
-	d := &Decoder{maxList: maxList, onRegular: onRegular, canon: map[string]string{}}
+	d := &Decoder{maxList: maxList, onRegular: onRegular, canon: NewNameCache(textproto.CanonicalMIMEHeaderKey)}
 	d.hpack = hpack.NewDecoder(tableSize, d.emit)
 	d.hpack.SetMaxStringLength(int(min(maxList, 1<<30)))
 	return d
@@ -97,16 +95,7 @@ func (d *Decoder) Read(fr *http2.Framer, f *http2.HeadersFrame) (*Block, error) 
 
 // Canonical returns the http.Header key of a field name from the wire, from a bounded
 // cache.
-func (d *Decoder) Canonical(name string) string {
-	if k, ok := d.canon[name]; ok {
-		return k
-	}
-	k := textproto.CanonicalMIMEHeaderKey(name)
-	if len(d.canon) < maxCachedNames {
-		d.canon[name] = k
-	}
-	return k
-}
+func (d *Decoder) Canonical(name string) string { return d.canon.Get(name) }
 
 func (d *Decoder) begin(f *http2.HeadersFrame) {
 	d.blk = Block{StreamID: f.StreamID, Ended: f.StreamEnded(), Header: make(http.Header, d.hint)}

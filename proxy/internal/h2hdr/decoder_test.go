@@ -286,3 +286,15 @@ func TestCanonical(t *testing.T) {
 		t.Errorf("Canonical(content-type) = %q", got)
 	}
 }
+
+// The wire spelling of a header key: lower-case, and the very string when it already is.
+func TestLower(t *testing.T) {
+	for in, want := range map[string]string{"Content-Type": "content-type", "x-id": "x-id", "": ""} {
+		if got := Lower(in); got != want {
+			t.Errorf("Lower(%q) = %q, want %q", in, got, want)
+		}
+	}
+	if n := testing.AllocsPerRun(100, func() { _ = Lower("already-lower") }); n != 0 {
+		t.Errorf("Lower of a lower-case name allocates %.0f times, want none", n)
+	}
+}
