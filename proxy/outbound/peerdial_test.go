@@ -31,7 +31,7 @@ func TestPeerConnectionGivesUpOnASilentPeer(t *testing.T) {
 			return err
 		}
 		defer c.Close() //nolint:errcheck // test
-		return sendIntoSilence(c, 20*userTimeout)
+		return netnstest.SendIntoSilence(c, 20*userTimeout)
 	})
 	if !errors.Is(err, syscall.ETIMEDOUT) {
 		t.Fatalf("reading from a peer that went silent with data in flight: %v, want the connection timed out (ETIMEDOUT)", err)
@@ -44,18 +44,4 @@ func holdOne(ctx context.Context, ln net.Listener) {
 		<-ctx.Done()
 		_ = c.Close()
 	}
-}
-
-// sendIntoSilence takes the loopback down, writes to c and returns the error of a read
-// that waits at most wait for an answer.
-func sendIntoSilence(c net.Conn, wait time.Duration) error {
-	if err := netnstest.SetLoopback(false); err != nil {
-		return err
-	}
-	if _, err := c.Write([]byte("are you there?")); err != nil {
-		return err
-	}
-	_ = c.SetReadDeadline(time.Now().Add(wait))
-	_, err := c.Read(make([]byte, 1))
-	return err
 }

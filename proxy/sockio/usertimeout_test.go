@@ -36,15 +36,7 @@ func TestAcceptedConnectionsInheritTheUserTimeout(t *testing.T) {
 			return err
 		}
 		defer server.Close() //nolint:errcheck // test
-		if err := netnstest.SetLoopback(false); err != nil {
-			return err
-		}
-		if _, err := server.Write([]byte("are you there?")); err != nil {
-			return err
-		}
-		_ = server.SetReadDeadline(time.Now().Add(20 * userTimeout))
-		_, err = server.Read(make([]byte, 1))
-		return err
+		return netnstest.SendIntoSilence(server, 20*userTimeout)
 	})
 	if !errors.Is(err, syscall.ETIMEDOUT) {
 		t.Fatalf("reading on an accepted connection whose client went silent: %v, want ETIMEDOUT", err)

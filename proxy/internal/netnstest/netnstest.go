@@ -4,8 +4,10 @@ package netnstest
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"runtime"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -55,4 +57,21 @@ func SetLoopback(up bool) error {
 		return fmt.Errorf("setting lo up=%v: %w", up, err)
 	}
 	return nil
+}
+
+// SendIntoSilence takes the loopback down under c, writes to it and returns the error of
+// a read that waits at most wait for an answer: with the peer unreachable, the data stays
+// unacknowledged. Call it from fn in Run.
+func SendIntoSilence(c net.Conn, wait time.Duration) error {
+	if err := SetLoopback(false); err != nil {
+		return err
+	}
+	if _, err := c.Write([]byte("are you there?")); err != nil {
+		return fmt.Errorf("writing: %w", err)
+	}
+	if err := c.SetReadDeadline(time.Now().Add(wait)); err != nil {
+		return fmt.Errorf("read deadline: %w", err)
+	}
+	_, err := c.Read(make([]byte, 1))
+	return err
 }
