@@ -41,19 +41,18 @@ const (
 	pickTries = 3
 )
 
-// Registry holds the live state of endpoints (latency, requests in flight, failures,
-// ejections) and the retry budgets, shared by the tables it builds: a new table reuses
-// the state of the endpoints and routes it shares with the previous one, so a
+// Registry carries the live state of endpoints (latency, requests in flight, failures,
+// ejections) and the retry budgets from each table it builds to the next: a new table
+// reuses the state of the endpoints and routes it shares with the previous one, so a
 // configuration change forgets nothing about them, and requests in flight on the old
-// table go on counting on the same state. State that the latest table no longer uses is
-// dropped from the registry (the tables that still hold it keep it alive until they go).
+// table go on counting on the same state. State that the latest table no longer uses
+// lives only as long as the tables that still hold it.
 type Registry struct {
 	clock Clock
 	epoch time.Time
 
-	mu        sync.Mutex // held by Build, which runs one at a time anyway
-	endpoints map[Endpoint]*EndpointState
-	budgets   map[budgetKey]*Budget
+	mu   sync.Mutex // held by Build, which runs one at a time anyway
+	last *Table     // the last table built, whose state the next one reuses
 }
 
 // NewRegistry returns an empty registry on clock (the system clock when nil).
@@ -61,7 +60,7 @@ func NewRegistry(clock Clock) *Registry {
 	if clock == nil {
 		clock = systemClock{}
 	}
-	return &Registry{clock: clock, epoch: clock.Now(), endpoints: map[Endpoint]*EndpointState{}, budgets: map[budgetKey]*Budget{}}
+	return &Registry{clock: clock, epoch: clock.Now()}
 }
 
 // now is the time since the registry's epoch, in nanoseconds: a monotonic count that
@@ -91,15 +90,6 @@ type EndpointState struct {
 	failures        uint32
 	ejections       int64
 	lastEjectionEnd int64
-}
-
-func (r *Registry) endpoint(ep Endpoint) *EndpointState {
-	if s, ok := r.endpoints[ep]; ok {
-		return s
-	}
-	s := &EndpointState{Endpoint: ep, reg: r, stamp: r.now()}
-	r.endpoints[ep] = s
-	return s
 }
 
 // decayLocked brings cost to now: a latency average with no new samples decays towards

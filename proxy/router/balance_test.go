@@ -367,6 +367,22 @@ func TestRetryBudget(t *testing.T) {
 	}
 }
 
+// State that a table no longer uses is not carried further: an endpoint that leaves the
+// configuration and comes back starts afresh, as does a route's budget.
+func TestStateLeftOutOfATableIsForgotten(t *testing.T) {
+	reg := router.NewRegistry(newFakeClock())
+	eps := endpoints(2)
+	r1, b1 := buildWith(t, reg, webRoute(&api.Route{}, eps[0]))
+	if _, err := reg.Build(&api.Snapshot{Services: []*api.Service{{Namespace: "shop", Name: "other",
+		Ports: []*api.ServicePort{port(80, backend("other", 1, eps[1]))}}}}, "shop", "cluster.local"); err != nil {
+		t.Fatal(err)
+	}
+	r3, b3 := buildWith(t, reg, webRoute(&api.Route{}, eps[0]))
+	if b3.Endpoints()[0] == b1.Endpoints()[0] || r3.Budget == r1.Budget {
+		t.Error("an endpoint and a route that were out of the last table came back with their old state")
+	}
+}
+
 func TestRetryBudgetSurvivesRebuild(t *testing.T) {
 	reg := router.NewRegistry(newFakeClock())
 	r1, _ := buildWith(t, reg, webRoute(&api.Route{}, endpoints(1)...))

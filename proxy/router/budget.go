@@ -37,33 +37,41 @@ type Budget struct {
 	percent int64
 	reserve int64 // retries allowed in any window, whatever the requests
 
-	mu       sync.Mutex
+	mu sync.Mutex
+	// window is made on the first request: a large configuration has a budget for each
+	// of its routes, and most of them never see one.
+	window *budgetWindow
+}
+
+type budgetWindow struct {
 	head     int64 // the second of the newest bucket
 	requests [budgetBuckets]int64
 	retries  [budgetBuckets]int64
 }
 
-func (r *Registry) budget(key budgetKey) *Budget {
-	if b, ok := r.budgets[key]; ok {
-		return b
-	}
-	b := &Budget{reg: r, percent: int64(key.percent), reserve: int64(key.minRate) * budgetBuckets}
-	r.budgets[key] = b
-	return b
+// key is the budget's key as route index of port.
+func (b *Budget) key(port *Port, index int) budgetKey {
+	return budgetKey{service: port.Service, port: port.Number, route: index,
+		percent: uint32(b.percent), minRate: uint32(b.reserve / budgetBuckets)}
 }
 
 // advanceLocked moves the window to now, emptying the buckets it leaves behind, and
-// returns the current bucket.
-func (b *Budget) advanceLocked(now int64) int {
-	sec := now / int64(budgetBucket)
-	if gap := sec - b.head; gap > 0 {
-		for i := range min(gap, budgetBuckets) {
-			k := (b.head + 1 + i) % budgetBuckets
-			b.requests[k], b.retries[k] = 0, 0
-		}
-		b.head = sec
+// returns it with its current bucket.
+func (b *Budget) advanceLocked(now int64) (*budgetWindow, int) {
+	w := b.window
+	if w == nil {
+		w = &budgetWindow{}
+		b.window = w
 	}
-	return int(b.head % budgetBuckets)
+	sec := now / int64(budgetBucket)
+	if gap := sec - w.head; gap > 0 {
+		for i := range min(gap, budgetBuckets) {
+			k := (w.head + 1 + i) % budgetBuckets
+			w.requests[k], w.retries[k] = 0, 0
+		}
+		w.head = sec
+	}
+	return w, int(w.head % budgetBuckets)
 }
 
 // Deposit counts one request (not a retry) into the budget. Backend.Pick does it for
@@ -72,7 +80,8 @@ func (b *Budget) Deposit() { b.deposit(b.reg.now()) }
 
 func (b *Budget) deposit(now int64) {
 	b.mu.Lock()
-	b.requests[b.advanceLocked(now)]++
+	w, cur := b.advanceLocked(now)
+	w.requests[cur]++
 	b.mu.Unlock()
 }
 
@@ -80,15 +89,15 @@ func (b *Budget) deposit(now int64) {
 func (b *Budget) Withdraw() bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	cur := b.advanceLocked(b.reg.now())
+	w, cur := b.advanceLocked(b.reg.now())
 	var requests, retries int64
 	for i := range budgetBuckets {
-		requests += b.requests[i]
-		retries += b.retries[i]
+		requests += w.requests[i]
+		retries += w.retries[i]
 	}
 	if (retries+1)*100 > requests*b.percent+b.reserve*100 {
 		return false
 	}
-	b.retries[cur]++
+	w.retries[cur]++
 	return true
 }

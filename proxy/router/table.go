@@ -164,8 +164,9 @@ func Build(snap *api.Snapshot, namespace, domain string) (*Table, error) {
 	return NewRegistry(nil).Build(snap, namespace, domain)
 }
 
-// builder builds one table, taking endpoint state and budgets from a registry and
-// noting which it used.
+// builder builds one table. It reuses the endpoint state and retry budgets of the
+// registry's last table for the endpoints and routes the new one shares with it, and
+// makes the rest.
 type builder struct {
 	reg       *Registry
 	endpoints map[Endpoint]*EndpointState
@@ -173,29 +174,62 @@ type builder struct {
 }
 
 // Build validates a snapshot and builds its table, like the package's Build, with the
-// live state the registry holds for the endpoints and routes the table shares with the
-// tables built before it. Once the table is built, the registry forgets the state that
-// it does not use.
+// live state of the endpoints and routes the table shares with the last table the
+// registry built. State that the new table does not use is left to the tables that
+// still hold it.
 func (r *Registry) Build(snap *api.Snapshot, namespace, domain string) (*Table, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	b := &builder{reg: r, endpoints: map[Endpoint]*EndpointState{}, budgets: map[budgetKey]*Budget{}}
+	b.reuse(r.last)
 	t, err := b.build(snap, namespace, domain)
 	if err != nil {
 		return nil, err
 	}
-	r.endpoints, r.budgets = b.endpoints, b.budgets
+	r.last = t
 	return t, nil
 }
 
+// reuse indexes the state of last (nil: none) for the build. The index lives only as
+// long as the build: kept between builds, its maps would cost a fifth of a large
+// table's memory.
+func (b *builder) reuse(last *Table) {
+	if last == nil {
+		return
+	}
+	for p := range last.Ports() {
+		for i, r := range p.routes {
+			b.budgets[r.Budget.key(p, i)] = r.Budget
+			for _, be := range r.backends {
+				b.reuseEndpoints(be)
+			}
+			for _, m := range r.Mirrors {
+				b.reuseEndpoints(m.Backend)
+			}
+		}
+	}
+}
+
+func (b *builder) reuseEndpoints(be *Backend) {
+	for _, e := range be.endpoints {
+		b.endpoints[e.Endpoint] = e
+	}
+}
+
 func (b *builder) endpoint(ep Endpoint) *EndpointState {
-	s := b.reg.endpoint(ep)
+	if s, ok := b.endpoints[ep]; ok {
+		return s
+	}
+	s := &EndpointState{Endpoint: ep, reg: b.reg, stamp: b.reg.now()}
 	b.endpoints[ep] = s
 	return s
 }
 
 func (b *builder) budget(key budgetKey) *Budget {
-	s := b.reg.budget(key)
+	if s, ok := b.budgets[key]; ok {
+		return s
+	}
+	s := &Budget{reg: b.reg, percent: int64(key.percent), reserve: int64(key.minRate) * budgetBuckets}
 	b.budgets[key] = s
 	return s
 }
