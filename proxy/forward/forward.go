@@ -70,7 +70,7 @@ type Request struct {
 // informational answers. Its error says the request asks to upgrade to an invalid
 // protocol.
 func (r *Request) Outgoing(ctx context.Context, w http.ResponseWriter, in *http.Request) (*http.Request, error) {
-	up := upgradeType(in.Header)
+	up := UpgradeType(in.Header)
 	if !isPrint(up) {
 		return nil, fmt.Errorf("the client asked to switch to the invalid protocol %q", up)
 	}

@@ -89,8 +89,9 @@ func contains(names []string, k string) bool {
 	return false
 }
 
-// upgradeType returns the protocol a message asks to switch to, or "".
-func upgradeType(h http.Header) string {
+// UpgradeType returns the protocol a message asks to switch to (its Upgrade header,
+// when its Connection header names the upgrade), or "".
+func UpgradeType(h http.Header) string {
 	if !httpguts.HeaderValuesContainsToken(h["Connection"], "Upgrade") {
 		return ""
 	}

@@ -14,7 +14,7 @@ import (
 // client with the 101, then copies the client's connection and the upstream's both ways
 // until either ends, or the request's context does.
 func switchProtocols(w http.ResponseWriter, out *http.Request, res *http.Response, x Exchange) {
-	asked, got := upgradeType(out.Header), upgradeType(res.Header)
+	asked, got := UpgradeType(out.Header), UpgradeType(res.Header)
 	switch {
 	case !isPrint(got):
 		_ = res.Body.Close()

@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
-	"golang.org/x/net/http/httpguts"
 
+	"github.com/braidmesh/braid/proxy/forward"
 	"github.com/braidmesh/braid/proxy/h2client"
 	"github.com/braidmesh/braid/proxy/router"
 	"github.com/braidmesh/braid/proxy/sockio"
@@ -147,9 +147,7 @@ func (m *meshRoundTripper) RoundTrip(req *http.Request) (*http.Response, error) 
 }
 
 // isUpgrade reports whether a request asks to switch protocols (WebSocket and the like).
-func isUpgrade(r *http.Request) bool {
-	return r.Header.Get("Upgrade") != "" && httpguts.HeaderValuesContainsToken(r.Header["Connection"], "Upgrade")
-}
+func isUpgrade(r *http.Request) bool { return forward.UpgradeType(r.Header) != "" }
 
 func (m *meshRoundTripper) transport(ep router.Endpoint, upgrade bool) http.RoundTripper {
 	m.mu.Lock()
