@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/braidmesh/braid/proxy/h1client"
+	"github.com/braidmesh/braid/proxy/internal/polltest"
 	"github.com/braidmesh/braid/proxy/sockio"
 )
 
@@ -231,7 +232,7 @@ func TestAClosedIdleConnectionIsNotUsed(t *testing.T) {
 		if _, body := roundTrip(t, tr, req); body != "ok" {
 			t.Fatalf("request %d: %q", i, body)
 		}
-		waitFor(t, func() bool { return accepted.Load() == int64(i+1) })
+		polltest.Until(t, func() bool { return accepted.Load() == int64(i+1) })
 		time.Sleep(20 * time.Millisecond) // the FIN crosses loopback
 	}
 	if n := accepted.Load(); n != 3 {
@@ -396,16 +397,6 @@ func TestIdleConnectionsExpire(t *testing.T) {
 	get(t, tr, a.URL)
 	if n := a.conns.Load(); n != 2 {
 		t.Errorf("a connection idle for 61 s was reused (%d connections)", n)
-	}
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); !cond(); {
-		if time.Now().After(deadline) {
-			t.Fatal("the condition never held")
-		}
-		time.Sleep(time.Millisecond)
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/braidmesh/braid/proxy/internal/polltest"
 	"github.com/braidmesh/braid/proxy/sockio"
 )
 
@@ -248,7 +249,7 @@ func TestCheckIdle(t *testing.T) {
 	if _, err := s.Write([]byte("x")); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, func() bool { return sockio.CheckIdle(c) != nil })
+	polltest.Until(t, func() bool { return sockio.CheckIdle(c) != nil })
 	if err := sockio.CheckIdle(c); !errors.Is(err, sockio.ErrNotIdle) {
 		t.Fatalf("a connection with unread bytes: %v, want ErrNotIdle", err)
 	}
@@ -262,7 +263,7 @@ func TestCheckIdle(t *testing.T) {
 		if conn == c {
 			_ = s.Close()
 		}
-		waitFor(t, func() bool { return sockio.CheckIdle(conn) != nil })
+		polltest.Until(t, func() bool { return sockio.CheckIdle(conn) != nil })
 		if err := sockio.CheckIdle(conn); !errors.Is(err, sockio.ErrNotIdle) {
 			t.Fatalf("%T whose peer closed: %v, want ErrNotIdle", conn, err)
 		}
@@ -272,15 +273,4 @@ func TestCheckIdle(t *testing.T) {
 func readsOne(c net.Conn, b []byte) bool {
 	n, err := c.Read(b)
 	return n == 1 && err == nil
-}
-
-// waitFor polls cond for up to 5 s: bytes and FINs cross loopback asynchronously.
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); !cond(); {
-		if time.Now().After(deadline) {
-			t.Fatal("the condition never held")
-		}
-		time.Sleep(time.Millisecond)
-	}
 }
