@@ -380,6 +380,11 @@ func (b *builder) buildBackend(be *api.Backend, limit int64, outlier outlierConf
 		if err != nil {
 			return nil, err
 		}
+		if n := len(built.endpoints); n > 0 && built.endpoints[n-1].Identity == ep.Identity {
+			// The endpoints of a backend mostly run as one ServiceAccount, and each
+			// brings its own copy of the SPIFFE ID: keep one.
+			ep.Identity = built.endpoints[n-1].Identity
+		}
 		built.endpoints = append(built.endpoints, b.endpoint(ep))
 	}
 	return built, nil
