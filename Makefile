@@ -72,9 +72,10 @@ unit: ## Run the Go tests (unit, envtest integration and envtest-driven e2e).
 	KUBEBUILDER_ASSETS="$(ENVTEST_ASSETS)" $(GO) test $(TEST_FLAGS) ./...
 
 .PHONY: build
-build: ## Build the operator and the proxy into bin/.
+build: ## Build the operator, the proxy and braid-init into bin/.
 	CGO_ENABLED=0 $(GO) build -trimpath -tags $(RELEASE_TAGS) -o $(LOCALBIN)/braid-operator .
 	CGO_ENABLED=0 $(GO) build -trimpath -tags $(RELEASE_TAGS) -o $(LOCALBIN)/braid-proxy ./cmd/braid-proxy
+	CGO_ENABLED=0 $(GO) build -trimpath -tags $(RELEASE_TAGS) -o $(LOCALBIN)/braid-init ./cmd/braid-init
 
 .PHONY: lint
 lint: $(GOLANGCI_LINT) ## Run golangci-lint (linters listed in .golangci.yml).
@@ -156,7 +157,7 @@ tools: $(CONTROLLER_GEN) $(KUSTOMIZE) $(GOLANGCI_LINT) $(BUF) $(PROTOC_GEN_GO) $
 
 .PHONY: clean
 clean: ## Remove build outputs (keeps the cached tools and envtest binaries).
-	rm -f $(LOCALBIN)/braid-operator $(LOCALBIN)/braid-proxy $(LOCALBIN)/braid
+	rm -f $(LOCALBIN)/braid-operator $(LOCALBIN)/braid-proxy $(LOCALBIN)/braid-init $(LOCALBIN)/braid
 
 .PHONY: help
 help: ## Show this help.

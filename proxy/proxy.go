@@ -40,7 +40,7 @@ type Options struct {
 	// ConfigPoll is how often the config file is checked for changes (1 s when zero).
 	ConfigPoll time.Duration
 	// OutboundAddr is where the outbound listener listens: for explicit HTTP requests, and
-	// for the connections braid-proxy init redirects to it (see outbound.Listener).
+	// for the connections braid-init redirects to it (see outbound.Listener).
 	OutboundAddr string
 	// DetectTimeout bounds protocol detection on transparent connections
 	// (outbound.DefaultDetectTimeout when zero).
@@ -62,7 +62,7 @@ type Options struct {
 	// DrainTimeout bounds how long shutdown waits for requests in flight.
 	DrainTimeout time.Duration
 	// InboundAddr is where the inbound listener listens: mTLS from peer proxies, and the
-	// plaintext connections braid-proxy init redirects to it. Empty: no inbound listener.
+	// plaintext connections braid-init redirects to it. Empty: no inbound listener.
 	InboundAddr string
 	// AppHost is the address the application listens on, from the proxy's point of view
 	// (127.0.0.1 when empty).

@@ -2,7 +2,9 @@
 //
 //	braid-proxy [flags]                    streams its configuration from the control plane
 //	braid-proxy run --config FILE [flags]  runs standalone from a config file (docs/proxy-config.md)
-//	braid-proxy init [flags]               redirects the pod's TCP to the proxy (nftables)
+//
+// The pod's init container, which redirects its TCP to the proxy, is braid-init
+// (cmd/braid-init), shipped in the same image.
 package main
 
 import (
@@ -30,7 +32,7 @@ func main() {
 
 func run(args []string) error {
 	if len(args) > 0 && args[0] == "init" {
-		return runInit(args[1:], os.Stdout)
+		return errors.New("init is braid-init now, a binary of its own in the same image (/braid-init)")
 	}
 	if len(args) > 0 && args[0] == "await" {
 		return runAwait(args[1:])

@@ -5,8 +5,9 @@
 //	go run ./hack/images --out bin/images
 //
 // It writes pause.tar (the local cluster's sandbox image), braid-operator.tar,
-// braid-proxy.tar and demo-app.tar. An image whose binary has not changed is not
-// rewritten, so a second run only pays for the (cached) go build.
+// braid-proxy.tar (the proxy and braid-init, its pod's init container) and demo-app.tar.
+// An image whose binaries have not changed is not rewritten, so a second run only pays
+// for the (cached) go builds.
 package main
 
 import (
@@ -29,22 +30,26 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 )
 
-// image is one image: the Go package of its binary and how it runs.
+// image is one image: its binaries and how it runs.
 type image struct {
-	file    string // tarball name under --out
-	repo    string // repository under --registry
-	pkg     string // Go package of the binary
-	binary  string // path of the binary in the image (its entrypoint)
-	user    string // numeric user, empty for root
-	exposed []string
+	file     string   // tarball name under --out
+	repo     string   // repository under --registry
+	binaries []binary // the first is the entrypoint
+	user     string   // numeric user, empty for root
+	exposed  []string
+}
+
+// binary is a Go package built into an image at a path.
+type binary struct {
+	pkg, path string
 }
 
 var images = []image{
-	{file: "pause.tar", repo: "pause", pkg: "./hack/images/pause", binary: "/pause", user: "65535"},
-	{file: "braid-operator.tar", repo: "braid-operator", pkg: ".", binary: "/braid-operator", user: "65532", exposed: []string{"9443/tcp", "15010/tcp", "15011/tcp", "8080/tcp", "8081/tcp"}},
-	// No user: braid-init (the same image) runs as root; the injector sets the proxy's user.
-	{file: "braid-proxy.tar", repo: "braid-proxy", pkg: "./cmd/braid-proxy", binary: "/braid-proxy"},
-	{file: "demo-app.tar", repo: "demo-app", pkg: "./hack/demo-app", binary: "/demo-app", user: "65532", exposed: []string{"8080/tcp"}},
+	{file: "pause.tar", repo: "pause", binaries: []binary{{"./hack/images/pause", "/pause"}}, user: "65535"},
+	{file: "braid-operator.tar", repo: "braid-operator", binaries: []binary{{".", "/braid-operator"}}, user: "65532", exposed: []string{"9443/tcp", "15010/tcp", "15011/tcp", "8080/tcp", "8081/tcp"}},
+	// No user: braid-init runs as root; the injector sets the proxy's user.
+	{file: "braid-proxy.tar", repo: "braid-proxy", binaries: []binary{{"./cmd/braid-proxy", "/braid-proxy"}, {"./cmd/braid-init", "/braid-init"}}},
+	{file: "demo-app.tar", repo: "demo-app", binaries: []binary{{"./hack/demo-app", "/demo-app"}}, user: "65532", exposed: []string{"8080/tcp"}},
 }
 
 func main() {
@@ -70,32 +75,28 @@ func run(out, registry, tag string) error {
 	for _, img := range images {
 		t := time.Now()
 		ref := fmt.Sprintf("%s/%s:%s", registry, img.repo, tag)
-		bin := filepath.Join(work, filepath.Base(img.binary))
-		// grpcnotrace: nothing serves gRPC's /debug/requests, and leaving x/net/trace out
-		// saves the proxy 1.5 MB of resident memory.
-		cmd := exec.Command("go", "build", "-trimpath", "-tags", "grpcnotrace", "-ldflags", "-s -w", "-o", bin, img.pkg)
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+runtime.GOARCH)
-		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-		if err := cmd.Run(); err != nil {
-			return fmt.Errorf("building %s: %w", img.pkg, err)
+		contents := make([][]byte, len(img.binaries))
+		h := sha256.New()
+		for i, b := range img.binaries {
+			if contents[i], err = build(work, b); err != nil {
+				return err
+			}
+			h.Write(contents[i])
 		}
-		content, err := os.ReadFile(bin)
-		if err != nil {
-			return err
-		}
-		sum := sha256.Sum256(append(content, ref...))
+		h.Write([]byte(ref))
+		sum := h.Sum(nil)
 		stamp := filepath.Join(out, img.file+".sha256")
 		tarPath := filepath.Join(out, img.file)
-		if old, err := os.ReadFile(stamp); err == nil && string(old) == hex.EncodeToString(sum[:]) {
+		if old, err := os.ReadFile(stamp); err == nil && string(old) == hex.EncodeToString(sum) {
 			if _, err := os.Stat(tarPath); err == nil {
 				fmt.Printf("  %-42s unchanged\n", ref)
 				continue
 			}
 		}
-		if err := write(tarPath, ref, img, content); err != nil {
+		if err := write(tarPath, ref, img, contents); err != nil {
 			return fmt.Errorf("image %s: %w", ref, err)
 		}
-		if err := os.WriteFile(stamp, []byte(hex.EncodeToString(sum[:])), 0o644); err != nil {
+		if err := os.WriteFile(stamp, []byte(hex.EncodeToString(sum)), 0o644); err != nil {
 			return err
 		}
 		st, _ := os.Stat(tarPath)
@@ -104,10 +105,28 @@ func run(out, registry, tag string) error {
 	return nil
 }
 
-// write builds the image (one layer holding the binary and an empty /tmp) and writes it
-// as a docker-archive. Timestamps are zero, so the same binary gives the same digest.
-func write(path, ref string, img image, binary []byte) error {
-	layerTar, err := layerOf(img.binary, binary)
+// build builds b for the image's platform in dir and returns the binary.
+func build(dir string, b binary) ([]byte, error) {
+	bin := filepath.Join(dir, filepath.Base(b.path))
+	// grpcnotrace: nothing serves gRPC's /debug/requests, and leaving x/net/trace out
+	// saves the proxy 1.5 MB of resident memory.
+	cmd := exec.Command("go", "build", "-trimpath", "-tags", "grpcnotrace", "-ldflags", "-s -w", "-o", bin, b.pkg)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+runtime.GOARCH)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		return nil, fmt.Errorf("building %s: %w", b.pkg, err)
+	}
+	content, err := os.ReadFile(bin)
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", b.pkg, err)
+	}
+	return content, nil
+}
+
+// write builds the image (one layer holding the binaries and an empty /tmp) and writes
+// it as a docker-archive. Timestamps are zero, so the same binaries give the same digest.
+func write(path, ref string, img image, contents [][]byte) error {
+	layerTar, err := layerOf(img.binaries, contents)
 	if err != nil {
 		return err
 	}
@@ -126,7 +145,7 @@ func write(path, ref string, img image, binary []byte) error {
 	}
 	cf = cf.DeepCopy()
 	cf.OS, cf.Architecture = "linux", runtime.GOARCH
-	cf.Config.Entrypoint = []string{img.binary}
+	cf.Config.Entrypoint = []string{img.binaries[0].path}
 	cf.Config.User = img.user
 	cf.Config.WorkingDir = "/"
 	cf.Config.Env = []string{"PATH=/"}
@@ -152,23 +171,19 @@ func write(path, ref string, img image, binary []byte) error {
 	return os.Rename(tmp, path)
 }
 
-func layerOf(binPath string, binary []byte) ([]byte, error) {
+func layerOf(binaries []binary, contents [][]byte) ([]byte, error) {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
-	var zero time.Time
-	entries := []*tar.Header{
-		{Name: "tmp/", Typeflag: tar.TypeDir, Mode: 0o1777, ModTime: zero},
-		{Name: binPath[1:], Typeflag: tar.TypeReg, Mode: 0o755, Size: int64(len(binary)), ModTime: zero},
+	if err := tw.WriteHeader(&tar.Header{Name: "tmp/", Typeflag: tar.TypeDir, Mode: 0o1777, Format: tar.FormatPAX}); err != nil {
+		return nil, err
 	}
-	for _, h := range entries {
-		h.Format = tar.FormatPAX
+	for i, b := range binaries {
+		h := &tar.Header{Name: b.path[1:], Typeflag: tar.TypeReg, Mode: 0o755, Size: int64(len(contents[i])), Format: tar.FormatPAX}
 		if err := tw.WriteHeader(h); err != nil {
 			return nil, err
 		}
-		if h.Typeflag == tar.TypeReg {
-			if _, err := tw.Write(binary); err != nil {
-				return nil, err
-			}
+		if _, err := tw.Write(contents[i]); err != nil {
+			return nil, err
 		}
 	}
 	if err := tw.Close(); err != nil {

@@ -53,7 +53,7 @@ func annotationProblem(key string, ann map[string]string, err error) string {
 	return fmt.Sprintf("annotation %s: %q: %v", key, ann[key], err)
 }
 
-// parsePorts parses a comma-separated list of ports, as braid-proxy init does.
+// parsePorts parses a comma-separated list of ports, as braid-init does.
 func parsePorts(s string) ([]int, error) {
 	var out []int
 	for _, f := range splitList(s) {
@@ -77,7 +77,7 @@ func joinPorts(ports []int) string {
 	return strings.Join(parts, ",")
 }
 
-// parseCIDRs parses a comma-separated list of networks or addresses, as braid-proxy init
+// parseCIDRs parses a comma-separated list of networks or addresses, as braid-init
 // does, and returns it normalised (an address as a one-host network, host bits cleared).
 func parseCIDRs(s string) (string, error) {
 	var out []string

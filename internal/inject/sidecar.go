@@ -18,6 +18,7 @@ const (
 	TrustDir       = "/var/run/secrets/braid.dev/trust"
 	TrustFile      = TrustDir + "/" + TrustBundleKey
 	proxyBinary    = "/braid-proxy"
+	initBinary     = "/braid-init" // in the proxy's image
 	tokenLifetime  = 3600
 	startupSeconds = 120
 )
@@ -30,7 +31,7 @@ var AwaitCommand = []string{proxyBinary, "await", "--admin", "127.0.0.1:" + strc
 // initContainer is braid-init: it redirects the pod's TCP to the proxy with nftables. It
 // runs as root with NET_ADMIN and NET_RAW only, whatever user the pod asks for.
 func initContainer(image string, s settings) corev1.Container {
-	cmd := []string{proxyBinary, "init",
+	cmd := []string{initBinary,
 		"--proxy-uid", strconv.Itoa(ProxyUID),
 		"--inbound-port", strconv.Itoa(InboundPort),
 		"--outbound-port", strconv.Itoa(OutboundPort),

@@ -1,5 +1,5 @@
 // Package netinit programs a pod's network namespace so that its TCP traffic goes through
-// the proxy: braid-proxy init. It writes one nftables table, inet braid, with two NAT
+// the proxy: braid-init. It writes one nftables table, inet braid, with two NAT
 // chains. prerouting redirects inbound TCP to the proxy's inbound port; output redirects
 // the pod's outbound TCP to the proxy's outbound port, except the proxy's own traffic.
 // Building the rules is a pure function of Options (Rules); Apply writes them.
@@ -18,7 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// TableName is the nftables table (family inet) that braid-proxy init owns: it deletes and
+// TableName is the nftables table (family inet) that braid-init owns: it deletes and
 // recreates it whole, and touches nothing else.
 const TableName = "braid"
 

@@ -1,5 +1,5 @@
 // Package origdst reads where a redirected connection was going: the destination it had
-// before netfilter's NAT (braid-proxy init's redirect) sent it to the proxy.
+// before netfilter's NAT (braid-init's redirect) sent it to the proxy.
 package origdst
 
 import (

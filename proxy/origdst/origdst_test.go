@@ -51,7 +51,7 @@ func TestNotRedirected(t *testing.T) {
 	}
 }
 
-// In a network namespace whose output is redirected by braid-proxy init's rules, the
+// In a network namespace whose output is redirected by braid-init's rules, the
 // proxy reads where IPv4 and IPv6 connections were going.
 func TestRedirected(t *testing.T) {
 	if os.Geteuid() != 0 {

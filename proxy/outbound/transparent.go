@@ -38,7 +38,7 @@ type ListenerConfig struct {
 }
 
 // Listener is the outbound listener. Applications reach it explicitly, with HTTP
-// requests whose Host names a Service, or transparently, redirected by braid-proxy init
+// requests whose Host names a Service, or transparently, redirected by braid-init
 // on their way to somewhere else. Its Accept returns the connections that carry HTTP,
 // for an http.Server with the outbound Handler and ConnContext; it forwards the others
 // as opaque TCP itself:
@@ -186,7 +186,7 @@ func (l *Listener) dispatch(c net.Conn) {
 	}
 	log := l.cfg.Log.WithValues("client", tc.RemoteAddr().String(), "destination", dst.String())
 	if _, loop := l.upstreams.Load(addrPort(tc.RemoteAddr())); loop {
-		log.Info("Refused a connection from the proxy to itself: its own upstream connections are redirected back to it (is braid-proxy init's --proxy-uid the proxy's user?)")
+		log.Info("Refused a connection from the proxy to itself: its own upstream connections are redirected back to it (is braid-init's --proxy-uid the proxy's user?)")
 		refuse(tc)
 		return
 	}

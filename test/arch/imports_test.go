@@ -42,6 +42,13 @@ func TestProxyImportsNoKubernetesClient(t *testing.T) {
 		"github.com/braidmesh/braid/internal", "github.com/braidmesh/braid/controllers")
 }
 
+// braid-init's netlink and nftables code, which runs once as root, stays out of the
+// sidecar that runs for the pod's whole life (and counts in its resident memory).
+func TestProxyLinksNoInterceptionSetup(t *testing.T) {
+	forbid(t, "./cmd/braid-proxy",
+		"github.com/google/nftables", "github.com/mdlayher/netlink", "github.com/braidmesh/braid/proxy/netinit")
+}
+
 // The compiler is pure: plain objects in, proxy config out.
 func TestCompilerImportsNoKubernetesClient(t *testing.T) {
 	forbid(t, "./internal/mesh", "k8s.io/client-go", "sigs.k8s.io/controller-runtime",

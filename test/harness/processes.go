@@ -62,12 +62,23 @@ func (b *Backend) Close() error { return b.srv.Close() }
 
 // BuildProxy builds braid-proxy into dir and returns the binary's path.
 func BuildProxy(ctx context.Context, dir string) (string, error) {
-	bin := filepath.Join(dir, "braid-proxy")
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/braid-proxy")
+	return build(ctx, dir, "braid-proxy")
+}
+
+// BuildInit builds braid-init, the pod's init container, into dir and returns the
+// binary's path.
+func BuildInit(ctx context.Context, dir string) (string, error) {
+	return build(ctx, dir, "braid-init")
+}
+
+// build builds the command cmd/name into dir.
+func build(ctx context.Context, dir, name string) (string, error) {
+	bin := filepath.Join(dir, name)
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/"+name)
 	cmd.Dir = RepoRoot()
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("building braid-proxy: %w\n%s", err, out)
+		return "", fmt.Errorf("building %s: %w\n%s", name, err, out)
 	}
 	return bin, nil
 }

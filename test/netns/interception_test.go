@@ -1,5 +1,5 @@
 // Package netns tests transparent interception for real, in Linux network namespaces: a
-// "pod" namespace whose TCP braid-proxy init redirects to a braid-proxy running there as
+// "pod" namespace whose TCP braid-init redirects to a braid-proxy running there as
 // its own user, and a "peer" namespace across a veth pair that holds the servers. The
 // tests need root and ip netns, and skip without them.
 package netns
@@ -276,18 +276,22 @@ func setUp(t *testing.T) *pod {
 	if err != nil {
 		t.Fatal(err)
 	}
+	initBin, err := harness.BuildInit(t.Context(), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
 	configFile := filepath.Join(dir, "braid.yaml")
 	if err := os.WriteFile(configFile, []byte(config), 0o644); err != nil {
 		t.Fatal(err)
 	}
 
-	out, err := p.ns.run(exec.Command(bin, "init", "--proxy-uid", fmt.Sprint(proxyUID), "--inbound-port", "15006",
+	out, err := p.ns.run(exec.Command(initBin, "--proxy-uid", fmt.Sprint(proxyUID), "--inbound-port", "15006",
 		"--outbound-port", "15001", "--skip-inbound-ports", "15000,15006", "--skip-outbound-ports", "25,3306",
 		"--skip-outbound-cidrs", "10.0.0.0/8,fd00::/8"))
 	if err != nil {
-		t.Fatalf("braid-proxy init: %v\n%s", err, out)
+		t.Fatalf("braid-init: %v\n%s", err, out)
 	}
-	t.Logf("braid-proxy init: %s", strings.TrimSpace(out))
+	t.Log(strings.TrimSpace(out))
 
 	p.startProxy(t, bin, configFile)
 	return p

@@ -74,7 +74,7 @@ func runIsolated(m *testing.M) int {
 
 // isolated runs the calling test again in a network namespace of its own, where it may
 // change the firewall (nftables rules that redirect connections to the proxy, as
-// braid-proxy init does in a pod): it returns true there, and the test goes on; in the
+// braid-init does in a pod): it returns true there, and the test goes on; in the
 // first run it waits for that re-run, fails the test when it failed, and returns false.
 // It skips the test where a network namespace or nft is not available.
 func isolated(t *testing.T) bool {

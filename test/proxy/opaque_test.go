@@ -49,7 +49,7 @@ func greeter(t *testing.T, name string) int {
 }
 
 // redirect installs nftables rules that send the connections to the cluster IPs' port
-// 5432 to the client proxy's outbound listener, as braid-proxy init does in a pod.
+// 5432 to the client proxy's outbound listener, as braid-init does in a pod.
 func redirect(t *testing.T, outboundAddr string) {
 	t.Helper()
 	_, port, err := net.SplitHostPort(outboundAddr)

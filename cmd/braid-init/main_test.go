@@ -7,7 +7,7 @@ import (
 
 func TestInitDryRun(t *testing.T) {
 	var out strings.Builder
-	err := runInit([]string{"--proxy-uid", "2102", "--inbound-port", "15006", "--outbound-port", "15001",
+	err := run([]string{"--proxy-uid", "2102", "--inbound-port", "15006", "--outbound-port", "15001",
 		"--skip-inbound-ports", "15000,15006", "--skip-outbound-ports", "25,3306",
 		"--skip-outbound-cidrs", "10.0.0.0/8,fd00::/8", "--dry-run"}, &out)
 	if err != nil {
@@ -21,7 +21,7 @@ func TestInitDryRun(t *testing.T) {
 	}
 	// Empty lists are fine.
 	out.Reset()
-	if err := runInit([]string{"--proxy-uid", "2102", "--skip-inbound-ports", "", "--skip-outbound-ports", "",
+	if err := run([]string{"--proxy-uid", "2102", "--skip-inbound-ports", "", "--skip-outbound-ports", "",
 		"--skip-outbound-cidrs", "", "--dry-run"}, &out); err != nil {
 		t.Errorf("empty lists: %v", err)
 	}
@@ -37,11 +37,11 @@ func TestInitRejectsBadFlags(t *testing.T) {
 		"bad cidr":    {[]string{"--proxy-uid", "1", "--skip-outbound-cidrs", "10.0.0.0/40"}, "--skip-outbound-cidrs"},
 		"host bits":   {[]string{"--proxy-uid", "1", "--skip-outbound-cidrs", "10.1.0.0/8"}, "did you mean 10.0.0.0/8"},
 		"port range":  {[]string{"--proxy-uid", "1", "--inbound-port", "70000"}, "--inbound-port 70000 is not a port"},
-		"extra words": {[]string{"--proxy-uid", "1", "now"}, "init takes no arguments"},
+		"extra words": {[]string{"--proxy-uid", "1", "now"}, "braid-init takes no arguments"},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {
-			err := runInit(append(c.args, "--dry-run"), &strings.Builder{})
+			err := run(append(c.args, "--dry-run"), &strings.Builder{})
 			if err == nil || !strings.Contains(err.Error(), c.want) {
 				t.Errorf("error %v, want one saying %q", err, c.want)
 			}

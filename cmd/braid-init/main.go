@@ -1,3 +1,11 @@
+// Command braid-init is the meshed pod's init container: it redirects the pod's TCP to
+// its proxy with nftables, or with --dry-run prints the rules it would write.
+//
+//	braid-init --proxy-uid UID [flags]
+//
+// It is its own binary, shipped in the braid-proxy image beside the proxy, so that the
+// long-running sidecar carries no netlink or nftables code (0.4 MB of resident memory in
+// every pod) and the one program that runs as root with NET_ADMIN is small.
 package main
 
 import (
@@ -5,15 +13,22 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"strconv"
 
 	"github.com/braidmesh/braid/proxy/netinit"
 )
 
-// runInit is braid-proxy init: it redirects the pod's TCP to the proxy with nftables, or
-// with --dry-run prints the rules it would write.
-func runInit(args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("braid-proxy init", flag.ContinueOnError)
+func main() {
+	if err := run(os.Args[1:], os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "braid-init:", err)
+		os.Exit(1)
+	}
+}
+
+// run redirects the pod's TCP to the proxy as args say, or prints the rules.
+func run(args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("braid-init", flag.ContinueOnError)
 	var (
 		o                          netinit.Options
 		uid, inbound, outbound     uint
@@ -34,7 +49,7 @@ func runInit(args []string, stdout io.Writer) error {
 		return fmt.Errorf("parsing the command line: %w", err)
 	}
 	if fs.NArg() > 0 {
-		return fmt.Errorf("init takes no arguments, got %q", fs.Args())
+		return fmt.Errorf("braid-init takes no arguments, got %q", fs.Args())
 	}
 	var errs []error
 	o.ProxyUID = uint32(min(uid, 1<<32-1))
@@ -67,7 +82,7 @@ func runInit(args []string, stdout io.Writer) error {
 	if err := netinit.Apply(o); err != nil {
 		return err
 	}
-	_, err = fmt.Fprintf(stdout, "braid-proxy init: TCP redirected: inbound to :%d, outbound to :%d (table inet %s)\n",
+	_, err = fmt.Fprintf(stdout, "braid-init: TCP redirected: inbound to :%d, outbound to :%d (table inet %s)\n",
 		o.InboundPort, o.OutboundPort, netinit.TableName)
 	return err
 }
