@@ -14,7 +14,7 @@ import (
 // GOGC and GOMEMLIMIT from the environment, else growth of 100% and no memory limit.
 //
 // Those defaults suit a sidecar (docs/benchmarks.md has the measurements): its live heap
-// is small (about 4 MB with 1000 Services configured) and nearly all its garbage is per
+// is small (about 2.5 MB with 1000 Services configured) and nearly all its garbage is per
 // request. A growth of 200% halves the collections (GC is 7–11% of a proxy's CPU at full
 // load) but adds the live heap again to the resident set, which the memory budget (20 MB
 // with 1000 Services) cannot spare. A soft memory limit near that budget makes the
