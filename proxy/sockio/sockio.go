@@ -152,13 +152,15 @@ func (c *Conn) write(fd uintptr) bool {
 	return true
 }
 
-// opError words err as net does for op: an *net.OpError naming both addresses. An error
-// the RawConn already wrapped keeps its cause (deadlines, a closed connection) and
-// takes op's name.
+// opError words err as net does for op: an *net.OpError naming both addresses. The
+// RawConn already wraps its own errors (deadlines, a closed connection) so, in an
+// *net.OpError made for this call alone: that one takes op's name, and no second is
+// made (a read cut short by a past deadline is how net/http ends every request's
+// background read).
 func (c *Conn) opError(op string, err error) error {
-	var oe *net.OpError
-	if errors.As(err, &oe) {
-		err = oe.Err
+	if oe, ok := err.(*net.OpError); ok { //nolint:errorlint // RawConn returns it unwrapped; errors.As allocates
+		oe.Op = op
+		return oe
 	}
 	return &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
 }

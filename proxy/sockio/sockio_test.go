@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/braidmesh/braid/proxy/internal/h2test"
 	"github.com/braidmesh/braid/proxy/internal/polltest"
 	"github.com/braidmesh/braid/proxy/sockio"
 )
@@ -99,8 +100,24 @@ func TestReadDeadline(t *testing.T) {
 		t.Fatalf("Read past the deadline = %v; want a timeout (os.ErrDeadlineExceeded)", err)
 	}
 	var oe *net.OpError
-	if !errors.As(err, &oe) || oe.Op != "read" {
-		t.Fatalf("error %#v; want a *net.OpError for op read", err)
+	if !errors.As(err, &oe) || oe.Op != "read" || oe.Source == nil || oe.Addr == nil {
+		t.Fatalf("error %#v; want a *net.OpError for op read naming both addresses", err)
+	}
+}
+
+// net/http ends every request's background read with a past deadline: the error that
+// read returns is the one net makes, renamed, and no second.
+func TestReadPastADeadlineMakesOneError(t *testing.T) {
+	if h2test.RaceEnabled {
+		t.Skip("the race detector allocates")
+	}
+	c, _ := pair(t)
+	if err := c.SetReadDeadline(time.Unix(1, 0)); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 1)
+	if n := testing.AllocsPerRun(100, func() { _, _ = c.Read(buf) }); n > 1 {
+		t.Errorf("a read past its deadline made %.0f allocations, want the one error", n)
 	}
 }
 
