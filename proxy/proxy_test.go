@@ -5,17 +5,22 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/go-logr/logr/testr"
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/braidmesh/braid/internal/configserver"
 	"github.com/braidmesh/braid/proxy"
 	"github.com/braidmesh/braid/proxy/api"
+	"github.com/braidmesh/braid/proxy/sockio"
 )
 
 const eventually = 10 * time.Second
@@ -234,4 +239,84 @@ func endpointsOf(snap *api.Snapshot) []string {
 		}
 	}
 	return out
+}
+
+// The inbound listener's connections come from peer proxies: each carries
+// sockio.PeerUserTimeout, so that a peer lost without a FIN or RST fails them.
+func TestInboundConnectionsCarryThePeerUserTimeout(t *testing.T) {
+	config := filepath.Join(t.TempDir(), "braid.yaml")
+	if err := os.WriteFile(config, []byte("version: 1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	opts := proxy.Options{
+		ConfigFile: config, ConfigPoll: time.Second, InboundAddr: freeAddr(t), OutboundAddr: freeAddr(t), AdminAddr: freeAddr(t),
+		Namespace: "shop", ClusterDomain: "cluster.local", DrainTimeout: time.Second,
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- proxy.Run(ctx, testr.New(t), opts) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-ran; err != nil {
+			t.Error(err)
+		}
+	})
+	var c net.Conn
+	deadline := time.Now().Add(eventually)
+	for {
+		var err error
+		if c, err = net.Dial("tcp", opts.InboundAddr); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the inbound listener never accepted: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	defer func() { _ = c.Close() }()
+	for {
+		fd, ok := acceptedSocket(t, c.(*net.TCPConn))
+		if ok {
+			ms, err := unix.GetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT)
+			if err != nil || time.Duration(ms)*time.Millisecond != sockio.PeerUserTimeout {
+				t.Fatalf("the accepted connection's TCP_USER_TIMEOUT is %d ms (%v), want %s", ms, err, sockio.PeerUserTimeout)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("found no accepted socket for the connection in the process")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// acceptedSocket finds, among the process's file descriptors, the server end of the
+// loopback connection c: the proxy runs in the test's process.
+func acceptedSocket(t *testing.T, c *net.TCPConn) (int, bool) {
+	t.Helper()
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skipf("no /proc/self/fd: %v", err)
+	}
+	local, remote := c.LocalAddr().(*net.TCPAddr), c.RemoteAddr().(*net.TCPAddr)
+	for _, e := range entries {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		name, err1 := unix.Getsockname(fd)
+		peer, err2 := unix.Getpeername(fd)
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		if sameAddr(name, remote) && sameAddr(peer, local) {
+			return fd, true
+		}
+	}
+	return 0, false
+}
+
+func sameAddr(sa unix.Sockaddr, addr *net.TCPAddr) bool {
+	in, ok := sa.(*unix.SockaddrInet4)
+	return ok && in.Port == addr.Port && net.IP(in.Addr[:]).Equal(addr.IP)
 }
