@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,6 +31,8 @@ type conn struct {
 
 	wmu          sync.Mutex
 	bw           *bufio.Writer
+	flushReq     chan struct{} // frames wait in bw for flushLoop (cap 1)
+	stopFlush    chan struct{} // closed with the connection
 	henc         *hpack.Encoder
 	hbuf         bytes.Buffer
 	writeTimeout time.Duration
@@ -71,6 +74,7 @@ func newConn(t *Transport, addr string, nc net.Conn) (*conn, error) {
 		ready: make(chan struct{}), streams: map[uint32]*stream{}, nextID: 1,
 		maxStreams: maxPeerStreamsDefault, maxFrame: 16384, peerWindow: 65535,
 		sendWindow: 65535, recvWindow: connRecvWindow, writeTimeout: t.writeTimeout(),
+		flushReq: make(chan struct{}, 1), stopFlush: make(chan struct{}),
 	}
 	cc.cond = sync.NewCond(&cc.mu)
 	cc.bw = bufio.NewWriterSize(nc, 16<<10)
@@ -89,6 +93,7 @@ func newConn(t *Transport, addr string, nc net.Conn) (*conn, error) {
 		return nil, err
 	}
 	go cc.readLoop()
+	go cc.flushLoop()
 	if err := cc.awaitSettings(); err != nil {
 		return cc, err
 	}
@@ -231,6 +236,7 @@ func (cc *conn) closeConn() {
 	cc.closeOnce.Do(func() {
 		cc.idleTimer.Stop()
 		cc.health.Stop()
+		close(cc.stopFlush)
 		_ = cc.nc.Close()
 	})
 }
@@ -356,6 +362,36 @@ func (cc *conn) refreshWriteDeadline() {
 	if now := time.Now(); now.After(cc.refreshAt) {
 		_ = cc.nc.SetWriteDeadline(now.Add(cc.writeTimeout))
 		cc.refreshAt = now.Add(cc.writeTimeout / 2)
+	}
+}
+
+// flushSoon has flushLoop flush what is buffered.
+func (cc *conn) flushSoon() {
+	select {
+	case cc.flushReq <- struct{}{}:
+	default: // a flush is due already, and will take these frames too
+	}
+}
+
+// flushLoop flushes the request headers writeHeaders leaves buffered while other
+// requests are in flight. It lets the goroutines that are ready run first, so that the
+// requests that start together leave in one write (and one TLS record) rather than one
+// each.
+func (cc *conn) flushLoop() {
+	for {
+		select {
+		case <-cc.flushReq:
+		case <-cc.stopFlush:
+			return
+		}
+		runtime.Gosched()
+		cc.lockWrite()
+		err := cc.bw.Flush()
+		cc.wmu.Unlock()
+		if err != nil {
+			cc.fail(fmt.Errorf("h2client: writing to %s: %w", cc.addr, err))
+			return
+		}
 	}
 }
 

@@ -132,12 +132,22 @@ func (cc *conn) writeHeaders(st *stream, endStream bool) error {
 	st.recvWindow = streamRecvWindow
 	st.localClosed = endStream
 	maxFrame := int(cc.maxFrame)
+	// Other requests in flight may be about to write too: then flushLoop writes their
+	// headers and these together.
+	together := cc.used > 1
 	cc.mu.Unlock()
 	if endStream {
 		st.wclosed.Store(true)
 	}
 	err := cc.encodeHeaders(st.id, maxFrame, endStream, st.fields)
 	st.fields = nil // the RoundTrip's, pooled once it returns
+	if err == nil {
+		if together {
+			cc.flushSoon()
+		} else {
+			err = cc.bw.Flush()
+		}
+	}
 	cc.wmu.Unlock()
 	if err != nil {
 		err = fmt.Errorf("h2client: writing request headers to %s: %w", cc.addr, err)
@@ -147,7 +157,7 @@ func (cc *conn) writeHeaders(st *stream, endStream bool) error {
 }
 
 // encodeHeaders encodes a header block and writes it as HEADERS and CONTINUATION
-// frames, then flushes. The caller holds wmu.
+// frames into the write buffer. The caller holds wmu, and flushes.
 func (cc *conn) encodeHeaders(id uint32, maxFrame int, endStream bool, fields []hpack.HeaderField) error {
 	cc.hbuf.Reset()
 	for _, f := range fields {
@@ -171,7 +181,7 @@ func (cc *conn) encodeHeaders(id uint32, maxFrame int, endStream bool, fields []
 			return err
 		}
 	}
-	return cc.bw.Flush()
+	return nil
 }
 
 // resetStream ends st with err and, if it is still open, sends RST_STREAM with code.

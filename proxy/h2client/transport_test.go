@@ -10,11 +10,14 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/braidmesh/braid/proxy/internal/polltest"
 )
 
 // echoHandler answers with the request's method, path, selected headers and body.
@@ -373,6 +376,39 @@ func TestOneWritePerRequest(t *testing.T) {
 			t.Errorf("%d writes for %d requests, want exactly one each", got, n)
 		}
 	})
+}
+
+// Requests that start while others are in flight leave together: their HEADERS share
+// a write (and a TLS record), where a request alone takes one write (above).
+func TestRequestsStartingTogetherShareWrites(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1)) // as the proxy runs: on one core
+	const n = 8
+	var arrived atomic.Int32
+	release := make(chan struct{})
+	ts := startNetHTTP(t, http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/warm" {
+			arrived.Add(1)
+			<-release
+		}
+	}), nil)
+	var writes atomic.Int64
+	tr := newTransport(t, ts.clientTLS, func(c net.Conn) net.Conn { return countingConn{Conn: c, writes: &writes} })
+	get(t, tr, ts.url("/warm")) //nolint:bodyclose // connection set-up; get closes it
+	var done sync.WaitGroup
+	done.Go(func() { _ = roundTripErr(t, tr, ts.url("/held")) }) // in flight throughout
+	polltest.Until(t, func() bool { return arrived.Load() == 1 })
+	writes.Store(0)
+	for range n {
+		done.Go(func() { _ = roundTripErr(t, tr, ts.url("/burst")) })
+	}
+	polltest.Until(t, func() bool { return arrived.Load() == 1+n })
+	got := writes.Load()
+	close(release)
+	done.Wait()
+	if got >= n {
+		t.Errorf("%d requests that started together took %d writes, want fewer", n, got)
+	}
+	t.Logf("%d requests that started together took %d writes", n, got)
 }
 
 func TestIdleConnections(t *testing.T) {

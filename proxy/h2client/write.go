@@ -164,6 +164,9 @@ func (st *stream) writeTrailers() error {
 		return errStreamEnded
 	}
 	err = cc.encodeHeaders(st.id, maxFrame, true, fields)
+	if err == nil {
+		err = cc.bw.Flush()
+	}
 	cc.wmu.Unlock()
 	if err != nil {
 		err = fmt.Errorf("h2client: writing request trailers to %s: %w", cc.addr, err)

@@ -73,7 +73,9 @@ type conn struct {
 	// Reader goroutine only.
 	sawSettings bool
 
-	flushers atomic.Int32 // writers in lockToFlush..unlockFlushing
+	flushers  atomic.Int32  // writers in lockToFlush..unlockFlushing
+	flushReq  chan struct{} // a flush is due: flushLoop does it (cap 1)
+	stopFlush chan struct{} // closed at teardown
 
 	mu             sync.Mutex
 	cond           sync.Cond // on mu: a send window grew, or a stream or the conn ended
@@ -123,6 +125,8 @@ func newConn(s *Server, nc net.Conn) *conn {
 		peerInitWindow: defaultWindow,
 		peerMaxFrame:   defaultMaxFrame,
 		recvInitWindow: defaultWindow,
+		flushReq:       make(chan struct{}, 1),
+		stopFlush:      make(chan struct{}),
 	}
 	c.ctx, c.cancel = context.WithCancel(base)
 	c.cond.L = &c.mu
@@ -157,8 +161,10 @@ func (w *deadlineWriter) Write(p []byte) (int, error) {
 }
 
 func (c *conn) serve() error {
+	go c.flushLoop()
 	err := c.run()
 	c.teardown()
+	close(c.stopFlush)
 	return err
 }
 

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -28,14 +29,40 @@ func (c *conn) lockToFlush() {
 
 // unlockFlushing flushes, unless another writer that will flush waits for the lock, and
 // unlocks. Writers waiting for a window may wait long: while every other registered
-// flusher may be one of them, it flushes.
+// flusher may be one of them, it flushes. While other streams are open, their answers
+// may be about to follow: flushLoop then flushes, after them.
 func (c *conn) unlockFlushing() error {
 	var err error
 	if int(c.flushers.Add(-1)) <= c.windowWaiters {
-		err = c.flushLocked()
+		if len(c.streams) > 1 && c.bw.Buffered() > 0 {
+			select {
+			case c.flushReq <- struct{}{}:
+			default: // a flush is due already, and will take these frames too
+			}
+			err = c.werr
+		} else {
+			err = c.flushLocked()
+		}
 	}
 	c.mu.Unlock()
 	return err
+}
+
+// flushLoop writes out what unlockFlushing left for it. It lets the goroutines that are
+// ready run first, so that the responses that end together leave in one write (and one
+// TLS record) rather than one each.
+func (c *conn) flushLoop() {
+	for {
+		select {
+		case <-c.flushReq:
+		case <-c.stopFlush:
+			return
+		}
+		runtime.Gosched()
+		c.mu.Lock()
+		_ = c.flushLocked()
+		c.mu.Unlock()
+	}
 }
 
 // flushLocked writes out the buffered frames.

@@ -5,9 +5,13 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"runtime"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/braidmesh/braid/proxy/internal/polltest"
 )
 
 // countingConn counts the writes on the socket under TLS.
@@ -99,4 +103,42 @@ func TestEndResponseSendsTheAnswerBeforeTheHandlerReturns(t *testing.T) {
 	if err, _ := afterEnd.Load().(string); err == "<nil>" {
 		t.Error("a write after EndResponse succeeded")
 	}
+}
+
+// Answers that end together leave together: they share a write (and a TLS record),
+// where an answer alone takes one write (TestResponseIsOneWrite).
+func TestAnswersEndingTogetherShareWrites(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1)) // as the proxy runs: on one core
+	const n = 8
+	var arrived atomic.Int32
+	release := make(chan struct{})
+	srv := &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/warm" {
+			arrived.Add(1)
+			<-release
+		}
+		_, _ = w.Write([]byte("answer"))
+	})}
+	var writes atomic.Int64
+	h := startServer(t, srv, func(c net.Conn) net.Conn { return &countingConn{Conn: c, writes: &writes} })
+	client := h.client(t, nil)
+	fetch(t, client, getRequest(t, h.url+"/warm")) // the handshake and SETTINGS
+	var done sync.WaitGroup
+	for range n {
+		done.Go(func() {
+			if res := fetch(t, client, getRequest(t, h.url+"/")); string(res.body) != "answer" {
+				t.Errorf("answer %q", res.body)
+			}
+		})
+	}
+	polltest.Until(t, func() bool { return arrived.Load() == n })
+	time.Sleep(10 * time.Millisecond) // the server's WINDOW_UPDATEs and acknowledgements
+	before := writes.Load()
+	close(release)
+	done.Wait()
+	got := writes.Load() - before
+	if got >= n {
+		t.Errorf("%d answers that ended together took %d writes, want fewer", n, got)
+	}
+	t.Logf("%d answers that ended together took %d writes", n, got)
 }
