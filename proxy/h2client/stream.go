@@ -132,9 +132,9 @@ func (cc *conn) writeHeaders(st *stream, endStream bool) error {
 	st.recvWindow = streamRecvWindow
 	st.localClosed = endStream
 	maxFrame := int(cc.maxFrame)
-	// Other requests in flight may be about to write too: then flushLoop writes their
-	// headers and these together.
-	together := cc.used > 1
+	// On a busy connection other requests are about to start too: flushLoop then writes
+	// their headers and these together.
+	together := cc.used >= batchStreams
 	cc.mu.Unlock()
 	if endStream {
 		st.wclosed.Store(true)

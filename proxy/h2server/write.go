@@ -27,14 +27,19 @@ func (c *conn) lockToFlush() {
 	c.mu.Lock()
 }
 
+// batchStreams is how many open streams make a connection busy enough that an answer
+// waits for flushLoop; with fewer, latency comes first and it is flushed at once (see
+// h2client's batchStreams, which has the same reason).
+const batchStreams = 4
+
 // unlockFlushing flushes, unless another writer that will flush waits for the lock, and
 // unlocks. Writers waiting for a window may wait long: while every other registered
-// flusher may be one of them, it flushes. While other streams are open, their answers
-// may be about to follow: flushLoop then flushes, after them.
+// flusher may be one of them, it flushes. On a busy connection (batchStreams) other
+// answers are about to follow: flushLoop then flushes, after them.
 func (c *conn) unlockFlushing() error {
 	var err error
 	if int(c.flushers.Add(-1)) <= c.windowWaiters {
-		if len(c.streams) > 1 && c.bw.Buffered() > 0 {
+		if len(c.streams) >= batchStreams && c.bw.Buffered() > 0 {
 			select {
 			case c.flushReq <- struct{}{}:
 			default: // a flush is due already, and will take these frames too
