@@ -4,8 +4,9 @@
 //	braid-init --proxy-uid UID [flags]
 //
 // It is its own binary, shipped in the braid-proxy image beside the proxy, so that the
-// long-running sidecar carries no netlink or nftables code (0.4 MB of resident memory in
-// every pod) and the one program that runs as root with NET_ADMIN is small.
+// long-running sidecar carries no netlink or nftables code (0.4 MB of its loaded binary,
+// 0.3 MB of resident memory measured in every pod) and the one program that runs as root
+// with NET_ADMIN is small.
 package main
 
 import (

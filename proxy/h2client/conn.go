@@ -382,9 +382,9 @@ func (cc *conn) flushSoon() {
 }
 
 // flushLoop flushes the request headers writeHeaders leaves buffered while the
-// connection is busy (batchStreams). It lets the goroutines that are ready run first, so that the
-// requests that start together leave in one write (and one TLS record) rather than one
-// each.
+// connection is busy (batchStreams). It lets the goroutines that are ready run first,
+// so that the requests that start together leave in one write (and one TLS record)
+// rather than one each.
 func (cc *conn) flushLoop() {
 	for {
 		select {

@@ -49,7 +49,7 @@ type budgetWindow struct {
 	retries  [budgetBuckets]int64
 }
 
-// key is the budget's key as route index of port.
+// key is the budget's key as the budget of port's route number index.
 func (b *Budget) key(port *Port, index int) budgetKey {
 	return budgetKey{service: port.Service, port: port.Number, route: index,
 		percent: uint32(b.percent), minRate: uint32(b.reserve / budgetBuckets)}

@@ -191,8 +191,8 @@ func (r *Registry) Build(snap *api.Snapshot, namespace, domain string) (*Table, 
 }
 
 // reuse indexes the state of last (nil: none) for the build. The index lives only as
-// long as the build: kept between builds, its maps would cost a fifth of a large
-// table's memory.
+// long as the build: kept between builds, its maps cost about 400 bytes per Service of
+// a large configuration, a quarter of what its table kept then.
 func (b *builder) reuse(last *Table) {
 	if last == nil {
 		return
