@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,6 +14,7 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 
+	"github.com/braidmesh/braid/proxy/internal/flushlater"
 	"github.com/braidmesh/braid/proxy/internal/h2hdr"
 )
 
@@ -31,8 +31,7 @@ type conn struct {
 
 	wmu          sync.Mutex
 	bw           *bufio.Writer
-	flushReq     chan struct{} // frames wait in bw for flushLoop (cap 1)
-	stopFlush    chan struct{} // closed with the connection
+	flusher      *flushlater.Flusher // flushes request headers on a busy connection
 	henc         *hpack.Encoder
 	hbuf         bytes.Buffer
 	writeTimeout time.Duration
@@ -74,7 +73,7 @@ func newConn(t *Transport, addr string, nc net.Conn) (*conn, error) {
 		ready: make(chan struct{}), streams: map[uint32]*stream{}, nextID: 1,
 		maxStreams: maxPeerStreamsDefault, maxFrame: 16384, peerWindow: 65535,
 		sendWindow: 65535, recvWindow: connRecvWindow, writeTimeout: t.writeTimeout(),
-		flushReq: make(chan struct{}, 1), stopFlush: make(chan struct{}),
+		flusher: flushlater.New(),
 	}
 	cc.cond = sync.NewCond(&cc.mu)
 	cc.bw = bufio.NewWriterSize(nc, 16<<10)
@@ -93,7 +92,7 @@ func newConn(t *Transport, addr string, nc net.Conn) (*conn, error) {
 		return nil, err
 	}
 	go cc.readLoop()
-	go cc.flushLoop()
+	go cc.flusher.Run(cc.flush)
 	if err := cc.awaitSettings(); err != nil {
 		return cc, err
 	}
@@ -236,7 +235,7 @@ func (cc *conn) closeConn() {
 	cc.closeOnce.Do(func() {
 		cc.idleTimer.Stop()
 		cc.health.Stop()
-		close(cc.stopFlush)
+		cc.flusher.Stop()
 		_ = cc.nc.Close()
 	})
 }
@@ -366,41 +365,24 @@ func (cc *conn) refreshWriteDeadline() {
 }
 
 // batchStreams is how many requests in flight make a connection busy enough that a
-// request's HEADERS wait for flushLoop. With fewer, a request alone or nearly, latency
+// request's HEADERS wait for the flusher. With fewer, a request alone or nearly, latency
 // comes first: they are flushed at once. (Deferring whenever another request was in
 // flight cost the tail at 1000 qps in three bench-proxy A/B pairs: added p99 0.81 ->
 // 1.03 ms on average, on a drifting host; a deferred flush can wait behind goroutines
 // that write nothing to this connection.)
 const batchStreams = 4
 
-// flushSoon has flushLoop flush what is buffered.
-func (cc *conn) flushSoon() {
-	select {
-	case cc.flushReq <- struct{}{}:
-	default: // a flush is due already, and will take these frames too
+// flush writes out what writeHeaders left buffered for the flusher; a write error fails
+// the connection.
+func (cc *conn) flush() error {
+	cc.lockWrite()
+	err := cc.bw.Flush()
+	cc.wmu.Unlock()
+	if err != nil {
+		err = fmt.Errorf("h2client: writing to %s: %w", cc.addr, err)
+		cc.fail(err)
 	}
-}
-
-// flushLoop flushes the request headers writeHeaders leaves buffered while the
-// connection is busy (batchStreams). It lets the goroutines that are ready run first,
-// so that the requests that start together leave in one write (and one TLS record)
-// rather than one each.
-func (cc *conn) flushLoop() {
-	for {
-		select {
-		case <-cc.flushReq:
-		case <-cc.stopFlush:
-			return
-		}
-		runtime.Gosched()
-		cc.lockWrite()
-		err := cc.bw.Flush()
-		cc.wmu.Unlock()
-		if err != nil {
-			cc.fail(fmt.Errorf("h2client: writing to %s: %w", cc.addr, err))
-			return
-		}
-	}
+	return err
 }
 
 // write runs fn under the write lock and flushes; a write error fails the connection.

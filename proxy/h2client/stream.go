@@ -132,8 +132,8 @@ func (cc *conn) writeHeaders(st *stream, endStream bool) error {
 	st.recvWindow = streamRecvWindow
 	st.localClosed = endStream
 	maxFrame := int(cc.maxFrame)
-	// On a busy connection other requests are about to start too: flushLoop then writes
-	// their headers and these together.
+	// On a busy connection other requests are about to start too: the flusher then
+	// writes their headers and these together.
 	together := cc.used >= batchStreams
 	cc.mu.Unlock()
 	if endStream {
@@ -143,7 +143,7 @@ func (cc *conn) writeHeaders(st *stream, endStream bool) error {
 	st.fields = nil // the RoundTrip's, pooled once it returns
 	if err == nil {
 		if together {
-			cc.flushSoon()
+			cc.flusher.Soon()
 		} else {
 			err = cc.bw.Flush()
 		}

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 
+	"github.com/braidmesh/braid/proxy/internal/flushlater"
 	"github.com/braidmesh/braid/proxy/internal/h2hdr"
 )
 
@@ -73,9 +74,8 @@ type conn struct {
 	// Reader goroutine only.
 	sawSettings bool
 
-	flushers  atomic.Int32  // writers in lockToFlush..unlockFlushing
-	flushReq  chan struct{} // a flush is due: flushLoop does it (cap 1)
-	stopFlush chan struct{} // closed at teardown
+	flushers atomic.Int32        // writers in lockToFlush..unlockFlushing
+	flusher  *flushlater.Flusher // flushes answers on a busy connection
 
 	mu             sync.Mutex
 	cond           sync.Cond // on mu: a send window grew, or a stream or the conn ended
@@ -125,8 +125,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 		peerInitWindow: defaultWindow,
 		peerMaxFrame:   defaultMaxFrame,
 		recvInitWindow: defaultWindow,
-		flushReq:       make(chan struct{}, 1),
-		stopFlush:      make(chan struct{}),
+		flusher:        flushlater.New(),
 	}
 	c.ctx, c.cancel = context.WithCancel(base)
 	c.cond.L = &c.mu
@@ -161,10 +160,10 @@ func (w *deadlineWriter) Write(p []byte) (int, error) {
 }
 
 func (c *conn) serve() error {
-	go c.flushLoop()
+	go c.flusher.Run(c.flush)
 	err := c.run()
 	c.teardown()
-	close(c.stopFlush)
+	c.flusher.Stop()
 	return err
 }
 

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -28,22 +27,19 @@ func (c *conn) lockToFlush() {
 }
 
 // batchStreams is how many open streams make a connection busy enough that an answer
-// waits for flushLoop; with fewer, latency comes first and it is flushed at once (see
+// waits for the flusher; with fewer, latency comes first and it is flushed at once (see
 // h2client's batchStreams, which has the same reason).
 const batchStreams = 4
 
 // unlockFlushing flushes, unless another writer that will flush waits for the lock, and
 // unlocks. Writers waiting for a window may wait long: while every other registered
 // flusher may be one of them, it flushes. On a busy connection (batchStreams) other
-// answers are about to follow: flushLoop then flushes, after them.
+// answers are about to follow: the flusher then flushes, after them.
 func (c *conn) unlockFlushing() error {
 	var err error
 	if int(c.flushers.Add(-1)) <= c.windowWaiters {
 		if len(c.streams) >= batchStreams && c.bw.Buffered() > 0 {
-			select {
-			case c.flushReq <- struct{}{}:
-			default: // a flush is due already, and will take these frames too
-			}
+			c.flusher.Soon()
 			err = c.werr
 		} else {
 			err = c.flushLocked()
@@ -53,21 +49,11 @@ func (c *conn) unlockFlushing() error {
 	return err
 }
 
-// flushLoop writes out what unlockFlushing left for it. It lets the goroutines that are
-// ready run first, so that the responses that end together leave in one write (and one
-// TLS record) rather than one each.
-func (c *conn) flushLoop() {
-	for {
-		select {
-		case <-c.flushReq:
-		case <-c.stopFlush:
-			return
-		}
-		runtime.Gosched()
-		c.mu.Lock()
-		_ = c.flushLocked()
-		c.mu.Unlock()
-	}
+// flush writes out what unlockFlushing left for the flusher.
+func (c *conn) flush() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.flushLocked()
 }
 
 // flushLocked writes out the buffered frames.
