@@ -15,11 +15,8 @@ import (
 // connection the client proxy dialled, with data in flight, after the user timeout,
 // where the kernel would otherwise retransmit for about 15 minutes.
 func TestPeerConnectionGivesUpOnASilentPeer(t *testing.T) {
-	if !netnstest.Supported() {
-		t.Skip("needs root for a network namespace of its own")
-	}
 	const userTimeout = time.Second
-	err := netnstest.Run(func() error {
+	err := netnstest.Run(t, func() error {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			return err

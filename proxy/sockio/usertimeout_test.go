@@ -15,11 +15,8 @@ import (
 // client vanishes without a FIN or RST (the loopback goes down) fails the connection, with
 // data in flight, after the timeout rather than after the kernel's 15 minutes.
 func TestAcceptedConnectionsInheritTheUserTimeout(t *testing.T) {
-	if !netnstest.Supported() {
-		t.Skip("needs root for a network namespace of its own")
-	}
 	const userTimeout = time.Second
-	err := netnstest.Run(func() error {
+	err := netnstest.Run(t, func() error {
 		lc := net.ListenConfig{Control: sockio.UserTimeout(userTimeout)}
 		ln, err := lc.Listen(t.Context(), "tcp", "127.0.0.1:0")
 		if err != nil {

@@ -7,19 +7,22 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 )
 
-// Supported reports whether this process may create network namespaces (it runs as root).
-func Supported() bool { return os.Geteuid() == 0 }
-
 // Run runs fn on a thread in a new network namespace with its loopback up, and returns
-// its error. Sockets fn creates belong to that namespace, whichever threads use them
+// its error; it skips tb when the process may not create network namespaces (it needs
+// root). Sockets fn creates belong to that namespace, whichever threads use them
 // later; the thread itself is never unlocked, so it ends with fn and no other goroutine
 // runs in the namespace.
-func Run(fn func() error) error {
+func Run(tb testing.TB, fn func() error) error {
+	tb.Helper()
+	if os.Geteuid() != 0 {
+		tb.Skip("needs root for a network namespace of its own")
+	}
 	done := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
