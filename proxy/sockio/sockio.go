@@ -37,6 +37,8 @@ type Conn struct {
 	rn      int
 	rerrno  syscall.Errno
 	readFn  func(uintptr) bool
+	peekFn  func(uintptr) bool
+	peekBuf [1]byte
 	wmu     sync.Mutex // one Write at a time
 	wbuf    []byte
 	wn      int
@@ -56,7 +58,7 @@ func Wrap(c net.Conn) net.Conn {
 		return c
 	}
 	w := &Conn{TCPConn: tc, raw: raw}
-	w.readFn, w.writeFn = w.read, w.write
+	w.readFn, w.writeFn, w.peekFn = w.read, w.write, w.peek
 	return w
 }
 
@@ -187,7 +189,7 @@ func CheckIdle(c net.Conn) error {
 	var raw syscall.RawConn
 	switch c := c.(type) {
 	case *Conn:
-		raw = c.raw
+		return c.checkIdle() // with the Conn's own buffer and callback: no allocation
 	case *net.TCPConn:
 		r, err := c.SyscallConn()
 		if err != nil {
@@ -200,10 +202,37 @@ func CheckIdle(c net.Conn) error {
 	var errno syscall.Errno
 	var b [1]byte
 	err := raw.Read(func(fd uintptr) bool {
-		_, _, errno = syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
-			syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
+		errno = peek(fd, &b)
 		return true // never wait
 	})
+	return idle(err, errno)
+}
+
+func (c *Conn) checkIdle() error {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	c.rerrno = 0
+	err := c.raw.Read(c.peekFn)
+	return idle(err, c.rerrno)
+}
+
+// peek is the RawConn callback of checkIdle; it never waits.
+func (c *Conn) peek(fd uintptr) bool {
+	c.rerrno = peek(fd, &c.peekBuf)
+	return true
+}
+
+// peek looks at the next byte to read from fd into b, without taking it or waiting.
+// Only its error matters: a byte and the end of the stream both say "not idle".
+func peek(fd uintptr, b *[1]byte) syscall.Errno {
+	_, _, errno := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
+		syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
+	return errno
+}
+
+// idle words what a peek at an idle connection found: EAGAIN (nothing to read) is the
+// only answer that says it is idle; a byte or the end of the stream (no error) is not.
+func idle(err error, errno syscall.Errno) error {
 	switch {
 	case err != nil:
 		return fmt.Errorf("checking an idle connection: %w", err)
