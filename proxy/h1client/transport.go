@@ -4,8 +4,10 @@
 // hands each request and each answer between them and the caller over channels: for a
 // sidecar that forwards small requests on loopback, those hand-offs cost more than the
 // work. Here the caller's goroutine writes the request and reads the answer itself, on
-// connections kept alive in a pool; net/http's own Request.Write and ReadResponse do the
-// framing. It carries requests without a body, which are most of a mesh's; the others
+// connections kept alive in a pool. net/http's ReadResponse reads the answer; the
+// request's head is written here (head), as net/http's Request.Write would but
+// without its formatting and allocations. It carries requests without a body, which
+// are most of a mesh's; the others
 // (a body, a protocol upgrade, Expect, a scheme other than http) go to Fallback, which
 // streams a body while reading the answer.
 //
@@ -69,13 +71,17 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if !t.carries(req) {
 		return t.Fallback.RoundTrip(req)
 	}
+	var h head
+	if err := h.prepare(req); err != nil {
+		return nil, err // before taking a connection: no connection can carry it
+	}
 	fresh := false
 	for {
 		c, reused, err := t.get(req.Context(), req.URL.Host, fresh)
 		if err != nil {
 			return nil, err
 		}
-		resp, err := c.roundTrip(req)
+		resp, err := c.roundTrip(req, &h)
 		if err == nil {
 			return resp, nil
 		}
@@ -212,12 +218,12 @@ func (c *conn) Read(p []byte) (int, error) {
 
 var errHeaderTooLarge = errors.New("the application's answer has a header larger than the limit")
 
-// roundTrip writes req and reads its answer's head; the answer's body then reads from c
-// and gives it back to the pool at its end.
-func (c *conn) roundTrip(req *http.Request) (*http.Response, error) {
+// roundTrip writes req, whose head h is, and reads its answer's head; the answer's body
+// then reads from c and gives it back to the pool at its end.
+func (c *conn) roundTrip(req *http.Request, h *head) (*http.Response, error) {
 	c.got, c.wrote, c.limit = 0, false, cmp.Or(c.t.MaxResponseHeaderBytes, DefaultMaxResponseHeaderBytes)
 	stop := context.AfterFunc(req.Context(), c.interrupt)
-	if err := c.write(req); err != nil {
+	if err := c.write(h); err != nil {
 		stop()
 		_ = c.nc.Close()
 		return nil, ended(req.Context(), err)
@@ -251,8 +257,8 @@ func ended(ctx context.Context, err error) error {
 	return fmt.Errorf("%w (%w)", ctx.Err(), err)
 }
 
-func (c *conn) write(req *http.Request) error {
-	if err := req.Write(c.bw); err != nil {
+func (c *conn) write(h *head) error {
+	if err := h.write(c.bw); err != nil {
 		return fmt.Errorf("writing the request to the application at %s: %w", c.addr, err)
 	}
 	if err := c.bw.Flush(); err != nil {

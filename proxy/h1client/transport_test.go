@@ -138,6 +138,36 @@ func TestOneConnectionServesEveryFraming(t *testing.T) {
 	}
 }
 
+// A request that cannot be written (a field value that would split its header) fails
+// before taking a connection: the kept-alive one serves the next request, and the
+// application never sees the field.
+func TestAnUnsendableRequestFailsAndKeepsTheConnection(t *testing.T) {
+	var seen atomic.Int64
+	a := startApp(t, func(w http.ResponseWriter, r *http.Request) {
+		if len(r.Header["X-Injected"]) > 0 {
+			seen.Add(1)
+		}
+		_, _ = io.WriteString(w, "ok")
+	})
+	tr, fb := newTransport(t)
+	get(t, tr, a.URL)
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, a.URL, nil)
+	req.Header["X-A"] = []string{"1\r\nX-Injected: 1"}
+	if resp, err := tr.RoundTrip(req); err == nil {
+		_ = resp.Body.Close()
+		t.Fatal("a request with CR LF in a field value was sent")
+	} else if !strings.Contains(err.Error(), `invalid value for header field "X-A"`) {
+		t.Errorf("the error %q does not name the field", err)
+	}
+	get(t, tr, a.URL)
+	if n := a.conns.Load(); n != 1 {
+		t.Errorf("the application accepted %d connections, want the one kept alive", n)
+	}
+	if seen.Load() != 0 || fb.n.Load() != 0 {
+		t.Errorf("the field reached the application (%d) or the fallback carried the request (%d)", seen.Load(), fb.n.Load())
+	}
+}
+
 // Requests with a body, upgrades and Expect go to the fallback.
 func TestRequestsWithABodyGoToTheFallback(t *testing.T) {
 	a := startApp(t, func(w http.ResponseWriter, r *http.Request) {
