@@ -256,11 +256,11 @@ func (s *Server) serveMeshTCP(tc *tls.Conn) {
 	peer := tlsid.PeerID(tc.ConnectionState())
 	if d := s.authorizeTCP(peer, port); !d.Allowed {
 		s.cfg.Log.V(1).Info("Inbound connection refused", "peer", peer, "port", port, "reason", d.Reason)
-		s.cfg.Metrics.Connection(peer, uint32(port), telemetry.InboundDenied)
+		s.cfg.Metrics.Connection(peer, uint32(port), telemetry.Denied)
 		_ = tc.Close()
 		return
 	}
-	s.cfg.Metrics.Connection(peer, uint32(port), telemetry.InboundSuccess)
+	s.cfg.Metrics.Connection(peer, uint32(port), telemetry.Success)
 	s.splice(tc, port)
 }
 
@@ -289,11 +289,11 @@ func (s *Server) servePlaintext(c net.Conn, port uint16) {
 	}
 	d := s.authorizeTCP("", port)
 	if d.Allowed {
-		s.cfg.Metrics.Connection("", uint32(port), telemetry.InboundSuccess)
+		s.cfg.Metrics.Connection("", uint32(port), telemetry.Success)
 		s.splice(pc, port)
 		return
 	}
-	s.cfg.Metrics.Connection("", uint32(port), telemetry.InboundDenied)
+	s.cfg.Metrics.Connection("", uint32(port), telemetry.Denied)
 	s.cfg.Log.V(1).Info("Plaintext inbound connection refused", "client", c.RemoteAddr().String(), "port", port, "reason", d.Reason)
 	_ = c.Close()
 }
@@ -407,14 +407,14 @@ func (s *Server) serveMeshHTTP(w http.ResponseWriter, r *http.Request) {
 	if !d.Allowed {
 		s.cfg.Log.V(1).Info("Inbound request refused", "peer", peer, "port", port, "method", r.Method, "path", r.URL.Path, "reason", d.Reason)
 		forbid(w, http.StatusForbidden, d.Reason)
-		s.cfg.Metrics.Request(peer, uint32(port), http.StatusForbidden, telemetry.InboundDenied, time.Since(start))
+		s.cfg.Metrics.Request(peer, uint32(port), http.StatusForbidden, telemetry.Denied, time.Since(start))
 		return
 	}
 	status := 0
 	defer func() {
-		result := telemetry.InboundSuccess
+		result := telemetry.Success
 		if status == 0 || status >= 500 {
-			result = telemetry.InboundFailure
+			result = telemetry.Failure
 		}
 		s.cfg.Metrics.Request(peer, uint32(port), status, result, time.Since(start))
 		s.cfg.Edges.Inbound(r.RemoteAddr, peer, status, time.Since(start))

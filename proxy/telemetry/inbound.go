@@ -3,6 +3,7 @@ package telemetry
 import (
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -15,8 +16,18 @@ type Inbound struct {
 	latency  *prometheus.HistogramVec
 	conns    *prometheus.CounterVec
 
-	mu    sync.Mutex
+	// series holds the curried counters and the histogram of each client identity and
+	// port seen, so that a request hashes no label values: copied on write, as
+	// Destination.series.
+	series atomic.Pointer[map[inboundKey]*series]
+
+	mu    sync.Mutex        // serialises writers of series and ports
 	ports map[uint32]string // the port labels handed out so far
+}
+
+type inboundKey struct {
+	identity string
+	port     uint32
 }
 
 // Plaintext is the source identity of clients without a mesh identity.
@@ -25,13 +36,6 @@ const Plaintext = "plaintext"
 // maxPortLabels bounds the distinct port labels: the target port of a request comes from
 // its client, so past this many the others count as "other".
 const maxPortLabels = 64
-
-// Inbound results.
-const (
-	InboundSuccess = "success"
-	InboundFailure = "failure"
-	InboundDenied  = "denied"
-)
 
 // Inbound returns the inbound metrics, registered with m's registry on first use.
 func (m *Metrics) Inbound() *Inbound {
@@ -52,15 +56,15 @@ func (m *Metrics) Inbound() *Inbound {
 			}, []string{"src_identity", "dst_port", "result"}),
 			ports: map[uint32]string{},
 		}
+		in.series.Store(&map[inboundKey]*series{})
 		m.registry.MustRegister(in.requests, in.latency, in.conns)
 		m.inbound = in
 	})
 	return m.inbound
 }
 
+// port returns the label of port p; callers hold in.mu.
 func (in *Inbound) port(p uint32) string {
-	in.mu.Lock()
-	defer in.mu.Unlock()
 	if l, ok := in.ports[p]; ok {
 		return l
 	}
@@ -79,20 +83,44 @@ func source(identity string) string {
 	return identity
 }
 
-// Request records one HTTP request.
-func (in *Inbound) Request(identity string, port uint32, status int, result string, elapsed time.Duration) {
+// Request records one HTTP request, whose result is Success, Failure or Denied.
+func (in *Inbound) Request(identity string, port uint32, status int, result Result, elapsed time.Duration) {
 	if in == nil {
 		return
 	}
-	src, p := source(identity), in.port(port)
-	in.requests.WithLabelValues(src, p, codeClasses[classOf(status)], StatusLabel(status), result).Inc()
-	in.latency.WithLabelValues(src, p).Observe(elapsed.Seconds())
+	s := in.seriesFor(inboundKey{identity, port})
+	s.counter(status, result).Inc()
+	s.latency.Observe(elapsed.Seconds())
 }
 
-// Connection records one opaque connection.
-func (in *Inbound) Connection(identity string, port uint32, result string) {
+func (in *Inbound) seriesFor(key inboundKey) *series {
+	if s, ok := (*in.series.Load())[key]; ok {
+		return s
+	}
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	old := *in.series.Load()
+	if s, ok := old[key]; ok {
+		return s
+	}
+	labels := prometheus.Labels{"src_identity": source(key.identity), "dst_port": in.port(key.port)}
+	s := &series{labels: labels, requests: in.requests.MustCurryWith(labels), latency: in.latency.With(labels)}
+	next := make(map[inboundKey]*series, len(old)+1)
+	for k, v := range old {
+		next[k] = v
+	}
+	next[key] = s
+	in.series.Store(&next)
+	return s
+}
+
+// Connection records one opaque connection, whose result is Success or Denied.
+func (in *Inbound) Connection(identity string, port uint32, result Result) {
 	if in == nil {
 		return
 	}
-	in.conns.WithLabelValues(source(identity), in.port(port), result).Inc()
+	in.mu.Lock()
+	p := in.port(port)
+	in.mu.Unlock()
+	in.conns.WithLabelValues(source(identity), p, results[result]).Inc()
 }
