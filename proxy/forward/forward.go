@@ -56,6 +56,13 @@ type Exchange interface {
 // Request is one request on its way. Embed it in a per-request structure: its zero
 // value is ready, and it is used for one request only.
 type Request struct {
+	// Once says that the caller sends the request on once, and reads nothing of the
+	// server's request's header after Outgoing: the header of an HTTP/2 request, which
+	// has no hop-by-hop fields (RFC 9113 §8.2.2: "TE: trailers" at most, which passes),
+	// then becomes the outgoing request's rather than being copied. A caller that may
+	// retry must leave it false: each attempt needs the header as the client sent it.
+	Once bool
+
 	url   url.URL
 	trace httptrace.ClientTrace
 	w     http.ResponseWriter
@@ -65,8 +72,8 @@ type Request struct {
 }
 
 // Outgoing returns the request to send on for in, the server's request, which it leaves
-// as it is: a shallow copy under ctx, with its own URL and header, without hop-by-hop
-// headers, and a body only when in has one. w is the client's: it receives the
+// as it is (but see Once): a shallow copy under ctx, with its own URL and header,
+// without hop-by-hop headers, and a body only when in has one. w is the client's: it receives the
 // informational answers. Its error says the request asks to upgrade to an invalid
 // protocol.
 func (r *Request) Outgoing(ctx context.Context, w http.ResponseWriter, in *http.Request) (*http.Request, error) {
@@ -79,7 +86,11 @@ func (r *Request) Outgoing(ctx context.Context, w http.ResponseWriter, in *http.
 	out := in.WithContext(httptrace.WithClientTrace(ctx, &r.trace))
 	r.url = *in.URL
 	out.URL = &r.url
-	out.Header = withoutHopByHop(in.Header)
+	if r.Once && in.ProtoMajor == 2 {
+		out.Header = in.Header
+	} else {
+		out.Header = withoutHopByHop(in.Header)
+	}
 	out.Close = false
 	if in.ContentLength == 0 {
 		out.Body = nil // nothing to send: a transport may then send the request again

@@ -385,3 +385,72 @@ func TestTheAnswerLeavesBeforeTheHandlerReturns(t *testing.T) {
 		t.Fatalf("the answer was %q, %v while the handler still ran", body, err)
 	}
 }
+
+// h2Request is a request as an HTTP/2 server hands it over.
+func h2Request(t *testing.T, h http.Header) *http.Request {
+	t.Helper()
+	in := httptest.NewRequestWithContext(t.Context(), http.MethodGet, "https://app/x", nil)
+	in.Proto, in.ProtoMajor, in.ProtoMinor, in.Header = "HTTP/2.0", 2, 0, h
+	return in
+}
+
+// With Once, an HTTP/2 request's header passes on without a copy, "TE: trailers" and
+// all; an HTTP/1.1 request still loses its hop-by-hop fields, and without Once the
+// server's request is left as it was.
+func TestOnceForwardsAnHTTP2HeaderWithoutCopying(t *testing.T) {
+	w := httptest.NewRecorder()
+	fields := func() http.Header {
+		return http.Header{"Te": {"trailers"}, "X-Kept": {"a", "b"}, "User-Agent": {"grpc-go/1.79"}, "Content-Type": {"application/grpc"}}
+	}
+	var once forward.Request
+	once.Once = true
+	in := h2Request(t, fields())
+	out, err := once.Outgoing(t.Context(), w, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !equalHeader(out.Header, fields()) {
+		t.Errorf("the outgoing header is %v, want %v", out.Header, fields())
+	}
+	out.Header.Set("X-Added", "1")
+	if in.Header.Get("X-Added") == "" {
+		t.Error("with Once, the HTTP/2 request's header was copied")
+	}
+
+	var fresh forward.Request
+	in = h2Request(t, fields())
+	out, err = fresh.Outgoing(t.Context(), w, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out.Header.Set("X-Added", "1")
+	if in.Header.Get("X-Added") != "" {
+		t.Error("without Once, the server's request's header changed with the outgoing one")
+	}
+
+	var h1 forward.Request
+	h1.Once = true
+	in = httptest.NewRequestWithContext(t.Context(), http.MethodGet, "http://app/x", nil)
+	in.Header = http.Header{"Connection": {"X-Hop"}, "X-Hop": {"secret"}, "Keep-Alive": {"5"}, "X-Kept": {"a"}}
+	out, err = h1.Outgoing(t.Context(), w, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"Connection", "X-Hop", "Keep-Alive"} {
+		if _, ok := out.Header[k]; ok {
+			t.Errorf("with Once, an HTTP/1.1 request's hop-by-hop field %s passed", k)
+		}
+	}
+}
+
+func equalHeader(a, b http.Header) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, vv := range a {
+		if strings.Join(vv, "\x00") != strings.Join(b[k], "\x00") {
+			return false
+		}
+	}
+	return true
+}

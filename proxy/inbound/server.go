@@ -420,6 +420,7 @@ func (s *Server) serveMeshHTTP(w http.ResponseWriter, r *http.Request) {
 		s.cfg.Edges.Inbound(r.RemoteAddr, peer, status, time.Since(start))
 	}()
 	x := &forwarded{target: s.appAddr(uint16(port)), peer: peer, port: uint16(port), transport: s.app}
+	x.fwd.Once = true // the request goes to the application once, and its header is not read after
 	if r.Header.Get(TargetProtocolHeader) == "h2c" {
 		x.transport = s.appH2
 	}
