@@ -48,6 +48,8 @@ func TestMalformedInput(t *testing.T) {
 		{"missing :method", func(rc *rawClient) { rc.headers(1, true, ":scheme", "https", ":path", "/") }, http2.ErrCodeProtocol},
 		{"bad :scheme", func(rc *rawClient) { rc.headers(1, true, ":method", "GET", ":scheme", "ftp", ":path", "/") }, http2.ErrCodeProtocol},
 		{"relative :path", func(rc *rawClient) { rc.headers(1, true, with(get, ":path", "x")...) }, http2.ErrCodeProtocol},
+		{"space in :path", func(rc *rawClient) { rc.headers(1, true, with(get, ":path", "/a?q=1 HTTP/1.0")...) }, http2.ErrCodeProtocol},
+		{"tab in :path", func(rc *rawClient) { rc.headers(1, true, with(get, ":path", "/a\tb")...) }, http2.ErrCodeProtocol},
 		{":status in a request", func(rc *rawClient) { rc.headers(1, true, with(get, ":path", "/", ":status", "200")...) }, http2.ErrCodeProtocol},
 		{"connection header", func(rc *rawClient) { rc.headers(1, true, with(get, ":path", "/", "connection", "keep-alive")...) }, http2.ErrCodeProtocol},
 		{"transfer-encoding", func(rc *rawClient) { rc.headers(1, true, with(get, ":path", "/", "transfer-encoding", "chunked")...) }, http2.ErrCodeProtocol},

@@ -74,6 +74,11 @@ func requestPseudo(f *headerBlock) error {
 	if f.Path == "" || f.Path[0] != '/' && (f.Path != "*" || f.Method != http.MethodOptions) {
 		return fmt.Errorf("h2server: bad :path %q", f.Path)
 	}
+	if strings.ContainsAny(f.Path, " \t") {
+		// A URI has no whitespace (RFC 3986); the decoder already refused control
+		// characters. Passed on, a space would end an HTTP/1.1 request line early.
+		return fmt.Errorf("h2server: :path %q has whitespace", f.Path)
+	}
 	return nil
 }
 
