@@ -74,10 +74,8 @@ func (h *head) write(w *bufio.Writer) error {
 	_, _ = w.WriteString(" HTTP/1.1\r\nHost: ")
 	_, _ = w.WriteString(h.host)
 	_, _ = w.WriteString("\r\n")
-	for _, v := range req.Header["User-Agent"] {
-		if v != "" { // an empty one says: send none
-			writeField(w, "User-Agent", v)
-		}
+	if ua := req.Header["User-Agent"]; len(ua) > 0 && ua[0] != "" { // an empty one says: send none
+		writeField(w, "User-Agent", ua[0]) // one agent, as net/http sends
 	}
 	if req.Close && !httpguts.HeaderValuesContainsToken(req.Header["Connection"], "close") {
 		_, _ = w.WriteString("Connection: close\r\n")

@@ -81,12 +81,14 @@ func TestHeadIsWhatNetHTTPWrites(t *testing.T) {
 			"Trailer":           {"X-T"},
 			"Host":              {"other"},
 		}),
-		"ipv6 zone":    newRequest(t, http.MethodGet, "http://[fe80::1%25eth0]:80/", nil),
-		"ipv6":         newRequest(t, http.MethodGet, "http://[::1]:80/", nil),
-		"punycode":     newRequest(t, http.MethodGet, "http://bücher.example/", nil),
-		"opaque":       {Method: http.MethodGet, URL: &url.URL{Scheme: "http", Opaque: "//app/o%20p", RawQuery: "q"}, Host: "app", Header: http.Header{"User-Agent": {""}}},
-		"invalid host": newRequest(t, http.MethodGet, "http://app/", nil),
-		"many fields":  newRequest(t, http.MethodGet, "http://app/", manyFields(40)),
+		"ipv6 zone":         newRequest(t, http.MethodGet, "http://[fe80::1%25eth0]:80/", nil),
+		"ipv6":              newRequest(t, http.MethodGet, "http://[::1]:80/", nil),
+		"punycode":          newRequest(t, http.MethodGet, "http://bücher.example/", nil),
+		"opaque":            {Method: http.MethodGet, URL: &url.URL{Scheme: "http", Opaque: "//app/o%20p", RawQuery: "q"}, Host: "app", Header: http.Header{"User-Agent": {""}}},
+		"invalid host":      newRequest(t, http.MethodGet, "http://app/", nil),
+		"many fields":       newRequest(t, http.MethodGet, "http://app/", manyFields(40)),
+		"two agents":        newRequest(t, http.MethodGet, "http://app/", http.Header{"User-Agent": {"a/1", "b/2"}}),
+		"empty agent first": newRequest(t, http.MethodGet, "http://app/", http.Header{"User-Agent": {"", "b/2"}}),
 	}
 	cases["invalid host"].Host = "app/evil path"
 	closing := newRequest(t, http.MethodGet, "http://app/", nil)
