@@ -17,14 +17,16 @@ type Inbound struct {
 	conns    *prometheus.CounterVec
 
 	// series holds the curried counters and the histogram of each client identity and
-	// port seen, so that a request hashes no label values: copied on write, as
-	// Destination.series.
+	// port label seen, so that a request hashes no label values; ports holds the port
+	// labels handed out so far (at most maxPortLabels). Both are copied on write, as
+	// Destination.series, so a request reads them without a lock.
 	series atomic.Pointer[map[inboundKey]*series]
-
-	mu    sync.Mutex        // serialises writers of series and ports
-	ports map[uint32]string // the port labels handed out so far
+	ports  atomic.Pointer[map[uint32]string]
+	mu     sync.Mutex // serialises writers of series and ports
 }
 
+// inboundKey is a client identity and an application port; port 0 stands for the ports
+// past the labels' bound, which share the label "other" (no request targets port 0).
 type inboundKey struct {
 	identity string
 	port     uint32
@@ -54,25 +56,36 @@ func (m *Metrics) Inbound() *Inbound {
 				Name: "braid_proxy_inbound_tcp_connections_total",
 				Help: "Opaque connections the inbound listener took, by client identity, application port and result (success: admitted; denied).",
 			}, []string{"src_identity", "dst_port", "result"}),
-			ports: map[uint32]string{},
 		}
 		in.series.Store(&map[inboundKey]*series{})
+		in.ports.Store(&map[uint32]string{})
 		m.registry.MustRegister(in.requests, in.latency, in.conns)
 		m.inbound = in
 	})
 	return m.inbound
 }
 
-// port returns the label of port p; callers hold in.mu.
+// port returns the label of port p: its number, or Other past maxPortLabels ports.
 func (in *Inbound) port(p uint32) string {
-	if l, ok := in.ports[p]; ok {
+	if l, ok := (*in.ports.Load())[p]; ok {
 		return l
 	}
-	if len(in.ports) >= maxPortLabels {
-		return "other"
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	old := *in.ports.Load()
+	if l, ok := old[p]; ok {
+		return l
+	}
+	if len(old) >= maxPortLabels {
+		return Other
 	}
 	l := strconv.FormatUint(uint64(p), 10)
-	in.ports[p] = l
+	next := make(map[uint32]string, len(old)+1)
+	for k, v := range old {
+		next[k] = v
+	}
+	next[p] = l
+	in.ports.Store(&next)
 	return l
 }
 
@@ -88,12 +101,18 @@ func (in *Inbound) Request(identity string, port uint32, status int, result Resu
 	if in == nil {
 		return
 	}
-	s := in.seriesFor(inboundKey{identity, port})
+	label := in.port(port)
+	key := inboundKey{identity, port}
+	if label == Other {
+		key.port = 0 // the ports past the bound share one series: the map stays bounded
+	}
+	s := in.seriesFor(key, label)
 	s.counter(status, result).Inc()
 	s.latency.Observe(elapsed.Seconds())
 }
 
-func (in *Inbound) seriesFor(key inboundKey) *series {
+// seriesFor returns the series of key, whose port's label is label.
+func (in *Inbound) seriesFor(key inboundKey, label string) *series {
 	if s, ok := (*in.series.Load())[key]; ok {
 		return s
 	}
@@ -103,7 +122,7 @@ func (in *Inbound) seriesFor(key inboundKey) *series {
 	if s, ok := old[key]; ok {
 		return s
 	}
-	labels := prometheus.Labels{"src_identity": source(key.identity), "dst_port": in.port(key.port)}
+	labels := prometheus.Labels{"src_identity": source(key.identity), "dst_port": label}
 	s := &series{labels: labels, requests: in.requests.MustCurryWith(labels), latency: in.latency.With(labels)}
 	next := make(map[inboundKey]*series, len(old)+1)
 	for k, v := range old {
@@ -119,8 +138,5 @@ func (in *Inbound) Connection(identity string, port uint32, result Result) {
 	if in == nil {
 		return
 	}
-	in.mu.Lock()
-	p := in.port(port)
-	in.mu.Unlock()
-	in.conns.WithLabelValues(source(identity), p, results[result]).Inc()
+	in.conns.WithLabelValues(source(identity), in.port(port), results[result]).Inc()
 }

@@ -73,6 +73,24 @@ func TestInboundPortLabelsAreBounded(t *testing.T) {
 		"dst_port=other,result=success,src_identity="+web+": 1")
 }
 
+// A client chooses the port it targets: past the bound, requests to ports never seen
+// cost nothing more, so the cache of series stays bounded whatever it sends.
+func TestInboundPortsPastTheBoundAddNothing(t *testing.T) {
+	in := telemetry.New().Inbound()
+	for p := range uint32(64) {
+		in.Request(web, 10000+p, 200, telemetry.Success, time.Millisecond)
+	}
+	in.Request(web, 20000, 200, telemetry.Success, time.Millisecond) // the shared series
+	next := uint32(30000)
+	allocs := testing.AllocsPerRun(200, func() {
+		in.Request(web, next, 200, telemetry.Success, time.Millisecond)
+		next++
+	})
+	if allocs != 0 {
+		t.Errorf("a request to a new port past the bound allocates %v times, want 0", allocs)
+	}
+}
+
 func TestNilInbound(_ *testing.T) {
 	var in *telemetry.Inbound
 	in.Request(web, 80, 200, telemetry.Success, time.Millisecond)
