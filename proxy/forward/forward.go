@@ -73,9 +73,9 @@ type Request struct {
 
 // Outgoing returns the request to send on for in, the server's request, which it leaves
 // as it is (but see Once): a shallow copy under ctx, with its own URL and header,
-// without hop-by-hop headers, and a body only when in has one. w is the client's: it receives the
-// informational answers. Its error says the request asks to upgrade to an invalid
-// protocol.
+// without hop-by-hop headers, and a body only when in has one. w is the client's: it
+// receives the informational answers. Its error says the request asks to upgrade to an
+// invalid protocol.
 func (r *Request) Outgoing(ctx context.Context, w http.ResponseWriter, in *http.Request) (*http.Request, error) {
 	up := UpgradeType(in.Header)
 	if !isPrint(up) {
