@@ -416,8 +416,9 @@ func (s *Server) serveMeshHTTP(w http.ResponseWriter, r *http.Request) {
 		if status == 0 || status >= 500 {
 			result = telemetry.Failure
 		}
-		s.cfg.Metrics.Request(peer, uint32(port), status, result, time.Since(start))
-		s.cfg.Edges.Inbound(r.RemoteAddr, peer, status, time.Since(start))
+		elapsed := time.Since(start)
+		s.cfg.Metrics.Request(peer, uint32(port), status, result, elapsed)
+		s.cfg.Edges.Inbound(r.RemoteAddr, peer, status, elapsed)
 	}()
 	x := &forwarded{target: s.appAddr(uint16(port)), peer: peer, port: uint16(port), transport: s.app}
 	x.fwd.Once = true // the request goes to the application once, and its header is not read after

@@ -153,8 +153,9 @@ func (h *Handler) record(x *exchange, start time.Time) {
 	if x.attempted {
 		ep = &x.endpoint
 	}
-	h.metrics.Destination(x.port).Record(x.route, ep, x.status, result, time.Since(start))
-	h.metrics.Edges().Outbound(x.endpoint, x.status, !x.answered, time.Since(start)) // SMI TrafficMetrics edges
+	elapsed := time.Since(start) // once: a clock read is ~90 ns on the VMs measured
+	h.metrics.Destination(x.port).Record(x.route, ep, x.status, result, elapsed)
+	h.metrics.Edges().Outbound(x.endpoint, x.status, !x.answered, elapsed) // SMI TrafficMetrics edges
 }
 
 // route answers one request: it forwards it, or fails it itself. It notes in x the
