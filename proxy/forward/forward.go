@@ -74,12 +74,17 @@ type Request struct {
 // Outgoing returns the request to send on for in, the server's request, which it leaves
 // as it is (but see Once): a shallow copy under ctx, with its own URL and header,
 // without hop-by-hop headers, and a body only when in has one. w is the client's: it
-// receives the informational answers. Its error says the request asks to upgrade to an
-// invalid protocol.
+// receives the informational answers. Its error says what makes the request unfit to
+// pass on: an upgrade to an invalid protocol, or a target with whitespace.
 func (r *Request) Outgoing(ctx context.Context, w http.ResponseWriter, in *http.Request) (*http.Request, error) {
 	up := UpgradeType(in.Header)
 	if !isPrint(up) {
 		return nil, fmt.Errorf("the client asked to switch to the invalid protocol %q", up)
+	}
+	if !inTarget(in.URL.RawQuery) || !inTarget(in.URL.Opaque) {
+		// net/http's HTTP/2 server takes a :path with a space in its query; passed on,
+		// the space would end an HTTP/1.1 request line early.
+		return nil, fmt.Errorf("the request's target %q has a space or a control character", in.URL.RequestURI())
 	}
 	r.w = w
 	r.trace.Got1xxResponse = r.got1xx

@@ -454,3 +454,22 @@ func equalHeader(a, b http.Header) bool {
 	}
 	return true
 }
+
+// A target whose query has whitespace (net/http's HTTP/2 server takes one) is refused:
+// written on, it would end an HTTP/1.1 request line early.
+func TestATargetWithWhitespaceIsRefused(t *testing.T) {
+	for _, raw := range []string{"a=1 HTTP/1.0", "a=\t1", "a=\x7f"} {
+		in := h2Request(t, http.Header{})
+		in.URL.RawQuery = raw
+		var r forward.Request
+		if _, err := r.Outgoing(t.Context(), httptest.NewRecorder(), in); err == nil || !strings.Contains(err.Error(), "space or a control character") {
+			t.Errorf("query %q: Outgoing = %v, want a refusal", raw, err)
+		}
+	}
+	in := h2Request(t, http.Header{})
+	in.URL.RawQuery = "q=a+b&r=%20"
+	var r forward.Request
+	if _, err := r.Outgoing(t.Context(), httptest.NewRecorder(), in); err != nil {
+		t.Errorf("an escaped query: %v", err)
+	}
+}

@@ -98,6 +98,18 @@ func UpgradeType(h http.Header) string {
 	return h.Get("Upgrade")
 }
 
+// inTarget reports whether s can be part of a request target as it is: no space, no
+// control character. (The path is escaped when written; the query and an opaque URL are
+// written as they are.)
+func inTarget(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
 // isPrint reports whether s is printable ASCII.
 func isPrint(s string) bool {
 	for i := 0; i < len(s); i++ {

@@ -226,6 +226,23 @@ func TestTransparentH2C(t *testing.T) {
 		t.Fatalf("HTTP/%d %d from %q, want HTTP/2 200 from web", resp.ProtoMajor, resp.StatusCode, resp.Header.Get("X-Backend"))
 	}
 	tp.waitCounter(t, "braid_proxy_requests_total", labels("shop/grpc", "9000"), 1)
+
+	// net/http's HTTP/2 server takes a query with a space; the proxy refuses it, rather
+	// than pass on a target that would break an HTTP/1.1 request line.
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, "http://grpc.example:9000/x", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.URL.RawQuery = "q=a b"
+	resp, err = client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), "space or a control character") {
+		t.Errorf("a query with a space: %d %q, want 400 naming the cause", resp.StatusCode, body)
+	}
 }
 
 // An opaque port's bytes go to its endpoint and back, half-closes included, and count.
