@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -23,6 +24,7 @@ import (
 	"github.com/braidmesh/braid/proxy/controlplane"
 	"github.com/braidmesh/braid/proxy/identity"
 	"github.com/braidmesh/braid/proxy/inbound"
+	"github.com/braidmesh/braid/proxy/internal/textpages"
 	"github.com/braidmesh/braid/proxy/outbound"
 	"github.com/braidmesh/braid/proxy/router"
 	"github.com/braidmesh/braid/proxy/telemetry"
@@ -97,6 +99,10 @@ type state struct {
 	// endpoints keeps the live state of endpoints (latency, ejections) and retry
 	// budgets across the tables of successive configurations.
 	endpoints *router.Registry
+	// trim runs once, when the first configuration is applied: it drops the pages of
+	// the binary that starting up touched (see trimBinary).
+	trim    func()
+	trimmed sync.Once
 }
 
 // apply builds a table from a control-plane snapshot and swaps it in atomically. A
@@ -141,6 +147,9 @@ func (s *state) applySnapshot(snap *api.Snapshot, isolate bool) error {
 	s.table.Store(t) // the table first: once /config shows a version, requests use it
 	s.config.Store(&wire)
 	s.metrics.ConfigApplied(t)
+	if s.trim != nil {
+		s.trimmed.Do(s.trim)
+	}
 	if len(rejected) > 0 {
 		s.metrics.ConfigRejected()
 		return &controlplane.PartialError{Rejected: rejected}
@@ -228,6 +237,8 @@ func Run(ctx context.Context, log logr.Logger, opts Options) error {
 		return errors.New("--control-plane-tls needs a workload identity: --identity-address, or --cert-file and --key-file")
 	}
 	st := &state{opts: &opts, metrics: telemetry.New(), ids: &tlsid.Store{}, endpoints: router.NewRegistry(nil)}
+	trimBinary(log) // the pages that initialising the packages touched
+	st.trim = func() { trimBinary(log) }
 	if err := loadStaticIdentity(log, st); err != nil {
 		return err
 	}
@@ -345,4 +356,19 @@ func serve(srv *http.Server, lis net.Listener) error {
 		return fmt.Errorf("serving on %s: %w", lis.Addr(), err)
 	}
 	return nil
+}
+
+// trimBinary drops the resident pages of the binary's code and read-only data, which
+// come back one fault at a time as they are used: the proxy's resident set shrinks to
+// the pages it runs (for the client proxy of make bench-proxy, 11–12 MB of the binary
+// became about 7). It is done at start and once the first configuration is applied,
+// so that the code only starting up needs (flag parsing, decoding the first
+// configuration) leaves; see textpages for why nothing is lost.
+func trimBinary(log logr.Logger) {
+	n, err := textpages.Trim()
+	if err != nil {
+		log.V(1).Info("Binary pages not trimmed", "error", err.Error())
+		return
+	}
+	log.V(1).Info("Binary pages trimmed", "mapped", n)
 }

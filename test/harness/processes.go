@@ -182,6 +182,9 @@ func (p *Proxy) Signal(sig os.Signal) error {
 	return nil
 }
 
+// Pid is the proxy process's ID.
+func (p *Proxy) Pid() int { return p.cmd.Process.Pid }
+
 // Exited is closed when the proxy process has exited; ExitCode then tells how.
 func (p *Proxy) Exited() <-chan struct{} { return p.exited }
 
