@@ -1,20 +1,20 @@
 // Package textpages trims the process's resident set to the pages of its own binary it
 // uses.
 //
-// The kernel maps a binary's code and read-only data on demand, but each fault maps
-// the pages around it too (fault-around, 64 KB by default) and reads ahead: a Go binary
-// whose code runs from all over its text soon has nearly all of its text and read-only
-// data resident. For braid-proxy that is 11–12 MB of the client proxy's 20 MB, of which
-// the proxy uses about 7 once it serves requests (docs/benchmarks.md).
+// The kernel maps a binary's code and read-only data on demand, but a fault maps the
+// cached pages around the one it needs too (fault-around, 64 KB by default): a Go
+// binary whose code runs from all over its text soon has nearly all of its text and
+// read-only data resident. For braid-proxy that was 11–12 MB of the client proxy's
+// 20 MB (docs/benchmarks.md).
 //
-// Trim marks those mappings MADV_RANDOM, so that a fault maps the one page it needs,
-// and drops their pages (MADV_DONTNEED): the pages the process uses come back one by
-// one, on their first use, and the others stay out. Nothing is lost: the pages are
-// clean copies of the file, which the kernel drops the same way under memory pressure,
-// and they stay in the page cache, shared by every process that maps the file. What
-// shrinks is the process's own resident set, to its working set. Mappings that may be
-// written (the binary's data) are left alone: dropping their pages would discard the
-// process's changes to them.
+// Trim drops those pages (MADV_DONTNEED) and marks the mappings MADV_RANDOM, so that the
+// kernel does not read ahead in them: the pages the process uses come back on their
+// next use, each with its cached neighbours, and the pages that only starting up used
+// stay out. Nothing is lost: the pages are clean copies of the file, which the kernel
+// drops the same way under memory pressure, and they stay in the page cache, shared by
+// every process that maps the file. What shrinks is the process's own resident set.
+// Mappings that may be written (the binary's data) are left alone: dropping their pages
+// would discard the process's changes to them.
 package textpages
 
 import (
