@@ -80,11 +80,7 @@ func (in *Inbound) port(p uint32) string {
 		return Other
 	}
 	l := strconv.FormatUint(uint64(p), 10)
-	next := make(map[uint32]string, len(old)+1)
-	for k, v := range old {
-		next[k] = v
-	}
-	next[p] = l
+	next := with(old, p, l)
 	in.ports.Store(&next)
 	return l
 }
@@ -124,11 +120,7 @@ func (in *Inbound) seriesFor(key inboundKey, label string) *series {
 	}
 	labels := prometheus.Labels{"src_identity": source(key.identity), "dst_port": label}
 	s := &series{labels: labels, requests: in.requests.MustCurryWith(labels), latency: in.latency.With(labels)}
-	next := make(map[inboundKey]*series, len(old)+1)
-	for k, v := range old {
-		next[k] = v
-	}
-	next[key] = s
+	next := with(old, key, s)
 	in.series.Store(&next)
 	return s
 }

@@ -6,6 +6,7 @@
 package telemetry
 
 import (
+	"maps"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -269,11 +270,7 @@ func (s *series) counter(status int, result Result) prometheus.Counter {
 		return c
 	}
 	c := s.requests.WithLabelValues(codeClasses[classOf(status)], StatusLabel(status), results[result])
-	next := make(map[counterKey]prometheus.Counter, len(old)+1)
-	for k, v := range old {
-		next[k] = v
-	}
-	next[key] = c
+	next := with(old, key, c)
 	s.counters.Store(&next)
 	return c
 }
@@ -333,11 +330,8 @@ func (d *Destination) seriesFor(key seriesKey) *series {
 	if !ok {
 		s = d.newSeries(bounded)
 	}
-	next := make(map[seriesKey]*series, len(old)+2)
-	for k, v := range old {
-		next[k] = v
-	}
-	next[bounded], next[key] = s, s
+	next := with(old, bounded, s)
+	next[key] = s
 	d.series.Store(&next)
 	return s
 }
@@ -400,4 +394,13 @@ func (d *Destination) prune(port *router.Port) {
 // with the nearest class.
 func classOf(status int) int {
 	return min(max(status/100, 1), 5) - 1
+}
+
+// with returns a copy of m (which may be nil) with k set to v: the copy-on-write step
+// of the maps that requests read without a lock.
+func with[K comparable, V any](m map[K]V, k K, v V) map[K]V {
+	next := make(map[K]V, len(m)+1)
+	maps.Copy(next, m)
+	next[k] = v
+	return next
 }
