@@ -48,7 +48,8 @@ var errUnsendable = errors.New("the request cannot be sent over HTTP/1.1")
 func (h *head) prepare(req *http.Request) error {
 	h.req = req
 	h.method = cmp.Or(req.Method, http.MethodGet)
-	if !validMethod(h.method) {
+	// A method is a token (RFC 9110 §9.1), as a field name is.
+	if !httpguts.ValidHeaderFieldName(h.method) {
 		return fmt.Errorf("%w: invalid method %q", errUnsendable, h.method)
 	}
 	var err error
@@ -195,13 +196,4 @@ func sendable(s string) bool {
 		}
 	}
 	return true
-}
-
-func validMethod(m string) bool {
-	for i := 0; i < len(m); i++ {
-		if !httpguts.IsTokenRune(rune(m[i])) {
-			return false
-		}
-	}
-	return m != ""
 }

@@ -43,7 +43,8 @@ func appendRequestFields(fields []hpack.HeaderField, req *http.Request) ([]hpack
 	if method == "" {
 		method = http.MethodGet
 	}
-	if !validMethod(method) {
+	// A method is a token (RFC 9110 §9.1), as a field name is.
+	if !httpguts.ValidHeaderFieldName(method) {
 		return nil, fmt.Errorf("h2client: invalid request method %q", method)
 	}
 	path := req.URL.RequestURI()
@@ -66,15 +67,6 @@ func appendRequestFields(fields []hpack.HeaderField, req *http.Request) ([]hpack
 		fields = append(fields, hpack.HeaderField{Name: "content-length", Value: strconv.FormatInt(cl, 10)})
 	}
 	return fields, nil
-}
-
-func validMethod(m string) bool {
-	for i := 0; i < len(m); i++ {
-		if !httpguts.IsTokenRune(rune(m[i])) {
-			return false
-		}
-	}
-	return true
 }
 
 // contentLength is the content-length to send, if any: the declared length of a body,

@@ -62,7 +62,8 @@ func requestPseudo(f *headerBlock) error {
 	case f.Pseudo&h2hdr.Protocol != 0:
 		return errors.New("h2server: pseudo-header :protocol in a request")
 	}
-	if !validMethod(f.Method) {
+	// A method is a token (RFC 9110 §9.1), as a field name is.
+	if !httpguts.ValidHeaderFieldName(f.Method) {
 		return fmt.Errorf("h2server: bad :method %q", f.Method)
 	}
 	if f.Method == http.MethodConnect {
@@ -80,18 +81,6 @@ func requestPseudo(f *headerBlock) error {
 		return fmt.Errorf("h2server: :path %q has whitespace", f.Path)
 	}
 	return nil
-}
-
-func validMethod(m string) bool {
-	if m == "" {
-		return false
-	}
-	for _, r := range m {
-		if !httpguts.IsTokenRune(r) {
-			return false
-		}
-	}
-	return true
 }
 
 // requestHeader returns the request's http.Header, with its cookies joined (RFC 9113
