@@ -19,6 +19,7 @@ package h1client
 
 import (
 	"bufio"
+	"bytes"
 	"cmp"
 	"context"
 	"errors"
@@ -200,7 +201,14 @@ type conn struct {
 	got   int64
 	// wrote says the request left whole (Flush returned).
 	wrote bool
+	// heads holds what was read while answers' heads were (recording), for
+	// keepConnectionHeader.
+	heads     []byte
+	recording bool
 }
+
+// maxKeptHeads bounds the capacity of heads a connection keeps between answers.
+const maxKeptHeads = 8 << 10
 
 // Read reads from the connection for br, within the limit.
 func (c *conn) Read(p []byte) (int, error) {
@@ -213,6 +221,9 @@ func (c *conn) Read(p []byte) (int, error) {
 	n, err := c.nc.Read(p)
 	c.limit -= int64(n)
 	c.got += int64(n)
+	if c.recording {
+		c.heads = append(c.heads, p[:n]...)
+	}
 	return n, err //nolint:wrapcheck // bufio passes it on: io.EOF must stay itself
 }
 
@@ -271,8 +282,14 @@ func (c *conn) write(h *head) error {
 // readHead reads the answer's head, passing informational answers (but 100 Continue,
 // which nobody asked for) to the request's trace.
 func (c *conn) readHead(req *http.Request) (*http.Response, error) {
+	c.record()
+	defer c.stopRecording()
 	for n := 0; ; n++ {
+		start := len(c.heads) - c.br.Buffered()
 		resp, err := http.ReadResponse(c.br, req)
+		if err == nil {
+			keepConnectionHeader(resp, c.heads[start:])
+		}
 		switch {
 		case err != nil:
 			return nil, fmt.Errorf("reading the answer of the application at %s: %w", c.addr, err)
@@ -291,6 +308,39 @@ func (c *conn) readHead(req *http.Request) (*http.Response, error) {
 				return nil, fmt.Errorf("passing on an informational answer: %w", err)
 			}
 		}
+	}
+}
+
+// record starts keeping what the connection reads, from what br holds already.
+func (c *conn) record() {
+	buffered, _ := c.br.Peek(c.br.Buffered()) // within Buffered, Peek cannot fail
+	c.heads = append(c.heads[:0], buffered...)
+	c.recording = true
+}
+
+func (c *conn) stopRecording() {
+	c.recording = false
+	if cap(c.heads) > maxKeptHeads {
+		c.heads = nil
+	}
+}
+
+// keepConnectionHeader puts back the Connection header that ReadResponse removes from an
+// answer when it holds "close", reading it again from head, the answer's head as it
+// came. The fields it lists describe the connection too (RFC 9110 §7.6.1), so a proxy
+// must remove them: without it, they would pass as the message's own. (Requests that
+// go to Fallback, net/http's Transport, still lose it: its reading is not ours.)
+func keepConnectionHeader(resp *http.Response, head []byte) {
+	if !resp.Close || resp.Header["Connection"] != nil {
+		return
+	}
+	tp := textproto.NewReader(bufio.NewReader(bytes.NewReader(head)))
+	if _, err := tp.ReadLine(); err != nil {
+		return
+	}
+	h, err := tp.ReadMIMEHeader()
+	if v := h["Connection"]; err == nil && len(v) > 0 {
+		resp.Header["Connection"] = v
 	}
 }
 

@@ -212,6 +212,41 @@ func TestInformationalAnswersReachTheTrace(t *testing.T) {
 	}
 }
 
+// An answer whose Connection header holds "close" keeps that header, which ReadResponse
+// removes: the fields it lists are the connection's, and the proxy must see the list to
+// remove them. The head arrives in pieces, after an informational answer, and larger
+// than a buffer, so it is read again from more than one read.
+func TestAClosingAnswerKeepsItsConnectionHeader(t *testing.T) {
+	long := strings.Repeat("v", 5000)
+	url, _ := rawApp(t, func(c net.Conn, br *bufio.Reader, _ int64) {
+		if _, err := http.ReadRequest(br); err != nil {
+			return
+		}
+		for _, piece := range []string{
+			"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nX-Long: " + long[:100],
+			long[100:] + "\r\nConnection: X-Hop,",
+			" close\r\nX-Hop: 1\r\nContent-Length: 2\r\n\r\nok",
+		} {
+			_, _ = io.WriteString(c, piece)
+			time.Sleep(10 * time.Millisecond)
+		}
+	})
+	tr, _ := newTransport(t)
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, url, nil)
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	if got := resp.Header.Values("Connection"); len(got) != 1 || got[0] != "X-Hop, close" || !resp.Close {
+		t.Errorf("Connection %q (Close %v), want the application's \"X-Hop, close\"", got, resp.Close)
+	}
+	if string(body) != "ok" || resp.Header.Get("X-Long") != long || resp.Header.Get("X-Hop") != "1" {
+		t.Errorf("body %q, X-Hop %q, X-Long of %d bytes", body, resp.Header.Get("X-Hop"), len(resp.Header.Get("X-Long")))
+	}
+}
+
 // rawApp serves each connection with serve, on a plain TCP listener.
 func rawApp(t *testing.T, serve func(c net.Conn, br *bufio.Reader, n int64)) (url string, accepted *atomic.Int64) {
 	t.Helper()
