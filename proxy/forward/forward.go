@@ -117,7 +117,9 @@ func (r *Request) Outgoing(ctx context.Context, w http.ResponseWriter, in *http.
 	return out, nil
 }
 
-// got1xx passes an informational answer on to the client, unless the final one came.
+// got1xx passes an informational answer on to the client, unless the final one came,
+// without its hop-by-hop fields: an informational answer is a message too (RFC 9110
+// §7.6.1).
 func (r *Request) got1xx(code int, header textproto.MIMEHeader) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -125,8 +127,11 @@ func (r *Request) got1xx(code int, header textproto.MIMEHeader) error {
 		return nil
 	}
 	h := r.w.Header()
+	listed := connectionListed(http.Header(header))
 	for k, vv := range header {
-		h[k] = append(h[k], vv...)
+		if !isHopByHop(k) && !contains(listed, k) {
+			h[k] = append(h[k], vv...)
+		}
 	}
 	r.w.WriteHeader(code)
 	clear(h) // the ResponseWriter keeps them for the final answer otherwise
