@@ -4,7 +4,10 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptrace"
 	"net/textproto"
@@ -87,7 +90,7 @@ func FuzzAppResponse(f *testing.F) {
 // fuzzGet sends a GET for path through the pair and reads the whole answer, whose body may
 // end early (a truncated answer is passed on as one). It returns the status, the header
 // and the headers of the informational answers before it.
-func fuzzGet(t *testing.T, client *http.Transport, p *meshPair, path string, raw []byte) (int, http.Header, []http.Header) {
+func fuzzGet(t testing.TB, client *http.Transport, p *meshPair, path string, raw []byte) (int, http.Header, []http.Header) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
@@ -165,6 +168,159 @@ func listedInConnection(raw []byte) []string {
 			}
 		}
 		if err != nil {
+			return listed
+		}
+	}
+}
+
+// FuzzClientRequest sends raw bytes from a client through a whole pair in one process.
+// Whatever the client sends:
+//
+//   - the application never receives a hop-by-hop field of the client's request (but
+//     "TE: trailers", and the fields of an upgrade, which pass on);
+//   - the client's connection ends in time;
+//   - the connection the proxies multiplex requests on survives: a request in flight on
+//     it meanwhile ends whole, and a well-formed request after each input succeeds.
+func FuzzClientRequest(f *testing.F) {
+	for _, seed := range []string{
+		"GET /a HTTP/1.1\r\nHost: web.shop\r\n\r\n",
+		"GET /a HTTP/1.1\r\nHost: web.shop\r\nConnection: X-Hop, close\r\nX-Hop: 1\r\nKeep-Alive: 5\r\nProxy-Connection: x\r\nTE: trailers, deflate\r\n\r\n",
+		"POST /a HTTP/1.1\r\nHost: web.shop\r\nTransfer-Encoding: chunked\r\nTrailer: X-T\r\n\r\n3\r\nabc\r\n0\r\nX-T: v\r\n\r\n",
+		"POST /a HTTP/1.1\r\nHost: web.shop\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+		"POST /a HTTP/1.1\r\nHost: web.shop\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+		"GET /a HTTP/1.1\r\nHost: web.shop\r\n\r\nGET /b HTTP/1.1\r\nHost: web.shop\r\nConnection: close\r\n\r\n",
+		"GET /a HTTP/1.1\r\nHost: web.shop\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+		"POST /a HTTP/1.1\r\nHost: web.shop\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nok",
+		"GET http://web.shop/a?q=1 HTTP/1.1\r\nHost: other\r\n\r\n",
+		"GET /a HTTP/1.0\r\nHost: web.shop\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\n\r\n",
+		"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+		"GET /a HTTP/1.1\r\nHost: web.shop\r\nX-Empty:\r\n\r\n",
+	} {
+		f.Add([]byte(seed))
+	}
+	var raw atomic.Pointer[[]byte]
+	var leaked atomic.Pointer[string]
+	started, release := make(chan struct{}), make(chan struct{})
+	p := newMeshPair(f, func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/fine":
+		case "/slow":
+			_, _ = io.WriteString(w, "start ")
+			_ = http.NewResponseController(w).Flush()
+			started <- struct{}{}
+			<-release
+		default:
+			if hop := hopByHopReceived(*raw.Load(), r); hop != "" {
+				leaked.Store(&hop)
+			}
+		}
+		_, _ = io.Copy(io.Discard, r.Body)
+		_, _ = io.WriteString(w, "end")
+	})
+	client, slow := p.client(false), p.client(false)
+	f.Cleanup(client.CloseIdleConnections)
+	f.Cleanup(slow.CloseIdleConnections)
+	f.Fuzz(func(t *testing.T, in []byte) {
+		raw.Store(&in)
+		leaked.Store(nil)
+		inFlight := make(chan string, 1)
+		go func() { inFlight <- slowGet(t.Context(), slow, p) }()
+		select {
+		case <-started:
+		case got := <-inFlight:
+			t.Fatalf("the request in flight ended early: %s", got)
+		}
+		exchangeRaw(t, p.front, in)
+		release <- struct{}{}
+		if got := <-inFlight; got != "200 start end" {
+			t.Fatalf("the request in flight on the shared connection got %q, for %q", got, in)
+		}
+		if hop := leaked.Load(); hop != nil {
+			t.Fatalf("the application received %s, for %q", *hop, in)
+		}
+		if status, _, _ := fuzzGet(t, client, p, "/fine", in); status != http.StatusOK {
+			t.Fatalf("a well-formed request after %q: status %d", in, status)
+		}
+	})
+}
+
+// slowGet sends a GET for /slow through the pair and returns its status and body, or
+// its error.
+func slowGet(ctx context.Context, client *http.Transport, p *meshPair) string {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+p.front+"/slow", nil)
+	if err != nil {
+		return err.Error()
+	}
+	req.Host = "web.shop"
+	resp, err := client.RoundTrip(req)
+	if err != nil {
+		return err.Error()
+	}
+	defer func() { _ = resp.Body.Close() }()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return fmt.Sprintf("%d %s, then %v", resp.StatusCode, body, err)
+	}
+	return fmt.Sprintf("%d %s", resp.StatusCode, body)
+}
+
+// exchangeRaw writes in on a new connection to front, ends its writing half, and reads
+// what comes back until the proxy closes the connection, which must happen in time.
+func exchangeRaw(t *testing.T, front string, in []byte) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", front, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = c.Close() }()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write(in); err != nil {
+		return // the proxy may refuse before reading it all
+	}
+	_ = c.(*net.TCPConn).CloseWrite()
+	if _, err := io.Copy(io.Discard, c); err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			t.Fatalf("the proxy kept the connection open past 10 s, for %q", in)
+		}
+	}
+}
+
+// hopByHopReceived returns a hop-by-hop field of the client's request in that the
+// application's request r holds, as "name: values"; "" when it holds none.
+func hopByHopReceived(in []byte, r *http.Request) string {
+	hops := append(listedInRequests(in), "Connection", "Keep-Alive", "Proxy-Connection", "Te", "Upgrade", "Transfer-Encoding")
+	upgrade := r.Header.Get("Upgrade") != ""
+	for _, hop := range hops {
+		v, ok := r.Header[hop]
+		switch {
+		case !ok:
+		case hop == "Te" && len(v) == 1 && v[0] == "trailers":
+		case upgrade && (hop == "Upgrade" || hop == "Connection"):
+		default:
+			return hop + ": " + strings.Join(v, ", ")
+		}
+	}
+	return ""
+}
+
+// listedInRequests returns the fields the Connection headers of in's requests list.
+func listedInRequests(in []byte) []string {
+	br := bufio.NewReader(bytes.NewReader(in))
+	var listed []string
+	for {
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return listed
+		}
+		for _, v := range req.Header.Values("Connection") {
+			for name := range strings.SplitSeq(v, ",") {
+				if name = textproto.TrimString(name); name != "" {
+					listed = append(listed, textproto.CanonicalMIMEHeaderKey(name))
+				}
+			}
+		}
+		if _, err := io.Copy(io.Discard, req.Body); err != nil {
 			return listed
 		}
 	}
