@@ -30,6 +30,7 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/textproto"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -70,7 +71,7 @@ type Transport struct {
 // or close so that the connection can serve another request.
 func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if !t.carries(req) {
-		return t.Fallback.RoundTrip(req)
+		return t.roundTripFallback(req)
 	}
 	var h head
 	if err := h.prepare(req); err != nil {
@@ -326,21 +327,32 @@ func (c *conn) stopRecording() {
 }
 
 // keepConnectionHeader puts back the Connection header that ReadResponse removes from an
-// answer when it holds "close", reading it again from head, the answer's head as it
-// came. The fields it lists describe the connection too (RFC 9110 §7.6.1), so a proxy
-// must remove them: without it, they would pass as the message's own. (Requests that
-// go to Fallback, net/http's Transport, still lose it: its reading is not ours.)
-func keepConnectionHeader(resp *http.Response, head []byte) {
+// answer when it holds "close", reading it again from heads, which begins with the
+// answer's head as it came, or with informational answers before it. The fields it
+// lists describe the connection too (RFC 9110 §7.6.1), so a proxy must remove them:
+// without it, they would pass as the message's own.
+func keepConnectionHeader(resp *http.Response, heads []byte) {
 	if !resp.Close || resp.Header["Connection"] != nil {
 		return
 	}
-	tp := textproto.NewReader(bufio.NewReader(bytes.NewReader(head)))
-	if _, err := tp.ReadLine(); err != nil {
+	tp := textproto.NewReader(bufio.NewReader(bytes.NewReader(heads)))
+	for {
+		line, err := tp.ReadLine()
+		if err != nil {
+			return
+		}
+		h, err := tp.ReadMIMEHeader()
+		if err != nil {
+			return
+		}
+		_, status, _ := strings.Cut(line, " ")
+		if code, _, _ := strings.Cut(strings.TrimLeft(status, " "), " "); len(code) == 3 && code[0] == '1' && code != "101" {
+			continue // an informational answer, which has no body: the next head follows
+		}
+		if v := h["Connection"]; len(v) > 0 {
+			resp.Header["Connection"] = v
+		}
 		return
-	}
-	h, err := tp.ReadMIMEHeader()
-	if v := h["Connection"]; err == nil && len(v) > 0 {
-		resp.Header["Connection"] = v
 	}
 }
 

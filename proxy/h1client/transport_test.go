@@ -247,6 +247,37 @@ func TestAClosingAnswerKeepsItsConnectionHeader(t *testing.T) {
 	}
 }
 
+// The same for a request with a body, which net/http's Transport carries: its
+// connections come from FallbackDialer, so the Connection header comes back too.
+func TestAClosingAnswerToAFallbackRequestKeepsItsConnectionHeader(t *testing.T) {
+	url, _ := rawApp(t, func(c net.Conn, br *bufio.Reader, _ int64) {
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
+		}
+		_, _ = io.Copy(io.Discard, req.Body)
+		_, _ = io.WriteString(c, "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n")
+		time.Sleep(10 * time.Millisecond)
+		_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nConnection: X-Hop, close\r\nX-Hop: 1\r\nContent-Length: 2\r\n\r\nok")
+	})
+	fb := &fallback{}
+	fb.DialContext = h1client.FallbackDialer(sockio.DialContext(&net.Dialer{Timeout: time.Second}))
+	tr := &h1client.Transport{DialContext: sockio.DialContext(&net.Dialer{Timeout: time.Second}), Fallback: fb}
+	t.Cleanup(tr.CloseIdleConnections)
+	for i := range 2 { // a new connection each time: the application closes it
+		req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, url, strings.NewReader("body"))
+		resp, err := tr.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		_ = resp.Body.Close()
+		if got := resp.Header.Values("Connection"); len(got) != 1 || got[0] != "X-Hop, close" || string(body) != "ok" || fb.n.Load() != int64(i+1) {
+			t.Errorf("request %d: Connection %q, body %q, %d requests through the fallback", i, got, body, fb.n.Load())
+		}
+	}
+}
+
 // rawApp serves each connection with serve, on a plain TCP listener.
 func rawApp(t *testing.T, serve func(c net.Conn, br *bufio.Reader, n int64)) (url string, accepted *atomic.Int64) {
 	t.Helper()

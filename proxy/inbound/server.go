@@ -107,17 +107,18 @@ func New(lis net.Listener, cfg Config) *Server {
 	if ap, err := netip.ParseAddrPort(lis.Addr().String()); err == nil {
 		s.port = ap.Port()
 	}
+	dial := sockio.DialContext(&net.Dialer{Timeout: 3 * time.Second})
 	app := &http.Transport{
-		DialContext:         sockio.DialContext(&net.Dialer{Timeout: 3 * time.Second}),
+		DialContext:         h1client.FallbackDialer(dial),
 		MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second,
 		DisableCompression: true, // the client's Accept-Encoding reaches the application as it is
 	}
-	appH2 := &http.Transport{DialContext: app.DialContext, IdleConnTimeout: 90 * time.Second, DisableCompression: true}
+	appH2 := &http.Transport{DialContext: dial, IdleConnTimeout: 90 * time.Second, DisableCompression: true}
 	appH2.Protocols = new(http.Protocols)
 	appH2.Protocols.SetUnencryptedHTTP2(true)
 	// Requests without a body, most of them, go the lean way: written and answered in the
 	// handler's goroutine.
-	lean := &h1client.Transport{DialContext: app.DialContext, Fallback: app, MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second}
+	lean := &h1client.Transport{DialContext: dial, Fallback: app, MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second}
 	s.app, s.appH2, s.buffers = lean, appH2, &bufpool.Pool{}
 	s.mesh = &h2server.Server{
 		Handler:           http.HandlerFunc(s.serveMeshHTTP),

@@ -51,7 +51,8 @@ func FuzzAppResponse(f *testing.F) {
 		"garbage\r\n\r\n",
 		"",
 	} {
-		f.Add([]byte(seed))
+		f.Add([]byte(seed), false)
+		f.Add([]byte(seed), true)
 	}
 	var answer atomic.Pointer[[]byte]
 	p := newMeshPair(f, func(w http.ResponseWriter, r *http.Request) {
@@ -68,9 +69,13 @@ func FuzzAppResponse(f *testing.F) {
 	})
 	client := p.client(false)
 	f.Cleanup(client.CloseIdleConnections)
-	f.Fuzz(func(t *testing.T, raw []byte) {
+	f.Fuzz(func(t *testing.T, raw []byte, post bool) {
 		answer.Store(&raw)
-		status, header, informational := fuzzGet(t, client, p, "/fuzz", raw)
+		method := http.MethodGet
+		if post {
+			method = http.MethodPost // with a body: the server proxy's net/http Transport carries it
+		}
+		status, header, informational := fuzzDo(t, client, p, method, "/fuzz", raw)
 		proxys := status == http.StatusBadGateway && header.Get("Braid-Proxy-Error") != ""
 		if want, ok := statusAsRead(raw); !proxys && (!ok || status != want) {
 			t.Fatalf("status %d, want the application's (%d, read: %v) or the proxy's 502, for %q", status, want, ok, raw)
@@ -87,10 +92,17 @@ func FuzzAppResponse(f *testing.F) {
 	})
 }
 
-// fuzzGet sends a GET for path through the pair and reads the whole answer, whose body may
-// end early (a truncated answer is passed on as one). It returns the status, the header
-// and the headers of the informational answers before it.
+// fuzzGet sends a GET for path through the pair: see fuzzDo.
 func fuzzGet(t testing.TB, client *http.Transport, p *meshPair, path string, raw []byte) (int, http.Header, []http.Header) {
+	t.Helper()
+	return fuzzDo(t, client, p, http.MethodGet, path, raw)
+}
+
+// fuzzDo sends a request for path through the pair, with a body for a POST, and reads
+// the whole answer, whose body may end early (a truncated answer is passed on as one).
+// It returns the status, the header and the headers of the informational answers before
+// it.
+func fuzzDo(t testing.TB, client *http.Transport, p *meshPair, method, path string, raw []byte) (int, http.Header, []http.Header) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
@@ -101,14 +113,17 @@ func fuzzGet(t testing.TB, client *http.Transport, p *meshPair, path string, raw
 	}}
 	req := p.request(t).WithContext(httptrace.WithClientTrace(ctx, trace))
 	req.URL.Path = path
+	if req.Method = method; method == http.MethodPost {
+		req.Body, req.ContentLength = io.NopCloser(strings.NewReader("a body")), 6
+	}
 	resp, err := client.RoundTrip(req)
 	if err != nil {
-		t.Fatalf("GET %s: %v, for the answer %q", path, err, raw)
+		t.Fatalf("%s %s: %v, for the answer %q", method, path, err, raw)
 	}
 	_, _ = io.Copy(io.Discard, resp.Body)
 	_ = resp.Body.Close()
 	if ctx.Err() != nil {
-		t.Fatalf("GET %s hung, for the answer %q", path, raw)
+		t.Fatalf("%s %s hung, for the answer %q", method, path, raw)
 	}
 	resp.Header.Del("Connection") // net/http's own, on the last answer of a connection
 	return resp.StatusCode, resp.Header, informational

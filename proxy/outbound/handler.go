@@ -102,8 +102,10 @@ const connectTimeout = 3 * time.Second
 // (proxy/h1client, in the handler's goroutine), the others through net/http.
 func newPlainTransport() *h1client.Transport {
 	t := newTransport()
+	dial := t.DialContext
+	t.DialContext = h1client.FallbackDialer(dial)
 	return &h1client.Transport{
-		DialContext: t.DialContext, Fallback: t,
+		DialContext: dial, Fallback: t,
 		IdleConnTimeout: t.IdleConnTimeout, MaxIdleConnsPerHost: t.MaxIdleConnsPerHost,
 	}
 }

@@ -1,0 +1,104 @@
+package h1client
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"net/http/httptrace"
+	"sync"
+)
+
+// FallbackDialer wraps dial, the DialContext of a Transport's Fallback (net/http's
+// Transport), so that the Transport can read again the head of an answer the Fallback
+// read: net/http's Transport removes a Connection header that holds "close" too (see
+// keepConnectionHeader). The connections it opens record what they read only while a
+// request of the Transport is waiting for its answer.
+func FallbackDialer(dial func(ctx context.Context, network, addr string) (net.Conn, error)) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return &recordingConn{Conn: c}, nil
+	}
+}
+
+// maxRecorded bounds what a recordingConn keeps for one answer: an answer whose heads
+// are larger keeps whatever net/http made of its Connection header.
+const maxRecorded = 64 << 10
+
+// recordingConn is a connection of the Fallback that keeps what it reads while on.
+type recordingConn struct {
+	net.Conn
+	mu       sync.Mutex // Read runs on net/http's reading goroutine
+	on       bool
+	recorded []byte
+}
+
+var errNoCloseWrite = errors.New("the connection cannot half-close")
+
+func (c *recordingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.mu.Lock()
+		if c.on && len(c.recorded)+n <= maxRecorded {
+			c.recorded = append(c.recorded, p[:n]...)
+		} else if c.on {
+			c.on, c.recorded = false, nil // too large: give up on this answer
+		}
+		c.mu.Unlock()
+	}
+	return n, err //nolint:wrapcheck // net/http reads through it: io.EOF must stay itself
+}
+
+// CloseWrite half-closes the connection, when the one it wraps can.
+func (c *recordingConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite() //nolint:wrapcheck // as the wrapped connection says
+	}
+	return errNoCloseWrite
+}
+
+func (c *recordingConn) record() {
+	c.mu.Lock()
+	c.on, c.recorded = true, c.recorded[:0]
+	c.mu.Unlock()
+}
+
+// stop ends the recording and returns what it kept, which the connection does not touch
+// until it records again (for its next request: after this one's answer is read).
+func (c *recordingConn) stop() []byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	recorded := c.recorded
+	c.on = false
+	if cap(c.recorded) > maxKeptHeads {
+		c.recorded = nil
+	}
+	return recorded
+}
+
+// roundTripFallback sends req through Fallback. When Fallback's connection came from a
+// FallbackDialer, it records the answer's heads, so that a Connection header that
+// net/http removed is put back.
+func (t *Transport) roundTripFallback(req *http.Request) (*http.Response, error) {
+	var rc *recordingConn
+	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
+		if rc != nil {
+			rc.stop() // a connection that failed before the request was sent on another
+		}
+		rc, _ = info.Conn.(*recordingConn)
+		if rc != nil {
+			rc.record()
+		}
+	}}
+	resp, err := t.Fallback.RoundTrip(req.WithContext(httptrace.WithClientTrace(req.Context(), trace)))
+	if rc == nil {
+		return resp, err //nolint:wrapcheck // Fallback's answer, as it is
+	}
+	if recorded := rc.stop(); err == nil {
+		keepConnectionHeader(resp, recorded)
+	}
+	return resp, err //nolint:wrapcheck // as above
+}
