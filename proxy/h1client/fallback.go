@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptrace"
+	"net/textproto"
 	"sync"
 )
 
@@ -66,6 +67,13 @@ func (c *recordingConn) record() {
 	c.mu.Unlock()
 }
 
+// with calls fn with what the connection recorded so far, which fn must not keep.
+func (c *recordingConn) with(fn func(recorded []byte)) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	fn(c.recorded)
+}
+
 // stop ends the recording and returns what it kept, which the connection does not touch
 // until it records again (for its next request: after this one's answer is read).
 func (c *recordingConn) stop() []byte {
@@ -80,25 +88,37 @@ func (c *recordingConn) stop() []byte {
 }
 
 // roundTripFallback sends req through Fallback. When Fallback's connection came from a
-// FallbackDialer, it records the answer's heads, so that a Connection header that
-// net/http removed is put back.
+// FallbackDialer, it records the answers' heads, so that a Connection header net/http
+// removed is put back, in the final answer and in informational ones (which reach the
+// request's trace after this one's hook).
 func (t *Transport) roundTripFallback(req *http.Request) (*http.Response, error) {
 	var rc *recordingConn
-	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
-		if rc != nil {
-			rc.stop() // a connection that failed before the request was sent on another
-		}
-		rc, _ = info.Conn.(*recordingConn)
-		if rc != nil {
-			rc.record()
-		}
-	}}
+	informational := 0
+	trace := &httptrace.ClientTrace{
+		GotConn: func(info httptrace.GotConnInfo) {
+			if rc != nil {
+				rc.stop() // a connection that failed before the request was sent on another
+			}
+			rc, _ = info.Conn.(*recordingConn)
+			if rc != nil {
+				rc.record()
+			}
+			informational = 0
+		},
+		Got1xxResponse: func(_ int, h textproto.MIMEHeader) error {
+			if rc != nil {
+				rc.with(func(recorded []byte) { keepConnectionHeader(http.Header(h), recorded, informational) })
+			}
+			informational++
+			return nil
+		},
+	}
 	resp, err := t.Fallback.RoundTrip(req.WithContext(httptrace.WithClientTrace(req.Context(), trace)))
 	if rc == nil {
 		return resp, err //nolint:wrapcheck // Fallback's answer, as it is
 	}
-	if recorded := rc.stop(); err == nil {
-		keepConnectionHeader(resp, recorded)
+	if recorded := rc.stop(); err == nil && resp.Close {
+		keepConnectionHeader(resp.Header, recorded, informational)
 	}
 	return resp, err //nolint:wrapcheck // as above
 }

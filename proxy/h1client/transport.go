@@ -30,7 +30,6 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/textproto"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -288,8 +287,8 @@ func (c *conn) readHead(req *http.Request) (*http.Response, error) {
 	for n := 0; ; n++ {
 		start := len(c.heads) - c.br.Buffered()
 		resp, err := http.ReadResponse(c.br, req)
-		if err == nil {
-			keepConnectionHeader(resp, c.heads[start:])
+		if err == nil && (resp.Close || resp.StatusCode < 200) {
+			keepConnectionHeader(resp.Header, c.heads[start:], 0)
 		}
 		switch {
 		case err != nil:
@@ -327,32 +326,33 @@ func (c *conn) stopRecording() {
 }
 
 // keepConnectionHeader puts back the Connection header that ReadResponse removes from an
-// answer when it holds "close", reading it again from heads, which begins with the
-// answer's head as it came, or with informational answers before it. The fields it
-// lists describe the connection too (RFC 9110 §7.6.1), so a proxy must remove them:
-// without it, they would pass as the message's own.
-func keepConnectionHeader(resp *http.Response, heads []byte) {
-	if !resp.Close || resp.Header["Connection"] != nil {
+// answer when it holds "close", reading it again from heads, whose head number n (from 0)
+// is the answer's as it came. The fields it lists describe the connection too (RFC 9110
+// §7.6.1), so a proxy must remove them: without it, they would pass as the message's own.
+func keepConnectionHeader(h http.Header, heads []byte, n int) {
+	if h["Connection"] != nil {
 		return
 	}
+	if v := connectionField(heads, n); len(v) > 0 {
+		h["Connection"] = v
+	}
+}
+
+// connectionField returns the Connection values of head number n (from 0) of heads,
+// answers' heads one after another: those before n are informational, without a body.
+func connectionField(heads []byte, n int) []string {
 	tp := textproto.NewReader(bufio.NewReader(bytes.NewReader(heads)))
-	for {
-		line, err := tp.ReadLine()
-		if err != nil {
-			return
+	for i := 0; ; i++ {
+		if _, err := tp.ReadLine(); err != nil {
+			return nil
 		}
 		h, err := tp.ReadMIMEHeader()
 		if err != nil {
-			return
+			return nil
 		}
-		_, status, _ := strings.Cut(line, " ")
-		if code, _, _ := strings.Cut(strings.TrimLeft(status, " "), " "); len(code) == 3 && code[0] == '1' && code != "101" {
-			continue // an informational answer, which has no body: the next head follows
+		if i == n {
+			return h["Connection"]
 		}
-		if v := h["Connection"]; len(v) > 0 {
-			resp.Header["Connection"] = v
-		}
-		return
 	}
 }
 
