@@ -12,8 +12,8 @@ import (
 
 // FallbackDialer wraps dial, the DialContext of a Transport's Fallback (net/http's
 // Transport), so that the Transport can read again the head of an answer the Fallback
-// read: net/http's Transport removes a Connection header that holds "close" too (see
-// keepConnectionHeader). The connections it opens record what they read only while a
+// read: net/http's Transport changes an answer's header as ReadResponse does (see
+// asSent). The connections it opens record what they read only while a
 // request of the Transport is waiting for its answer.
 func FallbackDialer(dial func(ctx context.Context, network, addr string) (net.Conn, error)) func(ctx context.Context, network, addr string) (net.Conn, error) {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -88,9 +88,9 @@ func (c *recordingConn) stop() []byte {
 }
 
 // roundTripFallback sends req through Fallback. When Fallback's connection came from a
-// FallbackDialer, it records the answers' heads, so that a Connection header net/http
-// removed is put back, in the final answer and in informational ones (which reach the
-// request's trace after this one's hook).
+// FallbackDialer, it records the answers' heads, so that what net/http changed in their
+// headers is undone (asSent), in the final answer and in informational ones (which reach
+// the request's trace after this one's hook).
 func (t *Transport) roundTripFallback(req *http.Request) (*http.Response, error) {
 	var rc *recordingConn
 	informational := 0
@@ -107,7 +107,7 @@ func (t *Transport) roundTripFallback(req *http.Request) (*http.Response, error)
 		},
 		Got1xxResponse: func(_ int, h textproto.MIMEHeader) error {
 			if rc != nil {
-				rc.with(func(recorded []byte) { keepConnectionHeader(http.Header(h), recorded, informational) })
+				rc.with(func(recorded []byte) { asSent(http.Header(h), recorded, informational) })
 			}
 			informational++
 			return nil
@@ -117,8 +117,8 @@ func (t *Transport) roundTripFallback(req *http.Request) (*http.Response, error)
 	if rc == nil {
 		return resp, err //nolint:wrapcheck // Fallback's answer, as it is
 	}
-	if recorded := rc.stop(); err == nil && resp.Close {
-		keepConnectionHeader(resp.Header, recorded, informational)
+	if recorded := rc.stop(); err == nil && mayDiffer(resp) {
+		asSent(resp.Header, recorded, informational)
 	}
 	return resp, err //nolint:wrapcheck // as above
 }

@@ -201,8 +201,7 @@ type conn struct {
 	got   int64
 	// wrote says the request left whole (Flush returned).
 	wrote bool
-	// heads holds what was read while answers' heads were (recording), for
-	// keepConnectionHeader.
+	// heads holds what was read while answers' heads were (recording), for asSent.
 	heads     []byte
 	recording bool
 }
@@ -287,8 +286,8 @@ func (c *conn) readHead(req *http.Request) (*http.Response, error) {
 	for n := 0; ; n++ {
 		start := len(c.heads) - c.br.Buffered()
 		resp, err := http.ReadResponse(c.br, req)
-		if err == nil && (resp.Close || resp.StatusCode < 200) {
-			keepConnectionHeader(resp.Header, c.heads[start:], 0)
+		if err == nil && mayDiffer(resp) {
+			asSent(resp.Header, c.heads[start:], 0)
 		}
 		switch {
 		case err != nil:
@@ -325,22 +324,44 @@ func (c *conn) stopRecording() {
 	}
 }
 
-// keepConnectionHeader puts back the Connection header that ReadResponse removes from an
-// answer when it holds "close", reading it again from heads, whose head number n (from 0)
-// is the answer's as it came. The fields it lists describe the connection too (RFC 9110
-// §7.6.1), so a proxy must remove them: without it, they would pass as the message's own.
-func keepConnectionHeader(h http.Header, heads []byte, n int) {
-	if h["Connection"] != nil {
+// asSent undoes what ReadResponse changes in an answer's header h, reading what the
+// application sent again from heads, whose head number n (from 0) is the answer's:
+//
+//   - ReadResponse removes a Connection header that holds "close". The fields it lists
+//     describe the connection too (RFC 9110 §7.6.1), so a proxy must remove them:
+//     without the header, they would pass as the message's own.
+//   - It adds "Cache-Control: no-cache" to an answer with Pragma and no Cache-Control,
+//     which changes how caches after the proxy keep it (RFC 9111 §5.4: Pragma has no
+//     meaning in a response).
+//
+// Callers call it for the answers that may need it: closing or informational ones, and
+// those with Pragma.
+func asSent(h http.Header, heads []byte, n int) {
+	connection := h["Connection"] == nil
+	cacheControl := len(h["Pragma"]) > 0 && len(h["Cache-Control"]) == 1 && h["Cache-Control"][0] == "no-cache"
+	if !connection && !cacheControl {
 		return
 	}
-	if v := connectionField(heads, n); len(v) > 0 {
+	sent := headerOf(heads, n)
+	if sent == nil {
+		return
+	}
+	if v := sent["Connection"]; connection && len(v) > 0 {
 		h["Connection"] = v
+	}
+	if _, ok := sent["Cache-Control"]; cacheControl && !ok {
+		delete(h, "Cache-Control")
 	}
 }
 
-// connectionField returns the Connection values of head number n (from 0) of heads,
-// answers' heads one after another: those before n are informational, without a body.
-func connectionField(heads []byte, n int) []string {
+// mayDiffer reports whether ReadResponse may have changed resp's header (see asSent).
+func mayDiffer(resp *http.Response) bool {
+	return resp.Close || resp.StatusCode < 200 || len(resp.Header["Pragma"]) > 0
+}
+
+// headerOf returns the header of head number n (from 0) of heads, answers' heads one
+// after another (those before n are informational, without a body), or nil.
+func headerOf(heads []byte, n int) textproto.MIMEHeader {
 	tp := textproto.NewReader(bufio.NewReader(bytes.NewReader(heads)))
 	for i := 0; ; i++ {
 		if _, err := tp.ReadLine(); err != nil {
@@ -351,7 +372,7 @@ func connectionField(heads []byte, n int) []string {
 			return nil
 		}
 		if i == n {
-			return h["Connection"]
+			return h
 		}
 	}
 }

@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptrace"
 	"net/textproto"
 	"strings"
 	"sync/atomic"
@@ -44,6 +43,7 @@ func FuzzAppResponse(f *testing.F) {
 		"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nhello",
 		"HTTP/1.1 200 OK\r\nX-Empty:\r\nX-Spaces:   v   \r\nx-lower: v\r\n\r\n",
 		"HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nPragma: no-cache\r\nContent-Length: 0\r\n\r\n",
 		"HTTP/1.1 200 OK\r\nTrailer: X-T\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-T: 1\r\nContent-Length: 5\r\n\r\n",
 		"HTTP/1.0 200 OK\r\n\r\nold",
 		"HTTP/1.1 999 Odd\r\n\r\n",
@@ -76,15 +76,18 @@ func FuzzAppResponse(f *testing.F) {
 		if post {
 			method = http.MethodPost // with a body: the server proxy's net/http Transport carries it
 		}
-		status, header, informational := fuzzDo(t, client, p, method, "/fuzz", raw)
+		status, header, informational := fuzzDo(t, p, method, raw)
 		proxys := status == http.StatusBadGateway && header.Get("Braid-Proxy-Error") != ""
 		if want, ok := statusAsRead(raw); !proxys && (!ok || status != want) {
 			t.Fatalf("status %d, want the application's (%d, read: %v) or the proxy's 502, for %q", status, want, ok, raw)
 		}
+		if added := addedTo(raw, header); !proxys && added != "" {
+			t.Fatalf("the client received %s, which the application did not send, for %q", added, raw)
+		}
 		if hop, v := hopByHopIn(raw, append(informational, header)); hop != "" {
 			t.Fatalf("the hop-by-hop field %s: %q reached the client, for %q", hop, v, raw)
 		}
-		if status, _, _ := fuzzGet(t, client, p, "/fine", raw); status != http.StatusOK {
+		if status := fuzzGet(t, client, p, "/fine", raw); status != http.StatusOK {
 			t.Fatalf("a well-formed request after %q: status %d", raw, status)
 		}
 		if n := p.accepted.Load(); n != 1 {
@@ -93,41 +96,93 @@ func FuzzAppResponse(f *testing.F) {
 	})
 }
 
-// fuzzGet sends a GET for path through the pair: see fuzzDo.
-func fuzzGet(t testing.TB, client *http.Transport, p *meshPair, path string, raw []byte) (int, http.Header, []http.Header) {
-	t.Helper()
-	return fuzzDo(t, client, p, http.MethodGet, path, raw)
-}
-
-// fuzzDo sends a request for path through the pair, with a body for a POST, and reads
-// the whole answer, whose body may end early (a truncated answer is passed on as one).
-// It returns the status, the header and the headers of the informational answers before
-// it.
-func fuzzDo(t testing.TB, client *http.Transport, p *meshPair, method, path string, raw []byte) (int, http.Header, []http.Header) {
+// fuzzGet sends a GET for path through the pair, over client, and reads the whole answer.
+// It returns the status.
+func fuzzGet(t testing.TB, client *http.Transport, p *meshPair, path string, raw []byte) int {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
-	var informational []http.Header
-	trace := &httptrace.ClientTrace{Got1xxResponse: func(_ int, h textproto.MIMEHeader) error {
-		informational = append(informational, http.Header(h).Clone())
-		return nil
-	}}
-	req := p.request(t).WithContext(httptrace.WithClientTrace(ctx, trace))
+	req := p.request(t).WithContext(ctx)
 	req.URL.Path = path
-	if req.Method = method; method == http.MethodPost {
-		req.Body, req.ContentLength = io.NopCloser(strings.NewReader("a body")), 6
-	}
 	resp, err := client.RoundTrip(req)
 	if err != nil {
-		t.Fatalf("%s %s: %v, for the answer %q", method, path, err, raw)
+		t.Fatalf("GET %s: %v, after %q", path, err, raw)
 	}
 	_, _ = io.Copy(io.Discard, resp.Body)
 	_ = resp.Body.Close()
 	if ctx.Err() != nil {
-		t.Fatalf("%s %s hung, for the answer %q", method, path, raw)
+		t.Fatalf("GET %s hung, after %q", path, raw)
 	}
-	resp.Header.Del("Connection") // net/http's own, on the last answer of a connection
-	return resp.StatusCode, resp.Header, informational
+	return resp.StatusCode
+}
+
+// fuzzDo sends a request for /fuzz through the pair, with a body for a POST, on a
+// connection of its own, and reads the whole answer, whose body may end early (a
+// truncated answer is passed on as one). It returns the final status, and the final and
+// informational answers' headers as they came: a client such as net/http's changes
+// some as it reads them.
+func fuzzDo(t testing.TB, p *meshPair, method string, raw []byte) (int, http.Header, []http.Header) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", p.front, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = c.Close() }()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	head := method + " /fuzz HTTP/1.1\r\nHost: web.shop\r\nConnection: close\r\n"
+	if method == http.MethodPost {
+		head += "Content-Length: 6\r\n\r\na body"
+	} else {
+		head += "\r\n"
+	}
+	if _, err := io.WriteString(c, head); err != nil {
+		t.Fatal(err)
+	}
+	var got bytes.Buffer
+	br := bufio.NewReader(io.TeeReader(c, &got))
+	req, _ := http.NewRequest(method, "http://web.shop/fuzz", nil)
+	for {
+		resp, err := http.ReadResponse(br, req)
+		if err != nil {
+			t.Fatalf("%s /fuzz: %v, for the answer %q", method, err, raw)
+		}
+		if resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
+			_ = resp.Body.Close() // an informational answer has none
+			continue
+		}
+		_, err = io.Copy(io.Discard, resp.Body)
+		_ = resp.Body.Close()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				t.Fatalf("%s /fuzz hung, for the answer %q", method, raw)
+			}
+		}
+		heads := headsIn(got.Bytes())
+		return resp.StatusCode, heads[len(heads)-1], heads[:len(heads)-1]
+	}
+}
+
+// headsIn returns the headers of the answers' heads in b, one after another, as they
+// came: the informational answers' and the final one's (the one after which the rest
+// is a body, or nothing).
+func headsIn(b []byte) []http.Header {
+	tp := textproto.NewReader(bufio.NewReader(bytes.NewReader(b)))
+	var heads []http.Header
+	for {
+		line, err := tp.ReadLine()
+		if err != nil {
+			return heads
+		}
+		h, err := tp.ReadMIMEHeader()
+		if err != nil {
+			return heads
+		}
+		heads = append(heads, http.Header(h))
+		if _, status, _ := strings.Cut(line, " "); !strings.HasPrefix(status, "1") || strings.HasPrefix(status, "101") {
+			return heads
+		}
+	}
 }
 
 // statusAsRead is the final status net/http reads from raw as the answer to a GET,
@@ -161,9 +216,35 @@ func hopByHopIn(raw []byte, headers []http.Header) (string, []string) {
 	return "", nil
 }
 
+// addedTo returns a field of header that the final answer of raw does not have, and that
+// the client proxy's server does not set itself; "" when there is none.
+func addedTo(raw []byte, header http.Header) string {
+	tp := textproto.NewReader(bufio.NewReader(bytes.NewReader(raw)))
+	var final textproto.MIMEHeader
+	for {
+		line, err := tp.ReadLine()
+		if err != nil {
+			return ""
+		}
+		if final, err = tp.ReadMIMEHeader(); err != nil {
+			return ""
+		}
+		if _, status, _ := strings.Cut(line, " "); !strings.HasPrefix(strings.TrimLeft(status, " "), "1") {
+			break
+		}
+	}
+	for k := range header {
+		if _, ok := final[k]; !ok && !frontsOwn[k] {
+			return k
+		}
+	}
+	return ""
+}
+
 // frontsOwn are the fields the client proxy's HTTP/1.1 server may set on an answer
-// itself, whatever the application sent.
-var frontsOwn = map[string]bool{"Date": true, "Content-Length": true, "Content-Type": true, "Connection": true}
+// itself, whatever the application sent: the framing of its own connection, the date,
+// and a sniffed type.
+var frontsOwn = map[string]bool{"Date": true, "Content-Length": true, "Content-Type": true, "Connection": true, "Transfer-Encoding": true}
 
 // listedInConnection returns the fields the Connection headers of raw's answers list, as
 // the application sent them (net/http's ReadResponse drops a Connection header holding
@@ -254,7 +335,7 @@ func FuzzClientRequest(f *testing.F) {
 		if hop := leaked.Load(); hop != nil {
 			t.Fatalf("the application received %s, for %q", *hop, in)
 		}
-		if status, _, _ := fuzzGet(t, client, p, "/fine", in); status != http.StatusOK {
+		if status := fuzzGet(t, client, p, "/fine", in); status != http.StatusOK {
 			t.Fatalf("a well-formed request after %q: status %d", in, status)
 		}
 	})
