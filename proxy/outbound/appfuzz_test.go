@@ -292,6 +292,7 @@ func FuzzClientRequest(f *testing.F) {
 		"GET /a HTTP/1.0\r\nHost: web.shop\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\n\r\n",
 		"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
 		"GET /a HTTP/1.1\r\nHost: web.shop\r\nX-Empty:\r\n\r\n",
+		"GET /a HTTP/1.1\r\nHost: web.shop\r\nPragma: no-cache\r\n\r\n",
 	} {
 		f.Add([]byte(seed))
 	}
@@ -309,6 +310,8 @@ func FuzzClientRequest(f *testing.F) {
 		default:
 			if hop := hopByHopReceived(*raw.Load(), r); hop != "" {
 				leaked.Store(&hop)
+			} else if added := addedToRequest(*raw.Load(), r); added != "" {
+				leaked.Store(&added)
 			}
 		}
 		_, _ = io.Copy(io.Discard, r.Body)
@@ -361,8 +364,9 @@ func slowGet(ctx context.Context, client *http.Transport, p *meshPair) string {
 	return fmt.Sprintf("%d %s", resp.StatusCode, body)
 }
 
-// exchangeRaw writes in on a new connection to front, ends its writing half, and reads
-// what comes back until the proxy closes the connection, which must happen in time.
+// exchangeRaw writes in on a new connection to front, ends its writing half once an answer
+// began (or 100 ms passed), and reads what comes back until the proxy closes the
+// connection, which must happen in time.
 func exchangeRaw(t *testing.T, front string, in []byte) {
 	t.Helper()
 	c, err := net.DialTimeout("tcp", front, 5*time.Second)
@@ -374,6 +378,13 @@ func exchangeRaw(t *testing.T, front string, in []byte) {
 	if _, err := c.Write(in); err != nil {
 		return // the proxy may refuse before reading it all
 	}
+	// Half-closing at once would cancel the request on its way (net/http's server takes
+	// the end of a client's sending for its going away): first let an answer begin, or
+	// the proxy wait for the rest of an incomplete request.
+	_ = c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	var first [1]byte
+	_, _ = c.Read(first[:])
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
 	_ = c.(*net.TCPConn).CloseWrite()
 	if _, err := io.Copy(io.Discard, c); err != nil {
 		var ne net.Error
@@ -421,4 +432,34 @@ func listedInRequests(in []byte) []string {
 			return listed
 		}
 	}
+}
+
+// addedToRequest returns a field of the application's request r that none of the
+// client's requests in in has, but for those the mesh adds (Braid's own, and the framing
+// of the connection to the application); "" when there is none. Cache-Control may come with a Pragma: net/http's server adds
+// "Cache-Control: no-cache" to a request with "Pragma: no-cache" and no Cache-Control,
+// which RFC 9111 §5.4 gives the same meaning (known, and accepted: undoing it would
+// mean keeping every request's head as it came).
+func addedToRequest(in []byte, r *http.Request) string {
+	sent := map[string]bool{}
+	tp := textproto.NewReader(bufio.NewReader(bytes.NewReader(in)))
+	for {
+		if _, err := tp.ReadLine(); err != nil {
+			break
+		}
+		h, err := tp.ReadMIMEHeader()
+		for k := range h {
+			sent[k] = true
+		}
+		if err != nil {
+			break
+		}
+	}
+	for k := range r.Header {
+		framing := k == "Content-Length" || k == "Transfer-Encoding" // the server proxy's own, to the application
+		if !sent[k] && !framing && !strings.HasPrefix(k, "Braid-") && (k != "Cache-Control" || r.Header.Get("Pragma") == "") {
+			return "the field " + k + ", which the client did not send"
+		}
+	}
+	return ""
 }
