@@ -2,7 +2,6 @@ package h2client
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -16,7 +15,8 @@ import (
 
 	"github.com/go-logr/logr"
 	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/hpack"
+
+	"github.com/braidmesh/braid/proxy/internal/h2test"
 )
 
 // fuzzServerSeeds returns frame sequences a server could answer the fuzz target's two
@@ -24,18 +24,7 @@ import (
 func fuzzServerSeeds() [][]byte {
 	var seeds [][]byte
 	add := func(write func(fr *http2.Framer, block func(...string) []byte)) {
-		var buf, hbuf bytes.Buffer
-		fr := http2.NewFramer(&buf, nil)
-		enc := hpack.NewEncoder(&hbuf)
-		block := func(pairs ...string) []byte {
-			hbuf.Reset()
-			for i := 0; i+1 < len(pairs); i += 2 {
-				_ = enc.WriteField(hpack.HeaderField{Name: pairs[i], Value: pairs[i+1]})
-			}
-			return append([]byte(nil), hbuf.Bytes()...)
-		}
-		write(fr, block)
-		seeds = append(seeds, buf.Bytes())
+		seeds = append(seeds, h2test.Frames(write))
 	}
 	add(func(fr *http2.Framer, block func(...string) []byte) {
 		_ = fr.WriteSettingsAck()

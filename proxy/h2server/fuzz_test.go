@@ -1,7 +1,6 @@
 package h2server
 
 import (
-	"bytes"
 	"io"
 	"net"
 	"net/http"
@@ -9,7 +8,8 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/hpack"
+
+	"github.com/braidmesh/braid/proxy/internal/h2test"
 )
 
 // fuzzSeeds returns frame sequences a client could send after its preface.
@@ -17,18 +17,7 @@ func fuzzSeeds(tb testing.TB) [][]byte {
 	tb.Helper()
 	var seeds [][]byte
 	add := func(write func(fr *http2.Framer, block func(...string) []byte)) {
-		var buf, hbuf bytes.Buffer
-		fr := http2.NewFramer(&buf, nil)
-		enc := hpack.NewEncoder(&hbuf)
-		block := func(pairs ...string) []byte {
-			hbuf.Reset()
-			for i := 0; i+1 < len(pairs); i += 2 {
-				_ = enc.WriteField(hpack.HeaderField{Name: pairs[i], Value: pairs[i+1]})
-			}
-			return append([]byte(nil), hbuf.Bytes()...)
-		}
-		write(fr, block)
-		seeds = append(seeds, buf.Bytes())
+		seeds = append(seeds, h2test.Frames(write))
 	}
 	req := []string{":method", "POST", ":scheme", "https", ":authority", "a", ":path", "/x"}
 	add(func(fr *http2.Framer, block func(...string) []byte) {
