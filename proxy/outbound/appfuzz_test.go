@@ -158,29 +158,31 @@ func fuzzDo(t testing.TB, p *meshPair, method string, raw []byte) (int, http.Hea
 				t.Fatalf("%s /fuzz hung, for the answer %q", method, raw)
 			}
 		}
-		heads := headsIn(got.Bytes())
+		heads, final := headsIn(got.Bytes())
+		if !final {
+			t.Fatalf("%s /fuzz: net/http read an answer whose head is not whole in %q", method, got.Bytes())
+		}
 		return resp.StatusCode, heads[len(heads)-1], heads[:len(heads)-1]
 	}
 }
 
-// headsIn returns the headers of the answers' heads in b, one after another, as they
-// came: the informational answers' and the final one's (the one after which the rest
-// is a body, or nothing).
-func headsIn(b []byte) []http.Header {
+// headsIn returns the headers of the answers' heads in b as they came, informational
+// ones first; final says whether the last is a final answer's (one after which the rest
+// is a body, or nothing), read whole.
+func headsIn(b []byte) (heads []http.Header, final bool) {
 	tp := textproto.NewReader(bufio.NewReader(bytes.NewReader(b)))
-	var heads []http.Header
 	for {
 		line, err := tp.ReadLine()
 		if err != nil {
-			return heads
+			return heads, false
 		}
 		h, err := tp.ReadMIMEHeader()
 		if err != nil {
-			return heads
+			return heads, false
 		}
 		heads = append(heads, http.Header(h))
-		if _, status, _ := strings.Cut(line, " "); !strings.HasPrefix(status, "1") || strings.HasPrefix(status, "101") {
-			return heads
+		if _, status, _ := strings.Cut(line, " "); !strings.HasPrefix(strings.TrimLeft(status, " "), "1") || strings.HasPrefix(strings.TrimLeft(status, " "), "101") {
+			return heads, true
 		}
 	}
 }
@@ -219,22 +221,12 @@ func hopByHopIn(raw []byte, headers []http.Header) (string, []string) {
 // addedTo returns a field of header that the final answer of raw does not have, and that
 // the client proxy's server does not set itself; "" when there is none.
 func addedTo(raw []byte, header http.Header) string {
-	tp := textproto.NewReader(bufio.NewReader(bytes.NewReader(raw)))
-	var final textproto.MIMEHeader
-	for {
-		line, err := tp.ReadLine()
-		if err != nil {
-			return ""
-		}
-		if final, err = tp.ReadMIMEHeader(); err != nil {
-			return ""
-		}
-		if _, status, _ := strings.Cut(line, " "); !strings.HasPrefix(strings.TrimLeft(status, " "), "1") {
-			break
-		}
+	heads, final := headsIn(raw)
+	if !final {
+		return ""
 	}
 	for k := range header {
-		if _, ok := final[k]; !ok && !frontsOwn[k] {
+		if _, ok := heads[len(heads)-1][k]; !ok && !frontsOwn[k] {
 			return k
 		}
 	}
@@ -250,13 +242,9 @@ var frontsOwn = map[string]bool{"Date": true, "Content-Length": true, "Content-T
 // the application sent them (net/http's ReadResponse drops a Connection header holding
 // "close").
 func listedInConnection(raw []byte) []string {
-	tp := textproto.NewReader(bufio.NewReader(bytes.NewReader(raw)))
+	heads, _ := headsIn(raw)
 	var listed []string
-	for {
-		if _, err := tp.ReadLine(); err != nil {
-			return listed
-		}
-		h, err := tp.ReadMIMEHeader()
+	for _, h := range heads {
 		for _, v := range h.Values("Connection") {
 			for name := range strings.SplitSeq(v, ",") {
 				if name = textproto.TrimString(name); name != "" {
@@ -264,10 +252,8 @@ func listedInConnection(raw []byte) []string {
 				}
 			}
 		}
-		if err != nil {
-			return listed
-		}
 	}
+	return listed
 }
 
 // FuzzClientRequest sends raw bytes from a client through a whole pair in one process.
