@@ -14,6 +14,11 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+
+	"github.com/braidmesh/braid/proxy/internal/h2test"
 )
 
 // FuzzAppResponse sends the application's answer, raw bytes the fuzzer chooses, back
@@ -282,6 +287,9 @@ func FuzzClientRequest(f *testing.F) {
 	} {
 		f.Add([]byte(seed))
 	}
+	for _, seed := range h2cRequests() {
+		f.Add(seed)
+	}
 	var raw atomic.Pointer[[]byte]
 	var leaked atomic.Pointer[string]
 	started, release := make(chan struct{}), make(chan struct{})
@@ -330,6 +338,36 @@ func FuzzClientRequest(f *testing.F) {
 	})
 }
 
+// h2cRequests returns seeds of HTTP/2 with prior knowledge: the preface, SETTINGS, and
+// requests for web.shop.
+func h2cRequests() [][]byte {
+	req := func(method string, pairs ...string) []string {
+		return append([]string{":method", method, ":scheme", "http", ":authority", "web.shop", ":path", "/a"}, pairs...)
+	}
+	var seeds [][]byte
+	for _, write := range []func(fr *http2.Framer, block func(...string) []byte){
+		func(fr *http2.Framer, block func(...string) []byte) {
+			_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block(req("GET", "te", "trailers", "x-a", "1")...), EndStream: true, EndHeaders: true})
+		},
+		func(fr *http2.Framer, block func(...string) []byte) {
+			_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block(req("POST", "content-type", "application/grpc", "te", "trailers")...), EndHeaders: true})
+			_ = fr.WriteData(1, false, []byte("\x00\x00\x00\x00\x01a"))
+			_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block("x-t", "v"), EndStream: true, EndHeaders: true})
+		},
+		func(fr *http2.Framer, block func(...string) []byte) {
+			_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block(req("GET")...), EndStream: true, EndHeaders: true})
+			_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 3, BlockFragment: block(req("POST")...), EndHeaders: true})
+			_ = fr.WriteRSTStream(3, http2.ErrCodeCancel)
+		},
+	} {
+		seeds = append(seeds, append([]byte(http2.ClientPreface), h2test.Frames(func(fr *http2.Framer, block func(...string) []byte) {
+			_ = fr.WriteSettings()
+			write(fr, block)
+		})...))
+	}
+	return seeds
+}
+
 // slowGet sends a GET for /slow through the pair and returns its status and body, or
 // its error.
 func slowGet(ctx context.Context, client *http.Transport, p *meshPair) string {
@@ -352,7 +390,7 @@ func slowGet(ctx context.Context, client *http.Transport, p *meshPair) string {
 
 // exchangeRaw writes in on a new connection to front, ends its writing half once an answer
 // began (or 100 ms passed), and reads what comes back until the proxy closes the
-// connection, which must happen in time.
+// connection, which must happen in time. in is HTTP/1.1, or HTTP/2 after its preface.
 func exchangeRaw(t *testing.T, front string, in []byte) {
 	t.Helper()
 	c, err := net.DialTimeout("tcp", front, 5*time.Second)
@@ -368,14 +406,34 @@ func exchangeRaw(t *testing.T, front string, in []byte) {
 	// the end of a client's sending for its going away): first let an answer begin, or
 	// the proxy wait for the rest of an incomplete request.
 	_ = c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
-	var first [1]byte
-	_, _ = c.Read(first[:])
+	if bytes.HasPrefix(in, []byte(http2.ClientPreface)) {
+		awaitAnswerFrame(c) // the server's SETTINGS come first, whatever the requests
+	} else {
+		var first [1]byte
+		_, _ = c.Read(first[:])
+	}
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
 	_ = c.(*net.TCPConn).CloseWrite()
 	if _, err := io.Copy(io.Discard, c); err != nil {
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() {
 			t.Fatalf("the proxy kept the connection open past 10 s, for %q", in)
+		}
+	}
+}
+
+// awaitAnswerFrame reads HTTP/2 frames from c until one that answers a stream, or ends
+// the connection, comes, or c's read deadline passes.
+func awaitAnswerFrame(c net.Conn) {
+	fr := http2.NewFramer(io.Discard, c)
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			return
+		}
+		switch f.(type) {
+		case *http2.HeadersFrame, *http2.DataFrame, *http2.RSTStreamFrame, *http2.GoAwayFrame:
+			return
 		}
 	}
 }
@@ -421,26 +479,14 @@ func listedInRequests(in []byte) []string {
 }
 
 // addedToRequest returns a field of the application's request r that none of the
-// client's requests in in has, but for those the mesh adds (Braid's own, and the framing
-// of the connection to the application); "" when there is none. Cache-Control may come with a Pragma: net/http's server adds
-// "Cache-Control: no-cache" to a request with "Pragma: no-cache" and no Cache-Control,
-// which RFC 9111 §5.4 gives the same meaning (known, and accepted: undoing it would
-// mean keeping every request's head as it came).
+// client's requests in in has, but for those the mesh adds (Braid's own, and the
+// framing of the connection to the application); "" when there is none. Cache-Control
+// may come with a Pragma: net/http's server adds "Cache-Control: no-cache" to a request
+// with "Pragma: no-cache" and no Cache-Control, which RFC 9111 §5.4 gives the same
+// meaning (known, and accepted: undoing it would mean keeping every request's head as it
+// came).
 func addedToRequest(in []byte, r *http.Request) string {
-	sent := map[string]bool{}
-	tp := textproto.NewReader(bufio.NewReader(bytes.NewReader(in)))
-	for {
-		if _, err := tp.ReadLine(); err != nil {
-			break
-		}
-		h, err := tp.ReadMIMEHeader()
-		for k := range h {
-			sent[k] = true
-		}
-		if err != nil {
-			break
-		}
-	}
+	sent := sentNames(in)
 	for k := range r.Header {
 		framing := k == "Content-Length" || k == "Transfer-Encoding" // the server proxy's own, to the application
 		if !sent[k] && !framing && !strings.HasPrefix(k, "Braid-") && (k != "Cache-Control" || r.Header.Get("Pragma") == "") {
@@ -448,4 +494,40 @@ func addedToRequest(in []byte, r *http.Request) string {
 		}
 	}
 	return ""
+}
+
+// sentNames returns the canonical names of the fields of the requests in in: HTTP/1.1
+// heads, or HTTP/2 header blocks after the preface (h2c with prior knowledge, as gRPC
+// clients speak).
+func sentNames(in []byte) map[string]bool {
+	sent := map[string]bool{}
+	if rest, ok := bytes.CutPrefix(in, []byte(http2.ClientPreface)); ok {
+		fr := http2.NewFramer(io.Discard, bytes.NewReader(rest))
+		fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+		for {
+			f, err := fr.ReadFrame()
+			if mh, ok := f.(*http2.MetaHeadersFrame); ok {
+				for _, hf := range mh.Fields {
+					sent[textproto.CanonicalMIMEHeaderKey(hf.Name)] = true
+				}
+			}
+			var se http2.StreamError
+			if err != nil && !errors.As(err, &se) {
+				return sent
+			}
+		}
+	}
+	tp := textproto.NewReader(bufio.NewReader(bytes.NewReader(in)))
+	for {
+		if _, err := tp.ReadLine(); err != nil {
+			return sent
+		}
+		h, err := tp.ReadMIMEHeader()
+		for k := range h {
+			sent[k] = true
+		}
+		if err != nil {
+			return sent
+		}
+	}
 }
