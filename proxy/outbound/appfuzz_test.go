@@ -239,9 +239,10 @@ func addedTo(raw []byte, header http.Header) string {
 }
 
 // frontsOwn are the fields the client proxy's HTTP/1.1 server may set on an answer
-// itself, whatever the application sent: the framing of its own connection, the date,
-// and a sniffed type.
-var frontsOwn = map[string]bool{"Date": true, "Content-Length": true, "Content-Type": true, "Connection": true, "Transfer-Encoding": true}
+// itself, whatever the application sent: the framing of its own connection, and the date
+// (RFC 9110 §6.6.1 asks a proxy to add one). Not Content-Type: the proxy must not guess
+// one the application did not send.
+var frontsOwn = map[string]bool{"Date": true, "Content-Length": true, "Connection": true, "Transfer-Encoding": true}
 
 // listedInConnection returns the fields the Connection headers of raw's answers list, as
 // the application sent them (net/http's ReadResponse drops a Connection header holding
