@@ -390,8 +390,9 @@ func slowGet(ctx context.Context, client *http.Transport, p *meshPair) string {
 }
 
 // exchangeRaw writes in on a new connection to front, ends its writing half once an answer
-// began (or 100 ms passed), and reads what comes back until the proxy closes the
-// connection, which must happen in time. in is HTTP/1.1, or HTTP/2 after its preface.
+// began (or 25 ms passed: a pair on loopback answers within a few), and reads what comes
+// back until the proxy closes the connection, which must happen in time. in is HTTP/1.1,
+// or HTTP/2 after its preface.
 func exchangeRaw(t *testing.T, front string, in []byte) {
 	t.Helper()
 	c, err := net.DialTimeout("tcp", front, 5*time.Second)
@@ -406,7 +407,7 @@ func exchangeRaw(t *testing.T, front string, in []byte) {
 	// Half-closing at once would cancel the request on its way (net/http's server takes
 	// the end of a client's sending for its going away): first let an answer begin, or
 	// the proxy wait for the rest of an incomplete request.
-	_ = c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	_ = c.SetReadDeadline(time.Now().Add(25 * time.Millisecond))
 	if bytes.HasPrefix(in, []byte(http2.ClientPreface)) {
 		awaitAnswerFrame(c) // the server's SETTINGS come first, whatever the requests
 	} else {
