@@ -25,16 +25,12 @@ func FallbackDialer(dial func(ctx context.Context, network, addr string) (net.Co
 	}
 }
 
-// maxRecorded bounds what a recordingConn keeps for one answer: an answer whose heads
-// are larger keeps whatever net/http made of its Connection header.
-const maxRecorded = 64 << 10
-
-// recordingConn is a connection of the Fallback that keeps what it reads while on.
+// recordingConn is a connection of the Fallback that keeps what it reads while a
+// request of the Transport waits for its answer.
 type recordingConn struct {
 	net.Conn
-	mu       sync.Mutex // Read runs on net/http's reading goroutine
-	on       bool
-	recorded []byte
+	mu  sync.Mutex // Read runs on net/http's reading goroutine
+	rec recorder
 }
 
 var errNoCloseWrite = errors.New("the connection cannot half-close")
@@ -43,11 +39,7 @@ func (c *recordingConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	if n > 0 {
 		c.mu.Lock()
-		if c.on && len(c.recorded)+n <= maxRecorded {
-			c.recorded = append(c.recorded, p[:n]...)
-		} else if c.on {
-			c.on, c.recorded = false, nil // too large: give up on this answer
-		}
+		c.rec.add(p[:n])
 		c.mu.Unlock()
 	}
 	return n, err //nolint:wrapcheck // net/http reads through it: io.EOF must stay itself
@@ -63,7 +55,7 @@ func (c *recordingConn) CloseWrite() error {
 
 func (c *recordingConn) record() {
 	c.mu.Lock()
-	c.on, c.recorded = true, c.recorded[:0]
+	c.rec.start(nil)
 	c.mu.Unlock()
 }
 
@@ -71,7 +63,7 @@ func (c *recordingConn) record() {
 func (c *recordingConn) with(fn func(recorded []byte)) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	fn(c.recorded)
+	fn(c.rec.buf)
 }
 
 // stop ends the recording and returns what it kept, which the connection does not touch
@@ -79,12 +71,7 @@ func (c *recordingConn) with(fn func(recorded []byte)) {
 func (c *recordingConn) stop() []byte {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	recorded := c.recorded
-	c.on = false
-	if cap(c.recorded) > maxKeptHeads {
-		c.recorded = nil
-	}
-	return recorded
+	return c.rec.stop()
 }
 
 // roundTripFallback sends req through Fallback. When Fallback's connection came from a

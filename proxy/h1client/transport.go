@@ -19,7 +19,6 @@ package h1client
 
 import (
 	"bufio"
-	"bytes"
 	"cmp"
 	"context"
 	"errors"
@@ -201,13 +200,9 @@ type conn struct {
 	got   int64
 	// wrote says the request left whole (Flush returned).
 	wrote bool
-	// heads holds what was read while answers' heads were (recording), for asSent.
-	heads     []byte
-	recording bool
+	// rec keeps what is read while an answer's heads are, for asSent.
+	rec recorder
 }
-
-// maxKeptHeads bounds the capacity of heads a connection keeps between answers.
-const maxKeptHeads = 8 << 10
 
 // Read reads from the connection for br, within the limit.
 func (c *conn) Read(p []byte) (int, error) {
@@ -220,9 +215,7 @@ func (c *conn) Read(p []byte) (int, error) {
 	n, err := c.nc.Read(p)
 	c.limit -= int64(n)
 	c.got += int64(n)
-	if c.recording {
-		c.heads = append(c.heads, p[:n]...)
-	}
+	c.rec.add(p[:n])
 	return n, err //nolint:wrapcheck // bufio passes it on: io.EOF must stay itself
 }
 
@@ -281,13 +274,14 @@ func (c *conn) write(h *head) error {
 // readHead reads the answer's head, passing informational answers (but 100 Continue,
 // which nobody asked for) to the request's trace.
 func (c *conn) readHead(req *http.Request) (*http.Response, error) {
-	c.record()
-	defer c.stopRecording()
+	buffered, _ := c.br.Peek(c.br.Buffered()) // within Buffered, Peek cannot fail
+	c.rec.start(buffered)
+	defer c.rec.stop()
 	for n := 0; ; n++ {
-		start := len(c.heads) - c.br.Buffered()
+		start := len(c.rec.buf) - c.br.Buffered() // where this answer's head begins
 		resp, err := http.ReadResponse(c.br, req)
-		if err == nil && mayDiffer(resp) {
-			asSent(resp.Header, c.heads[start:], 0)
+		if err == nil && mayDiffer(resp) && c.rec.on {
+			asSent(resp.Header, c.rec.buf[start:], 0)
 		}
 		switch {
 		case err != nil:
@@ -306,73 +300,6 @@ func (c *conn) readHead(req *http.Request) (*http.Response, error) {
 			if err := trace.Got1xxResponse(resp.StatusCode, textproto.MIMEHeader(resp.Header)); err != nil {
 				return nil, fmt.Errorf("passing on an informational answer: %w", err)
 			}
-		}
-	}
-}
-
-// record starts keeping what the connection reads, from what br holds already.
-func (c *conn) record() {
-	buffered, _ := c.br.Peek(c.br.Buffered()) // within Buffered, Peek cannot fail
-	c.heads = append(c.heads[:0], buffered...)
-	c.recording = true
-}
-
-func (c *conn) stopRecording() {
-	c.recording = false
-	if cap(c.heads) > maxKeptHeads {
-		c.heads = nil
-	}
-}
-
-// asSent undoes what ReadResponse changes in an answer's header h, reading what the
-// application sent again from heads, whose head number n (from 0) is the answer's:
-//
-//   - ReadResponse removes a Connection header that holds "close". The fields it lists
-//     describe the connection too (RFC 9110 §7.6.1), so a proxy must remove them:
-//     without the header, they would pass as the message's own.
-//   - It adds "Cache-Control: no-cache" to an answer with Pragma and no Cache-Control,
-//     which changes how caches after the proxy keep it (RFC 9111 §5.4: Pragma has no
-//     meaning in a response).
-//
-// Callers call it for the answers that may need it: closing or informational ones, and
-// those with Pragma.
-func asSent(h http.Header, heads []byte, n int) {
-	connection := h["Connection"] == nil
-	cacheControl := len(h["Pragma"]) > 0 && len(h["Cache-Control"]) == 1 && h["Cache-Control"][0] == "no-cache"
-	if !connection && !cacheControl {
-		return
-	}
-	sent := headerOf(heads, n)
-	if sent == nil {
-		return
-	}
-	if v := sent["Connection"]; connection && len(v) > 0 {
-		h["Connection"] = v
-	}
-	if _, ok := sent["Cache-Control"]; cacheControl && !ok {
-		delete(h, "Cache-Control")
-	}
-}
-
-// mayDiffer reports whether ReadResponse may have changed resp's header (see asSent).
-func mayDiffer(resp *http.Response) bool {
-	return resp.Close || resp.StatusCode < 200 || len(resp.Header["Pragma"]) > 0
-}
-
-// headerOf returns the header of head number n (from 0) of heads, answers' heads one
-// after another (those before n are informational, without a body), or nil.
-func headerOf(heads []byte, n int) textproto.MIMEHeader {
-	tp := textproto.NewReader(bufio.NewReader(bytes.NewReader(heads)))
-	for i := 0; ; i++ {
-		if _, err := tp.ReadLine(); err != nil {
-			return nil
-		}
-		h, err := tp.ReadMIMEHeader()
-		if err != nil {
-			return nil
-		}
-		if i == n {
-			return h
 		}
 	}
 }

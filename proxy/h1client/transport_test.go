@@ -247,6 +247,23 @@ func TestAClosingAnswerKeepsItsConnectionHeader(t *testing.T) {
 	}
 }
 
+// A head larger than a recorder keeps, after an informational answer: the answer comes
+// through whole, with its header as net/http read it (the Connection header is then
+// lost, as before h1client kept heads).
+func TestAClosingAnswerPastTheRecordingLimit(t *testing.T) {
+	long := strings.Repeat("v", 100<<10)
+	url, _ := rawApp(t, func(c net.Conn, br *bufio.Reader, _ int64) {
+		if _, err := http.ReadRequest(br); err == nil {
+			_, _ = io.WriteString(c, "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"+
+				"HTTP/1.1 200 OK\r\nX-Long: "+long+"\r\nConnection: X-Hop, close\r\nContent-Length: 2\r\n\r\nok")
+		}
+	})
+	tr, _ := newTransport(t)
+	if a, body := get(t, tr, url); a.StatusCode != http.StatusOK || body != "ok" {
+		t.Errorf("status %d, body %q", a.StatusCode, body)
+	}
+}
+
 // The same for a request with a body, which net/http's Transport carries: its
 // connections come from FallbackDialer, so the Connection header comes back too.
 func TestAClosingAnswerToAFallbackRequestKeepsItsConnectionHeader(t *testing.T) {
