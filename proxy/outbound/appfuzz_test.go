@@ -251,15 +251,23 @@ func listedInConnection(raw []byte) []string {
 	heads, _ := headsIn(raw)
 	var listed []string
 	for _, h := range heads {
-		for _, v := range h.Values("Connection") {
-			for name := range strings.SplitSeq(v, ",") {
-				if name = textproto.TrimString(name); name != "" {
-					listed = append(listed, textproto.CanonicalMIMEHeaderKey(name))
-				}
+		listed = append(listed, connectionOptions(h)...)
+	}
+	return listed
+}
+
+// connectionOptions returns the canonical names h's Connection header lists: this test's
+// own reading, apart from forward's.
+func connectionOptions(h http.Header) []string {
+	var names []string
+	for _, v := range h.Values("Connection") {
+		for name := range strings.SplitSeq(v, ",") {
+			if name = textproto.TrimString(name); name != "" {
+				names = append(names, textproto.CanonicalMIMEHeaderKey(name))
 			}
 		}
 	}
-	return listed
+	return names
 }
 
 // FuzzClientRequest sends raw bytes from a client through a whole pair in one process.
@@ -467,13 +475,7 @@ func listedInRequests(in []byte) []string {
 		if err != nil {
 			return listed
 		}
-		for _, v := range req.Header.Values("Connection") {
-			for name := range strings.SplitSeq(v, ",") {
-				if name = textproto.TrimString(name); name != "" {
-					listed = append(listed, textproto.CanonicalMIMEHeaderKey(name))
-				}
-			}
-		}
+		listed = append(listed, connectionOptions(req.Header)...)
 		if _, err := io.Copy(io.Discard, req.Body); err != nil {
 			return listed
 		}
