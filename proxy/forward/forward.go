@@ -126,12 +126,10 @@ func (r *Request) got1xx(code int, header textproto.MIMEHeader) error {
 	if r.final {
 		return nil
 	}
+	RemoveHopByHop(http.Header(header)) // the transport's map for this answer alone
 	h := r.w.Header()
-	listed := connectionListed(http.Header(header))
 	for k, vv := range header {
-		if !isHopByHop(k) && !contains(listed, k) {
-			h[k] = append(h[k], vv...)
-		}
+		h[k] = append(h[k], vv...)
 	}
 	r.w.WriteHeader(code)
 	clear(h) // the ResponseWriter keeps them for the final answer otherwise
